@@ -1,0 +1,155 @@
+//! Validated broker settings. The binary turns flags into a [`BrokerConfig`]; tests build
+//! one directly (usually with [`BrokerConfig::for_tests`]). Timings default to the
+//! protocol constants and are adjustable so tests need not wait 30 s for a lease.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use claudemesh_proto::limits;
+
+/// Who may create meshes on this broker (`POST /api/meshes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeshCreation {
+    /// Anyone who can reach the broker (the default when it listens on loopback only).
+    Open,
+    /// Requests must carry this token (compared in constant time).
+    Token(String),
+    /// Nobody; meshes exist only from earlier runs.
+    Closed,
+}
+
+/// A token bucket: sustained `per_sec`, bursts up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_sec: f64,
+    pub burst: f64,
+}
+
+/// Per-member rate limits by frame `type`; types not listed use `default`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimits {
+    pub default: Rate,
+    pub by_type: HashMap<String, Rate>,
+    pub enabled: bool,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        let mut by_type = HashMap::new();
+        by_type.insert(
+            "send".to_owned(),
+            Rate {
+                per_sec: 100.0,
+                burst: 500.0,
+            },
+        );
+        by_type.insert(
+            "client_ack".to_owned(),
+            Rate {
+                per_sec: 1_000.0,
+                burst: 5_000.0,
+            },
+        );
+        by_type.insert(
+            "list_peers".to_owned(),
+            Rate {
+                per_sec: 5.0,
+                burst: 20.0,
+            },
+        );
+        by_type.insert(
+            "list_members".to_owned(),
+            Rate {
+                per_sec: 5.0,
+                burst: 20.0,
+            },
+        );
+        Self {
+            default: Rate {
+                per_sec: 20.0,
+                burst: 100.0,
+            },
+            by_type,
+            enabled: true,
+        }
+    }
+}
+
+impl RateLimits {
+    pub fn rate_for(&self, kind: &str) -> Rate {
+        self.by_type.get(kind).copied().unwrap_or(self.default)
+    }
+}
+
+/// Timings of the delivery and presence machinery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    pub lease: Duration,
+    pub grace: Duration,
+    pub ping_interval: Duration,
+    pub dead_after: Duration,
+    pub hello_deadline: Duration,
+    /// How often expired messages and replay records are purged.
+    pub purge_interval: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            lease: limits::LEASE,
+            grace: limits::PRESENCE_GRACE,
+            ping_interval: limits::PING_INTERVAL,
+            dead_after: limits::DEAD_SOCKET_AFTER,
+            hello_deadline: limits::HELLO_DEADLINE,
+            purge_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Everything the broker needs to start.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub listen: SocketAddr,
+    /// Directory holding `claudemesh.db` when no database URL is given.
+    pub data_dir: PathBuf,
+    /// `sqlite:///path` or `postgres://…`; `None` means SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    pub mesh_creation: MeshCreation,
+    pub rate_limits: RateLimits,
+    pub timings: Timings,
+    /// Frames queued per connection before the reader counts as too slow and is dropped.
+    pub outbound_buffer: usize,
+    /// Deliveries pushed to one recipient and not yet acked.
+    pub inflight_window: usize,
+    /// Most connections served at once.
+    pub max_connections: usize,
+}
+
+impl BrokerConfig {
+    /// Defaults for `listen` and `data_dir`; creation open only on a loopback address.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        let mesh_creation = if listen.ip().is_loopback() {
+            MeshCreation::Open
+        } else {
+            MeshCreation::Closed
+        };
+        Self {
+            listen,
+            data_dir,
+            database_url: None,
+            mesh_creation,
+            rate_limits: RateLimits::default(),
+            timings: Timings::default(),
+            outbound_buffer: 1_024,
+            inflight_window: 256,
+            max_connections: 10_000,
+        }
+    }
+
+    /// Loopback port 0, the given data directory, everything else default.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        Self::new(SocketAddr::from(([127, 0, 0, 1], 0)), data_dir)
+    }
+}

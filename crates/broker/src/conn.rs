@@ -1,0 +1,353 @@
+//! One actor per WebSocket connection, one `select!` loop: read frames (≤ 64 KiB), enforce
+//! the hello deadline, verify hellos, rate-limit, forward frames to the engine, write what
+//! the engine sends (bounded channel, write timeout), ping, and close on request (kick,
+//! revoke, replacement, slow reader) or shutdown.
+//!
+//! What it must not do: decide anything that needs shared state (the engine does), log
+//! frame contents, or panic on any input.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use claudemesh_proto::codes::{self, close};
+use claudemesh_proto::frames::{BrokerFrame, ClientFrame, ErrorFrame, Push, ReqId};
+use futures_util::SinkExt as _;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
+
+use crate::auth::{self, Rejection};
+use crate::engine::{Attached, Command, ConnHandle, ConnId, Delivery, Kill, Outbound};
+use crate::metrics::Metrics;
+use crate::server::Shared;
+use crate::time::{iso8601, now_ms};
+
+/// Longest a single write (or batch of writes) may take before the reader counts as dead.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most queued frames written before one flush.
+const WRITE_BATCH: usize = 64;
+
+enum Flow {
+    Continue,
+    Close(u16, String),
+}
+
+/// Serve one upgraded WebSocket until it closes.
+pub async fn serve(socket: WebSocket, shared: Arc<Shared>, id: ConnId) {
+    let span = tracing::info_span!("conn", id);
+    Connection::new(socket, shared, id)
+        .run()
+        .instrument(span)
+        .await;
+}
+
+struct Connection {
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    handle: ConnHandle,
+    rx: mpsc::Receiver<Outbound>,
+    attached: Option<Attached>,
+    last_heard: Instant,
+}
+
+fn text(frame: &BrokerFrame) -> Message {
+    // Serializing our own frame types cannot fail; an empty object would be harmless.
+    Message::Text(Utf8Bytes::from(
+        serde_json::to_string(frame).unwrap_or_else(|_| "{}".to_owned()),
+    ))
+}
+
+fn push_frame(d: &Delivery) -> BrokerFrame {
+    let m = &d.message;
+    let multicast =
+        claudemesh_proto::frames::Target::parse(&m.target_spec).is_some_and(|t| t.is_multicast());
+    BrokerFrame::Push(Push {
+        message_id: m.message_id.clone(),
+        mesh_id: m.mesh_id.clone(),
+        sender_pubkey: m.sender_pubkey.clone(),
+        priority: d.priority,
+        nonce: m.nonce.clone(),
+        ciphertext: m.ciphertext.clone(),
+        created_at: iso8601(m.created_at),
+        client_message_id: m.client_message_id.clone(),
+        sender_member_pubkey: multicast.then(|| m.sender_member_pubkey.clone()),
+        sender_name: multicast.then(|| m.sender_name.clone()),
+        target_spec: Some(m.target_spec.clone()),
+        sealed_key: d.sealed_key.clone(),
+        subtype: None,
+        event: None,
+        event_data: None,
+    })
+}
+
+fn error(code: &str, message: &str, req_id: Option<ReqId>) -> BrokerFrame {
+    BrokerFrame::Error(ErrorFrame::new(code, message).with_req_id(req_id))
+}
+
+impl Connection {
+    fn new(socket: WebSocket, shared: Arc<Shared>, id: ConnId) -> Self {
+        let (tx, rx) = mpsc::channel(shared.config.outbound_buffer.max(1));
+        let handle = ConnHandle {
+            id,
+            tx,
+            kill: Arc::new(Kill::default()),
+        };
+        Self {
+            socket,
+            shared,
+            handle,
+            rx,
+            attached: None,
+            last_heard: Instant::now(),
+        }
+    }
+
+    async fn run(mut self) {
+        let timings = self.shared.config.timings;
+        let hello_deadline = tokio::time::sleep(timings.hello_deadline);
+        tokio::pin!(hello_deadline);
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + timings.ping_interval,
+            timings.ping_interval,
+        );
+        let kill = self.handle.kill.clone();
+        let shutdown = self.shared.shutdown.clone();
+
+        let (code, reason) = loop {
+            let flow = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => Flow::Close(close::GOING_AWAY, "shutting down".into()),
+                () = kill.token().cancelled() => {
+                    let (code, reason) = kill.reason().unwrap_or((close::NORMAL, String::new()));
+                    Flow::Close(code, reason)
+                }
+                () = &mut hello_deadline, if self.attached.is_none() => {
+                    Flow::Close(close::REJECTED, "hello_timeout".into())
+                }
+                out = self.rx.recv() => match out {
+                    Some(out) => self.write(out).await,
+                    None => Flow::Close(close::NORMAL, String::new()),
+                },
+                msg = self.socket.recv() => match msg {
+                    Some(Ok(msg)) => { self.last_heard = Instant::now(); self.read(msg).await }
+                    Some(Err(e)) => {
+                        // Most often a frame over the size limit; the socket is unusable after it.
+                        tracing::debug!(error = %e, "websocket read error");
+                        Flow::Close(1009, "frame too large or malformed".into())
+                    }
+                    None => Flow::Close(close::NORMAL, String::new()),
+                },
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() > timings.dead_after {
+                        Flow::Close(close::GOING_AWAY, "no pong".into())
+                    } else {
+                        self.send_now(Message::Ping(Default::default())).await
+                    }
+                }
+            };
+            if let Flow::Close(code, reason) = flow {
+                break (code, reason);
+            }
+        };
+        tracing::debug!(code, reason = %reason, "closing");
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.socket.send(Message::Close(Some(frame))),
+        )
+        .await;
+        if self.attached.is_some() {
+            let _ = self
+                .shared
+                .engine
+                .send(Command::Detach {
+                    conn: self.handle.id,
+                })
+                .await;
+        }
+    }
+
+    async fn send_now(&mut self, msg: Message) -> Flow {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.socket.send(msg)).await {
+            Ok(Ok(())) => Flow::Continue,
+            Ok(Err(_)) => Flow::Close(close::NORMAL, String::new()),
+            Err(_) => Flow::Close(close::REJECTED, "write timeout".into()),
+        }
+    }
+
+    /// Write one queued frame plus whatever else is queued (up to a batch), then flush.
+    async fn write(&mut self, first: Outbound) -> Flow {
+        let render = |out: Outbound| match out {
+            Outbound::Frame(f) => text(&f),
+            Outbound::Deliver(d) => text(&push_frame(&d)),
+        };
+        let mut batch = vec![render(first)];
+        while batch.len() < WRITE_BATCH {
+            match self.rx.try_recv() {
+                Ok(out) => batch.push(render(out)),
+                Err(_) => break,
+            }
+        }
+        let socket = &mut self.socket;
+        let write = async move {
+            for msg in batch {
+                socket.feed(msg).await?;
+            }
+            socket.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(Ok(())) => Flow::Continue,
+            Ok(Err(_)) => Flow::Close(close::NORMAL, String::new()),
+            Err(_) => Flow::Close(close::REJECTED, "write timeout".into()),
+        }
+    }
+
+    async fn read(&mut self, msg: Message) -> Flow {
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                return self
+                    .send_now(text(&error(
+                        codes::MALFORMED,
+                        "frames must be JSON text",
+                        None,
+                    )))
+                    .await;
+            }
+            Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
+            Message::Close(_) => return Flow::Close(close::NORMAL, String::new()),
+        };
+        let raw_req_id = || {
+            serde_json::from_str::<serde_json::Value>(text.as_str())
+                .ok()
+                .and_then(|v| v.get("_reqId").cloned())
+                .and_then(|v| serde_json::from_value::<ReqId>(v).ok())
+        };
+        let frame: ClientFrame = match serde_json::from_str(text.as_str()) {
+            Ok(ClientFrame::Unknown) if self.attached.is_some() => {
+                return self
+                    .send_now(text_error(
+                        codes::UNKNOWN_MESSAGE_TYPE,
+                        "unknown message type",
+                        raw_req_id(),
+                    ))
+                    .await;
+            }
+            Ok(f) => f,
+            Err(_) => {
+                return self
+                    .send_now(text_error(
+                        codes::MALFORMED,
+                        "frame is not valid JSON of a known shape",
+                        raw_req_id(),
+                    ))
+                    .await;
+            }
+        };
+        match (&self.attached, frame) {
+            (None, ClientFrame::Hello(h)) => {
+                let verified = auth::verify_hello(h, now_ms());
+                self.authenticate(verified).await
+            }
+            (None, ClientFrame::SessionHello(h)) => {
+                let verified = auth::verify_session_hello(h, now_ms());
+                self.authenticate(verified).await
+            }
+            (None, other) => {
+                let req_id = other.req_id().cloned();
+                self.send_now(text_error(
+                    codes::NO_HELLO,
+                    "send hello or session_hello first",
+                    req_id,
+                ))
+                .await
+            }
+            (Some(a), frame) => {
+                let kind = frame.kind();
+                if !self
+                    .shared
+                    .rate_limiter
+                    .allow(&a.mesh_id, &a.member_id, kind)
+                {
+                    Metrics::inc(&self.shared.metrics.rate_limited_total);
+                    return self.send_now(rate_limited(&frame)).await;
+                }
+                match self
+                    .shared
+                    .engine
+                    .send(Command::Frame {
+                        conn: self.handle.id,
+                        frame,
+                    })
+                    .await
+                {
+                    Ok(()) => Flow::Continue,
+                    Err(()) => Flow::Close(close::GOING_AWAY, "shutting down".into()),
+                }
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, verified: Result<auth::VerifiedHello, Rejection>) -> Flow {
+        let result = match verified {
+            Ok(hello) => {
+                let (reply, rx) = oneshot::channel();
+                let cmd = Command::Attach {
+                    hello,
+                    conn: self.handle.clone(),
+                    reply,
+                };
+                if self.shared.engine.send(cmd).await.is_err() {
+                    return Flow::Close(close::GOING_AWAY, "shutting down".into());
+                }
+                rx.await.unwrap_or_else(|_| {
+                    Err(Rejection::new(
+                        codes::UNAVAILABLE,
+                        "broker is shutting down",
+                    ))
+                })
+            }
+            Err(r) => Err(r),
+        };
+        match result {
+            Ok(attached) => {
+                tracing::info!(mesh = %attached.mesh_id, member = %attached.member_id, key = %attached.key, "authenticated");
+                self.attached = Some(attached);
+                Flow::Continue
+            }
+            Err(r) => {
+                Metrics::inc(&self.shared.metrics.hello_rejected_total);
+                tracing::info!(code = r.code, "hello refused");
+                let _ = self.send_now(text_error(r.code, &r.message, None)).await;
+                Flow::Close(r.close, r.code.to_owned())
+            }
+        }
+    }
+}
+
+fn text_error(code: &str, message: &str, req_id: Option<ReqId>) -> Message {
+    text(&error(code, message, req_id))
+}
+
+/// A rate-limited `send` gets an `ack` with `error` (as v1 does); other frames an `error`.
+fn rate_limited(frame: &ClientFrame) -> Message {
+    match frame {
+        ClientFrame::Send(s) => text(&BrokerFrame::Ack(claudemesh_proto::frames::Ack {
+            id: s.id.clone().unwrap_or_default(),
+            message_id: String::new(),
+            queued: false,
+            error: Some(codes::RATE_LIMITED.to_owned()),
+            recipients: None,
+            client_message_id: s.client_message_id.clone(),
+            req_id: s.req_id.clone(),
+        })),
+        other => text_error(
+            codes::RATE_LIMITED,
+            "rate limit exceeded for this frame type",
+            other.req_id().cloned(),
+        ),
+    }
+}

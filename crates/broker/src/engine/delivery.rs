@@ -1,0 +1,408 @@
+//! Durable at-least-once delivery: `send` (store the body once, one delivery per
+//! recipient), per-recipient mailboxes with a bounded in-memory window over the database
+//! queue, leases re-pushed on expiry, priority gating by status, and scoped `client_ack`.
+//!
+//! Invariant: for an online recipient, every unacked delivery with `seq <= loaded_upto` is
+//! in `pending` or `inflight`; anything newer is in the database only when `spilled`.
+//! Deliveries enter a mailbox in `seq` order, which is commit order, so FIFO per
+//! (sender, recipient) holds for first pushes.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use claudemesh_proto::codes;
+use claudemesh_proto::frames::{Ack, BrokerFrame, ClientAck, Priority, Send, Target};
+use claudemesh_proto::limits;
+use claudemesh_store::{MessageRow, PendingDelivery};
+
+use super::{ConnId, Effect, Engine, Outbound, TimerKind};
+use crate::metrics::Metrics;
+use crate::time::now_ms;
+
+/// Most deliveries held in memory per mailbox before the rest stays in the database.
+const MAX_PENDING: usize = 1_024;
+/// Refill from the database when fewer than this many are pending.
+const REFILL_BELOW: usize = 256;
+
+/// One recipient's copy of a message, as pushed.
+#[derive(Debug)]
+pub struct Delivery {
+    pub seq: i64,
+    pub message: Arc<MessageRow>,
+    pub priority: Priority,
+    pub sealed_key: Option<String>,
+}
+
+struct Inflight {
+    delivery: Arc<Delivery>,
+    deadline: Instant,
+}
+
+/// The in-memory window over one online recipient's queue.
+#[derive(Default)]
+pub(super) struct Mailbox {
+    pending: VecDeque<Arc<Delivery>>,
+    inflight: BTreeMap<i64, Inflight>,
+    inflight_by_id: HashMap<String, i64>,
+    loaded_upto: i64,
+    spilled: bool,
+    lease_timer: Option<Instant>,
+}
+
+impl Mailbox {
+    /// A fresh mailbox whose whole queue is still in the database.
+    pub fn unloaded() -> Self {
+        Self {
+            spilled: true,
+            ..Self::default()
+        }
+    }
+}
+
+fn delivery_from(p: PendingDelivery) -> Arc<Delivery> {
+    let priority = Priority::parse(&p.message.priority).unwrap_or_default();
+    Arc::new(Delivery {
+        seq: p.seq,
+        message: Arc::new(p.message),
+        priority,
+        sealed_key: p.sealed_key,
+    })
+}
+
+impl Engine {
+    pub(super) fn send(&mut self, conn: ConnId, mesh_id: &str, sender: &str, send: Send) {
+        let now = now_ms();
+        let id = send.id.clone().unwrap_or_default();
+        let refuse = |code: &str| Ack {
+            id: id.clone(),
+            message_id: String::new(),
+            queued: false,
+            error: Some(code.to_owned()),
+            recipients: None,
+            client_message_id: send.client_message_id.clone(),
+            req_id: send.req_id.clone(),
+        };
+        let Some(mesh) = self.dir.mesh(mesh_id) else {
+            return;
+        };
+        let Some(target) = Target::parse(&send.target_spec) else {
+            Metrics::inc(&self.metrics.messages_rejected_total);
+            return self.out(conn, BrokerFrame::Ack(refuse(codes::BAD_TARGET)));
+        };
+        if send.nonce.len() > 64
+            || send
+                .client_message_id
+                .as_ref()
+                .is_some_and(|c| c.len() > limits::MAX_SHORT_TEXT_BYTES)
+        {
+            Metrics::inc(&self.metrics.messages_rejected_total);
+            return self.out(conn, BrokerFrame::Ack(refuse(codes::MALFORMED)));
+        }
+        let mut recipients = match target {
+            Target::Direct(key) if mesh.is_recipient(key, now) => vec![key.to_owned()],
+            Target::Direct(_) => {
+                Metrics::inc(&self.metrics.messages_rejected_total);
+                return self.out(conn, BrokerFrame::Ack(refuse(codes::UNKNOWN_RECIPIENT)));
+            }
+            Target::Broadcast => mesh.broadcast_recipients(sender, now),
+            Target::Group(name) => mesh.group_recipients(name, sender, now),
+        };
+        // Extension e2e-multicast: only recipients the sender sealed a key for.
+        let sealed = send.sealed_keys.as_ref().filter(|_| target.is_multicast());
+        if let Some(sealed) = sealed {
+            if sealed.len() > limits::MAX_SEALED_KEYS {
+                Metrics::inc(&self.metrics.messages_rejected_total);
+                return self.out(conn, BrokerFrame::Ack(refuse(codes::PAYLOAD_TOO_LARGE)));
+            }
+            recipients.retain(|k| sealed.contains_key(k));
+        }
+        let sender_member = mesh
+            .presences
+            .get(sender)
+            .map(|p| (p.member_pubkey.clone(), p.display_name.clone()))
+            .unwrap_or_default();
+
+        // Idempotent resend: the same client_message_id from the same sender is one message.
+        if let Some(cmid) = &send.client_message_id {
+            match self.store.find_message_by_client_id(mesh_id, sender, cmid) {
+                Ok(Some(existing)) => {
+                    let ack = Ack {
+                        message_id: existing,
+                        queued: true,
+                        error: None,
+                        ..refuse("")
+                    };
+                    return self.out(conn, BrokerFrame::Ack(ack));
+                }
+                Ok(None) => {}
+                Err(e) => return self.store_failed(conn, &e, refuse(codes::UNAVAILABLE)),
+            }
+        }
+
+        let message = Arc::new(MessageRow {
+            message_id: claudemesh_crypto::sha256_hex(&claudemesh_crypto::random_bytes::<16>())
+                .get(..32)
+                .unwrap_or_default()
+                .to_owned(),
+            mesh_id: mesh_id.to_owned(),
+            sender_pubkey: sender.to_owned(),
+            sender_member_pubkey: sender_member.0,
+            sender_name: sender_member.1,
+            target_spec: send.target_spec.clone(),
+            priority: send.priority.as_str().to_owned(),
+            nonce: send.nonce.clone(),
+            ciphertext: send.ciphertext.clone(),
+            client_message_id: send.client_message_id.clone(),
+            created_at: now,
+            expires_at: now + limits::MESSAGE_TTL_MS,
+        });
+        let mut stored = Vec::with_capacity(recipients.len());
+        if !recipients.is_empty() {
+            let rowid = match self.store.insert_message(&message) {
+                Ok(r) => r,
+                Err(e) => return self.store_failed(conn, &e, refuse(codes::UNAVAILABLE)),
+            };
+            for r in recipients {
+                let sealed_key = sealed.and_then(|s| s.get(&r)).cloned();
+                match self.store.insert_delivery(
+                    mesh_id,
+                    rowid,
+                    &r,
+                    sealed_key.as_deref(),
+                    message.expires_at,
+                ) {
+                    Ok(seq) => stored.push((
+                        r,
+                        Arc::new(Delivery {
+                            seq,
+                            message: message.clone(),
+                            priority: send.priority,
+                            sealed_key,
+                        }),
+                    )),
+                    Err(e) => return self.store_failed(conn, &e, refuse(codes::UNAVAILABLE)),
+                }
+            }
+        }
+        Metrics::inc(&self.metrics.messages_routed_total);
+        self.queue_depth += stored.len() as i64;
+        let ack = Ack {
+            message_id: message.message_id.clone(),
+            queued: true,
+            error: None,
+            recipients: Some(u32::try_from(stored.len()).unwrap_or(u32::MAX)),
+            ..refuse("")
+        };
+        self.effects.push(Effect::Out {
+            conn,
+            out: Outbound::Frame(BrokerFrame::Ack(ack)),
+        });
+        self.effects.push(Effect::OutIfFailed {
+            conn,
+            out: Outbound::Frame(BrokerFrame::Ack(refuse(codes::UNAVAILABLE))),
+        });
+        for (recipient, delivery) in stored {
+            self.enqueue(mesh_id, &recipient, delivery);
+        }
+    }
+
+    /// A statement failed mid-batch: the whole batch will be rolled back; tell the sender.
+    fn store_failed(&mut self, conn: ConnId, e: &claudemesh_store::StoreError, ack: Ack) {
+        tracing::error!(error = %e, "store operation failed");
+        self.db_healthy = false;
+        self.effects.push(Effect::Out {
+            conn,
+            out: Outbound::Frame(BrokerFrame::Ack(ack)),
+        });
+    }
+
+    /// Offer a freshly stored delivery to its recipient's mailbox, if the recipient is online.
+    fn enqueue(&mut self, mesh_id: &str, key: &str, delivery: Arc<Delivery>) {
+        let Some(mb) = self.mailbox(mesh_id, key) else {
+            return;
+        };
+        if delivery.seq <= mb.loaded_upto {
+            return; // already loaded from the database in this batch
+        }
+        if mb.spilled || mb.pending.len() >= MAX_PENDING {
+            mb.spilled = true;
+        } else {
+            mb.loaded_upto = delivery.seq;
+            mb.pending.push_back(delivery);
+        }
+        self.pump(mesh_id, key);
+    }
+
+    fn mailbox(&mut self, mesh_id: &str, key: &str) -> Option<&mut Mailbox> {
+        self.dir
+            .mesh_mut(mesh_id)?
+            .presences
+            .get_mut(key)?
+            .mailbox
+            .as_mut()
+    }
+
+    /// Push as much as the window, the status and the connection allow; refill from the
+    /// database when the in-memory queue runs low.
+    pub(super) fn pump(&mut self, mesh_id: &str, key: &str) {
+        let now = Instant::now();
+        let lease = self.timings.lease;
+        let window = self.window;
+        let Some(mesh) = self.dir.meshes.get_mut(mesh_id) else {
+            return;
+        };
+        let Some(presence) = mesh.presences.get_mut(key) else {
+            return;
+        };
+        let (Some(conn), status) = (presence.target(), presence.status) else {
+            return;
+        };
+        let Some(mb) = presence.mailbox.as_mut() else {
+            return;
+        };
+
+        if mb.spilled && mb.pending.len() < REFILL_BELOW {
+            let want = MAX_PENDING - mb.pending.len();
+            match self
+                .store
+                .pending(mesh_id, key, mb.loaded_upto, want, now_ms())
+            {
+                Ok(rows) => {
+                    if rows.len() < want {
+                        mb.spilled = false;
+                    }
+                    for row in rows {
+                        mb.loaded_upto = row.seq;
+                        if !mb.inflight.contains_key(&row.seq) {
+                            mb.pending.push_back(delivery_from(row));
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "loading pending deliveries failed"),
+            }
+        }
+
+        let mut pushed = 0u64;
+        let mut i = 0;
+        while mb.inflight.len() < window && i < mb.pending.len() {
+            let admitted = mb.pending.get(i).is_some_and(|d| status.admits(d.priority));
+            if !admitted {
+                i += 1;
+                continue;
+            }
+            let Some(d) = mb.pending.remove(i) else { break };
+            mb.inflight_by_id
+                .insert(d.message.message_id.clone(), d.seq);
+            mb.inflight.insert(
+                d.seq,
+                super::delivery::Inflight {
+                    delivery: d.clone(),
+                    deadline: now + lease,
+                },
+            );
+            self.effects.push(Effect::Out {
+                conn,
+                out: Outbound::Deliver(d),
+            });
+            pushed += 1;
+        }
+        let schedule = (pushed > 0 && mb.lease_timer.is_none()).then(|| {
+            mb.lease_timer = Some(now + lease);
+            now + lease
+        });
+        self.metrics
+            .deliveries_pushed_total
+            .fetch_add(pushed, std::sync::atomic::Ordering::Relaxed);
+        if let Some(at) = schedule {
+            self.timer(
+                at,
+                TimerKind::Leases {
+                    mesh: mesh_id.to_owned(),
+                    key: key.to_owned(),
+                },
+            );
+        }
+    }
+
+    /// Re-push every delivery of this mailbox whose lease has expired.
+    pub(super) fn expire_leases(&mut self, mesh_id: &str, key: &str, now: Instant) {
+        let lease = self.timings.lease;
+        let Some(presence) = self
+            .dir
+            .mesh_mut(mesh_id)
+            .and_then(|m| m.presences.get_mut(key))
+        else {
+            return;
+        };
+        let Some(conn) = presence.target() else {
+            return;
+        };
+        let Some(mb) = presence.mailbox.as_mut() else {
+            return;
+        };
+        mb.lease_timer = None;
+        let mut repushed = Vec::new();
+        for lease_entry in mb.inflight.values_mut() {
+            if lease_entry.deadline <= now {
+                lease_entry.deadline = now + lease;
+                repushed.push(lease_entry.delivery.clone());
+            }
+        }
+        let next = mb.inflight.values().map(|l| l.deadline).min();
+        mb.lease_timer = next;
+        let n = repushed.len() as u64;
+        for d in repushed {
+            self.effects.push(Effect::Out {
+                conn,
+                out: Outbound::Deliver(d),
+            });
+        }
+        self.metrics
+            .deliveries_redelivered_total
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        if let Some(at) = next {
+            self.timer(
+                at,
+                TimerKind::Leases {
+                    mesh: mesh_id.to_owned(),
+                    key: key.to_owned(),
+                },
+            );
+        }
+    }
+
+    /// `client_ack`: mark the acker's own delivery done. A foreign or unknown id changes nothing.
+    pub(super) fn client_ack(&mut self, mesh_id: &str, key: &str, ack: &ClientAck) {
+        let now = now_ms();
+        let message_id = match (&ack.broker_message_id, &ack.client_message_id) {
+            (Some(id), _) => match self.store.ack_delivery(mesh_id, key, id, now) {
+                Ok(true) => Some(id.clone()),
+                Ok(false) => None,
+                Err(e) => {
+                    tracing::error!(error = %e, "ack failed");
+                    None
+                }
+            },
+            (None, Some(cid)) => self
+                .store
+                .ack_delivery_by_client_id(mesh_id, key, cid, now)
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "ack failed");
+                    None
+                }),
+            (None, None) => None,
+        };
+        let Some(message_id) = message_id else { return };
+        self.queue_depth -= 1;
+        Metrics::inc(&self.metrics.deliveries_acked_total);
+        if let Some(mb) = self.mailbox(mesh_id, key) {
+            if let Some(seq) = mb.inflight_by_id.remove(&message_id) {
+                mb.inflight.remove(&seq);
+            } else {
+                mb.pending.retain(|d| d.message.message_id != message_id);
+            }
+        }
+        self.pump(mesh_id, key);
+    }
+}

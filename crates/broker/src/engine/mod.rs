@@ -1,0 +1,437 @@
+//! The engine: one OS thread that owns the [`Store`] and all routing state (meshes,
+//! members, presences, mailboxes, leases) and applies commands in batches.
+//!
+//! Each turn it takes every queued command (up to [`MAX_BATCH`]), applies them against
+//! an open transaction and the in-memory state, commits once (group commit), and only then
+//! carries out the collected [`Effect`]s: acks, pushes, replies, closes. So nothing is
+//! acknowledged before it is durable, and because one thread decides everything, per
+//! (sender, recipient) FIFO and exactly-one-wins invite use need no locks.
+//!
+//! What it must not do: block on the network (outbound frames go through bounded
+//! channels with `try_send`; a full channel means a slow reader, which is disconnected),
+//! parse JSON from clients, or verify signatures (connection tasks do that in parallel).
+
+mod admin;
+mod delivery;
+mod directory;
+mod presence;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use claudemesh_proto::frames::{BrokerFrame, ClientFrame, ErrorFrame};
+use claudemesh_proto::http::JoinRequest;
+use claudemesh_store::Store;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Rejection, VerifiedHello};
+use crate::config::BrokerConfig;
+use crate::metrics::Metrics;
+use crate::time::now_ms;
+
+pub use admin::{AdminCommand, ApiFailure};
+pub use delivery::Delivery;
+use directory::Directory;
+
+/// Most commands applied in one transaction.
+pub const MAX_BATCH: usize = 4_096;
+/// Capacity of the engine's inbox; senders wait (backpressure) when it is full.
+pub const INBOX_CAPACITY: usize = 16_384;
+
+/// Identifies one WebSocket connection for the engine.
+pub type ConnId = u64;
+
+/// What the engine sends to a connection task.
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(BrokerFrame),
+    /// A delivery; the connection task renders the `push` JSON.
+    Deliver(Arc<Delivery>),
+}
+
+/// Asks a connection to close with a code and reason. Set once; later requests are ignored.
+#[derive(Debug, Default)]
+pub struct Kill {
+    token: CancellationToken,
+    reason: Mutex<Option<(u16, String)>>,
+}
+
+impl Kill {
+    pub fn kill(&self, code: u16, reason: &str) {
+        let mut r = self
+            .reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if r.is_none() {
+            *r = Some((code, reason.to_owned()));
+        }
+        self.token.cancel();
+    }
+
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    pub fn reason(&self) -> Option<(u16, String)> {
+        self.reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The engine's view of a connection: where to send frames and how to close it.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    pub id: ConnId,
+    pub tx: mpsc::Sender<Outbound>,
+    pub kill: Arc<Kill>,
+}
+
+/// Result of a successful attach.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub mesh_id: String,
+    pub member_id: String,
+    pub key: String,
+}
+
+/// Commands the engine accepts.
+#[derive(Debug)]
+pub enum Command {
+    /// Authenticate a verified hello (membership, revocation, replay) and attach the
+    /// connection to its presence. `hello_ack` is sent through the connection's channel.
+    Attach {
+        hello: VerifiedHello,
+        conn: ConnHandle,
+        reply: oneshot::Sender<Result<Attached, Rejection>>,
+    },
+    /// A frame from an attached connection (anything but hellos).
+    Frame { conn: ConnId, frame: ClientFrame },
+    /// The connection is gone.
+    Detach { conn: ConnId },
+    Join {
+        req: JoinRequest,
+        reply: oneshot::Sender<Result<claudemesh_proto::http::JoinResponse, ApiFailure>>,
+    },
+    Admin {
+        cmd: AdminCommand,
+        reply: oneshot::Sender<Result<serde_json::Value, ApiFailure>>,
+    },
+    /// Round trip to the database; replies whether it answered and the last commit worked.
+    Health { reply: oneshot::Sender<bool> },
+}
+
+/// Something to do once the batch's commit has returned.
+enum Effect {
+    /// Send to a connection. `on_fail` replaces it if the commit failed.
+    Out { conn: ConnId, out: Outbound },
+    /// Send only if the commit failed (e.g. the error ack for a send).
+    OutIfFailed { conn: ConnId, out: Outbound },
+    /// Run with `true` when the commit succeeded, `false` when it failed.
+    Reply(Box<dyn FnOnce(bool) + Send>),
+    Close {
+        conn: ConnId,
+        code: u16,
+        reason: String,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    /// Check a mailbox for expired leases.
+    Leases {
+        mesh: String,
+        key: String,
+    },
+    /// A presence's grace period may have ended.
+    Grace {
+        mesh: String,
+        key: String,
+        epoch: u64,
+    },
+    Purge,
+}
+
+/// The handle connection tasks and HTTP handlers use to reach the engine.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    tx: flume::Sender<Command>,
+}
+
+impl EngineHandle {
+    /// Queue a command, waiting while the inbox is full. Err when the engine has stopped.
+    pub async fn send(&self, cmd: Command) -> Result<(), ()> {
+        self.tx.send_async(cmd).await.map_err(|_| ())
+    }
+}
+
+/// Start the engine thread. It stops when every [`EngineHandle`] is dropped and the inbox
+/// is drained, committing what it has.
+pub fn start(
+    store: Box<dyn Store>,
+    config: &BrokerConfig,
+    metrics: Arc<Metrics>,
+) -> Result<(EngineHandle, std::thread::JoinHandle<()>), claudemesh_store::StoreError> {
+    let (tx, rx) = flume::bounded(INBOX_CAPACITY);
+    let mut engine = Engine::new(store, config, metrics)?;
+    let thread = std::thread::Builder::new()
+        .name("claudemesh-engine".into())
+        .spawn(move || engine.run(&rx))
+        .map_err(|e| claudemesh_store::StoreError::Open {
+            path: "engine thread".into(),
+            reason: e.to_string(),
+        })?;
+    Ok((EngineHandle { tx }, thread))
+}
+
+pub(crate) struct Engine {
+    store: Box<dyn Store>,
+    dir: Directory,
+    conns: HashMap<ConnId, ConnEntry>,
+    effects: Vec<Effect>,
+    timers: BinaryHeap<Reverse<(Instant, TimerKind)>>,
+    metrics: Arc<Metrics>,
+    timings: crate::config::Timings,
+    window: usize,
+    db_healthy: bool,
+    /// Unacked deliveries (the queue-depth gauge), kept exact between purges.
+    queue_depth: i64,
+}
+
+/// An attached connection.
+struct ConnEntry {
+    handle: ConnHandle,
+    mesh_id: String,
+    key: String,
+    session_id: String,
+}
+
+impl Engine {
+    fn new(
+        mut store: Box<dyn Store>,
+        config: &BrokerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, claudemesh_store::StoreError> {
+        let dir = Directory::load(store.as_mut())?;
+        let queue_depth = store.queue_depth(now_ms())?;
+        metrics.queue_depth.store(queue_depth, Relaxed);
+        let mut timers = BinaryHeap::new();
+        timers.push(Reverse((
+            Instant::now() + Duration::from_secs(5),
+            TimerKind::Purge,
+        )));
+        Ok(Self {
+            store,
+            dir,
+            conns: HashMap::new(),
+            effects: Vec::new(),
+            timers,
+            metrics,
+            timings: config.timings,
+            window: config.inflight_window.max(1),
+            db_healthy: true,
+            queue_depth,
+        })
+    }
+
+    fn run(&mut self, rx: &flume::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(256);
+        loop {
+            let wait = self
+                .next_timer()
+                .map(|at| at.saturating_duration_since(Instant::now()));
+            let first = match wait {
+                Some(d) => match rx.recv_timeout(d) {
+                    Ok(cmd) => Some(cmd),
+                    Err(flume::RecvTimeoutError::Timeout) => None,
+                    Err(flume::RecvTimeoutError::Disconnected) => break,
+                },
+                None => match rx.recv() {
+                    Ok(cmd) => Some(cmd),
+                    Err(_) => break,
+                },
+            };
+            batch.extend(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            let n = batch.len();
+            for cmd in batch.drain(..) {
+                self.apply(cmd);
+            }
+            self.fire_timers();
+            self.finish_batch(n);
+        }
+        // Inbox closed: everything applied has been committed by finish_batch.
+        tracing::info!("engine stopped");
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    fn timer(&mut self, at: Instant, kind: TimerKind) {
+        self.timers.push(Reverse((at, kind)));
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, kind))) = self.timers.pop() else {
+                break;
+            };
+            match kind {
+                TimerKind::Leases { mesh, key } => self.expire_leases(&mesh, &key, now),
+                TimerKind::Grace { mesh, key, epoch } => self.end_grace(&mesh, &key, epoch),
+                TimerKind::Purge => {
+                    let ms = now_ms();
+                    match self.store.purge_expired(ms) {
+                        Ok(n) if n > 0 => tracing::info!(rows = n, "purged expired messages"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "purge failed"),
+                    }
+                    if let Ok(depth) = self.store.queue_depth(ms) {
+                        self.queue_depth = depth;
+                    }
+                    self.timer(now + self.timings.purge_interval, TimerKind::Purge);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: Command) {
+        match cmd {
+            Command::Attach { hello, conn, reply } => self.attach(hello, conn, reply),
+            Command::Frame { conn, frame } => self.frame(conn, frame),
+            Command::Detach { conn } => self.detach(conn),
+            Command::Join { req, reply } => self.join(req, reply),
+            Command::Admin { cmd, reply } => self.admin(cmd, reply),
+            Command::Health { reply } => {
+                let ok = self.db_healthy && self.store.ping().is_ok();
+                let _ = reply.send(ok);
+            }
+        }
+    }
+
+    fn frame(&mut self, conn: ConnId, frame: ClientFrame) {
+        let Some(entry) = self.conns.get(&conn) else {
+            return;
+        };
+        let (mesh, key) = (entry.mesh_id.clone(), entry.key.clone());
+        match frame {
+            ClientFrame::Send(send) => self.send(conn, &mesh, &key, send),
+            ClientFrame::ClientAck(ack) => self.client_ack(&mesh, &key, &ack),
+            ClientFrame::ListPeers(req) => self.list_peers(conn, &mesh, req.req_id),
+            ClientFrame::ListMembers(req) => self.list_members(conn, &mesh, req.req_id),
+            ClientFrame::SetStatus(s) => self.set_status(&mesh, &key, s.status),
+            ClientFrame::SetSummary(s) => self.set_summary(conn, &mesh, &key, s.summary),
+            ClientFrame::JoinGroup(g) => self.join_group(conn, &mesh, &key, g),
+            ClientFrame::LeaveGroup(g) => self.leave_group(&mesh, &key, &g.name),
+            ClientFrame::Hello(_) | ClientFrame::SessionHello(_) => {
+                let err = ErrorFrame::new(
+                    claudemesh_proto::codes::ALREADY_AUTHENTICATED,
+                    "this connection is already authenticated",
+                );
+                self.out(conn, BrokerFrame::Error(err));
+            }
+            // Answered by the connection task, which still has the raw `_reqId`.
+            ClientFrame::Unknown => {}
+        }
+    }
+
+    fn out(&mut self, conn: ConnId, frame: BrokerFrame) {
+        self.effects.push(Effect::Out {
+            conn,
+            out: Outbound::Frame(frame),
+        });
+    }
+
+    /// Commit, then carry out effects; on failure, fail replies and rebuild state.
+    fn finish_batch(&mut self, commands: usize) {
+        let committed = match self.store.commit() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed; failing this batch and rebuilding state");
+                Metrics::inc(&self.metrics.commit_failures_total);
+                false
+            }
+        };
+        if commands > 0 {
+            Metrics::inc(&self.metrics.commits_total);
+            self.metrics
+                .commit_batch_frames_total
+                .fetch_add(commands as u64, Relaxed);
+        }
+        self.db_healthy = committed;
+        let effects = std::mem::take(&mut self.effects);
+        for effect in effects {
+            match effect {
+                Effect::Out { conn, out } if committed => self.deliver_now(conn, out),
+                Effect::OutIfFailed { conn, out } if !committed => self.deliver_now(conn, out),
+                Effect::Out { .. } | Effect::OutIfFailed { .. } => {}
+                Effect::Reply(f) => f(committed),
+                Effect::Close { conn, code, reason } => {
+                    if let Some(c) = self.conns.get(&conn) {
+                        c.handle.kill.kill(code, &reason);
+                    }
+                }
+            }
+        }
+        self.metrics.queue_depth.store(self.queue_depth, Relaxed);
+        if !committed {
+            self.rebuild();
+        }
+    }
+
+    /// After a failed commit memory may disagree with the database: close every
+    /// connection (clients reconnect and everything unacked is pushed again) and reload.
+    fn rebuild(&mut self) {
+        let _ = self.store.rollback();
+        for (_, c) in self.conns.drain() {
+            c.handle.kill.kill(
+                claudemesh_proto::codes::close::GOING_AWAY,
+                "broker storage error",
+            );
+        }
+        self.metrics.connections_active.store(0, Relaxed);
+        match Directory::load(self.store.as_mut()) {
+            Ok(dir) => self.dir = dir,
+            Err(e) => tracing::error!(error = %e, "reloading state failed"),
+        }
+        if let Ok(depth) = self.store.queue_depth(now_ms()) {
+            self.queue_depth = depth;
+        }
+    }
+
+    /// Hand a frame to a connection's bounded channel; a full channel marks a slow reader,
+    /// which is disconnected (its unacked deliveries come back when it reconnects).
+    fn deliver_now(&mut self, conn: ConnId, out: Outbound) {
+        let Some(entry) = self.conns.get(&conn) else {
+            return;
+        };
+        match entry.handle.tx.try_send(out) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Metrics::inc(&self.metrics.slow_consumers_total);
+                tracing::warn!(conn, "outbound buffer full; disconnecting slow reader");
+                entry
+                    .handle
+                    .kill
+                    .kill(claudemesh_proto::codes::close::REJECTED, "slow_consumer");
+                self.detach(conn);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => self.detach(conn),
+        }
+    }
+}

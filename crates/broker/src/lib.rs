@@ -1,0 +1,147 @@
+//! The claudemesh broker as a library: [`Broker::spawn`] opens the store, starts the
+//! engine thread and the HTTP/WebSocket server, and returns a [`BrokerHandle`] with the
+//! bound address and a graceful [`BrokerHandle::shutdown`]. The `claudemesh-broker`
+//! binary is a thin wrapper; tests start the real thing on port 0.
+//!
+//! Module map: `server` (HTTP routes) → `conn` (one actor per WebSocket) → `engine` (the
+//! single thread that owns the store and all routing state). `auth` verifies hellos,
+//! `ratelimit` holds token buckets, `metrics` the Prometheus counters.
+
+mod auth;
+pub mod config;
+mod conn;
+mod engine;
+mod metrics;
+mod ratelimit;
+mod server;
+mod time;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use claudemesh_store::{SqliteStore, Store};
+pub use config::{BrokerConfig, MeshCreation, Rate, RateLimits, Timings};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database could not be opened or migrated.
+    #[error("database: {0}")]
+    Store(#[from] claudemesh_store::StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The database URL names a backend this build does not have.
+    #[error(
+        "unsupported database URL '{0}': use a sqlite:// path or leave it unset (PostgreSQL arrives with the scale-out work)"
+    )]
+    UnsupportedDatabase(String),
+}
+
+/// Entry point.
+#[derive(Debug)]
+pub struct Broker;
+
+/// A running broker.
+#[derive(Debug)]
+pub struct BrokerHandle {
+    addr: SocketAddr,
+    shared: Arc<server::Shared>,
+    server: tokio::task::JoinHandle<()>,
+    engine: std::thread::JoinHandle<()>,
+}
+
+fn open_store(config: &BrokerConfig) -> Result<Box<dyn Store>, StartError> {
+    let path = match config.database_url.as_deref() {
+        None => config.data_dir.join("claudemesh.db"),
+        Some(url) => match url.strip_prefix("sqlite://") {
+            Some(path) => path.into(),
+            None => return Err(StartError::UnsupportedDatabase(url.to_owned())),
+        },
+    };
+    Ok(Box::new(SqliteStore::open(&path)?))
+}
+
+impl Broker {
+    /// Open the store, start the engine and serve on `config.listen`.
+    pub async fn spawn(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
+        let store = open_store(&config)?;
+        let metrics = Arc::new(metrics::Metrics::default());
+        let (engine, engine_thread) = engine::start(store, &config, metrics.clone())?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let shared = Arc::new(server::Shared {
+            rate_limiter: ratelimit::RateLimiter::new(config.rate_limits.clone()),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            config,
+            engine,
+            metrics,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            next_conn: AtomicU64::new(1),
+            started: Instant::now(),
+        });
+        let app = server::router(shared.clone());
+        let stop = shared.shutdown.clone();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "server error");
+            }
+        });
+        tracing::info!(%addr, "broker listening");
+        Ok(BrokerHandle {
+            addr,
+            shared,
+            server,
+            engine: engine_thread,
+        })
+    }
+}
+
+impl BrokerHandle {
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ws://ADDR/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// `http://ADDR`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stop accepting, close every WebSocket with 1001, wait for connection tasks, then
+    /// let the engine commit what it holds and stop. Nothing acknowledged is lost.
+    pub async fn shutdown(self) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+        let _ = self.server.await;
+        // The last EngineHandle lives in `shared`; dropping it closes the engine inbox.
+        drop(self.shared);
+        let engine = self.engine;
+        let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+        tracing::info!("broker stopped");
+    }
+}

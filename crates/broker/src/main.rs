@@ -1,0 +1,159 @@
+//! `claudemesh-broker`: parse flags into a [`BrokerConfig`], start the broker, print the
+//! WebSocket URL, and shut down gracefully on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use claudemesh_broker::{Broker, BrokerConfig, MeshCreation, Rate};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "claudemesh-broker",
+    version,
+    about = "The claudemesh routing-only broker"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8787", env = "CLAUDEMESH_LISTEN")]
+    listen: SocketAddr,
+    /// Directory for the SQLite database (default: ~/.claudemesh/broker).
+    #[arg(long, env = "CLAUDEMESH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database URL: sqlite:///path/to/file.db (default: SQLite in the data directory).
+    #[arg(long, env = "CLAUDEMESH_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Token required to create meshes. Without it, creation is open on loopback and
+    /// disabled on any other address.
+    #[arg(long, env = "CLAUDEMESH_CREATE_TOKEN", hide_env_values = true)]
+    create_token: Option<String>,
+    /// Allow anyone who can reach the broker to create meshes, even off loopback.
+    #[arg(long)]
+    open_mesh_creation: bool,
+    /// Per-member rate limit for one frame type, TYPE=PER_SEC[:BURST]; repeatable
+    /// (e.g. --rate-limit send=1000:5000). TYPE `default` sets the fallback.
+    #[arg(long = "rate-limit", value_name = "TYPE=PER_SEC[:BURST]")]
+    rate_limits: Vec<String>,
+    /// Turn rate limiting off entirely (benchmarks).
+    #[arg(long)]
+    no_rate_limits: bool,
+}
+
+fn parse_rate(spec: &str) -> anyhow::Result<(String, Rate)> {
+    let (kind, rest) = spec
+        .split_once('=')
+        .context("expected TYPE=PER_SEC[:BURST]")?;
+    let (per_sec, burst) = match rest.split_once(':') {
+        Some((r, b)) => (r.parse::<f64>()?, b.parse::<f64>()?),
+        None => {
+            let r = rest.parse::<f64>()?;
+            (r, r * 5.0)
+        }
+    };
+    anyhow::ensure!(
+        per_sec > 0.0 && burst >= 1.0,
+        "rate must be > 0 and burst >= 1"
+    );
+    Ok((kind.to_owned(), Rate { per_sec, burst }))
+}
+
+fn config(args: Args) -> anyhow::Result<BrokerConfig> {
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .context("HOME is not set; pass --data-dir")?
+            .join(".claudemesh")
+            .join("broker"),
+    };
+    let mut config = BrokerConfig::new(args.listen, data_dir);
+    config.database_url = args.database_url;
+    if let Some(token) = args.create_token {
+        config.mesh_creation = MeshCreation::Token(token);
+    } else if args.open_mesh_creation {
+        config.mesh_creation = MeshCreation::Open;
+    }
+    for spec in &args.rate_limits {
+        let (kind, rate) =
+            parse_rate(spec).with_context(|| format!("bad --rate-limit '{spec}'"))?;
+        if kind == "default" {
+            config.rate_limits.default = rate;
+        } else {
+            config.rate_limits.by_type.insert(kind, rate);
+        }
+    }
+    config.rate_limits.enabled = !args.no_rate_limits;
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = config(args)?;
+    let creation = match &config.mesh_creation {
+        MeshCreation::Open => "open",
+        MeshCreation::Token(_) => "token required",
+        MeshCreation::Closed => "disabled",
+    };
+    let where_ = config
+        .database_url
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("claudemesh.db").display().to_string());
+    let broker = Broker::spawn(config).await.context("starting the broker")?;
+    #[allow(clippy::print_stdout)] // the URL on stdout is this binary's interface
+    {
+        println!("claudemesh broker serving {}", broker.ws_url());
+        println!("database: {where_}; mesh creation: {creation}");
+    }
+    shutdown_signal().await;
+    tracing::info!("shutdown requested");
+    broker.shutdown().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLAUDEMESH_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("claudemesh-broker: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("claudemesh-broker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! Test harness: a real broker on port 0 over a real SQLite file, signed admin calls, and
+//! a v1 client that speaks only raw WIRE-V1 JSON (built with `serde_json::json!`, not the
+//! project's frame types), so these tests check compatibility rather than round-tripping
+//! our own structs.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use claudemesh_broker::{Broker, BrokerConfig, BrokerHandle};
+use claudemesh_crypto::{PublicKey, SecretKey, box_open, box_seal, random_nonce};
+use claudemesh_proto::canonical::{self, AdminAction};
+use claudemesh_proto::invite::{InvitePayload, InviteRole};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+pub struct TestBroker {
+    pub handle: Option<BrokerHandle>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestBroker {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut BrokerConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = BrokerConfig::for_tests(dir.path().to_path_buf());
+        tweak(&mut config);
+        let handle = Broker::spawn(config).await.unwrap();
+        Self {
+            handle: Some(handle),
+            dir,
+        }
+    }
+
+    pub fn ws(&self) -> String {
+        self.handle.as_ref().unwrap().ws_url()
+    }
+
+    pub fn http(&self) -> String {
+        self.handle.as_ref().unwrap().http_url()
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await;
+        }
+    }
+}
+
+pub struct Ident {
+    pub sk: SecretKey,
+    pub pk: String,
+}
+
+impl Ident {
+    pub fn new() -> Self {
+        let sk = SecretKey::generate();
+        let pk = sk.public().to_hex();
+        Self { sk, pk }
+    }
+
+    pub fn from_seed_hex(seed: &str) -> Self {
+        let seed: [u8; 32] = hex::decode(seed).unwrap().try_into().unwrap();
+        let sk = SecretKey::from_seed(&seed);
+        let pk = sk.public().to_hex();
+        Self { sk, pk }
+    }
+
+    pub fn signed(&self, action: AdminAction, mesh_id: &str, args: &[&str]) -> Value {
+        let ts = now_ms();
+        let sig = self
+            .sk
+            .sign_str(&canonical::admin(action, mesh_id, &self.pk, ts, args))
+            .to_hex();
+        json!({ "signerPubkey": self.pk, "timestamp": ts, "signature": sig })
+    }
+}
+
+pub async fn post(url: &str, body: &Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+pub fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+pub struct Mesh {
+    pub id: String,
+    pub slug: String,
+    pub owner: Ident,
+    pub owner_member_id: String,
+}
+
+pub async fn create_mesh(broker: &TestBroker, slug: &str) -> Mesh {
+    let owner = Ident::new();
+    let body = merge(
+        json!({ "name": format!("{slug} mesh"), "slug": slug, "ownerDisplayName": "owner" }),
+        owner.signed(
+            AdminAction::CreateMesh,
+            "",
+            &[slug, &format!("{slug} mesh")],
+        ),
+    );
+    let (status, v) = post(&format!("{}/api/meshes", broker.http()), &body).await;
+    assert_eq!(status, 200, "{v}");
+    Mesh {
+        id: v["meshId"].as_str().unwrap().into(),
+        slug: slug.into(),
+        owner,
+        owner_member_id: v["ownerMemberId"].as_str().unwrap().into(),
+    }
+}
+
+/// Sign (as the owner) and register an invite; returns the payload.
+pub async fn invite(
+    broker: &TestBroker,
+    mesh: &Mesh,
+    max_uses: u32,
+    expires_in_secs: i64,
+) -> InvitePayload {
+    let payload = InvitePayload::sign(
+        &mesh.id,
+        &mesh.slug,
+        &broker.ws(),
+        now_ms() / 1000 + expires_in_secs,
+        InviteRole::Member,
+        &mesh.owner.sk,
+    );
+    let args = [payload.invite_id(), max_uses.to_string()];
+    let body = merge(
+        json!({ "invite": payload, "maxUses": max_uses }),
+        mesh.owner
+            .signed(AdminAction::RegisterInvite, &mesh.id, &[&args[0], &args[1]]),
+    );
+    let (status, v) = post(
+        &format!("{}/api/meshes/{}/invites", broker.http(), mesh.id),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    payload
+}
+
+/// `POST /join` exactly as WIRE-V1 describes it.
+pub async fn join_raw(
+    broker: &TestBroker,
+    invite: &InvitePayload,
+    peer: &Ident,
+    name: &str,
+) -> (u16, Value) {
+    let body = json!({
+        "invite_token": invite.token(),
+        "invite_payload": serde_json::to_value(invite).unwrap(),
+        "peer_pubkey": peer.pk,
+        "display_name": name,
+    });
+    post(&format!("{}/join", broker.http()), &body).await
+}
+
+pub struct Member {
+    pub ident: Ident,
+    pub member_id: String,
+    pub mesh_id: String,
+    pub name: String,
+}
+
+pub async fn enroll(broker: &TestBroker, mesh: &Mesh, name: &str) -> Member {
+    enroll_ident(broker, mesh, name, Ident::new()).await
+}
+
+pub async fn enroll_ident(broker: &TestBroker, mesh: &Mesh, name: &str, ident: Ident) -> Member {
+    let inv = invite(broker, mesh, 1, 3600).await;
+    let (status, v) = join_raw(broker, &inv, &ident, name).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["ok"], true);
+    Member {
+        ident,
+        member_id: v["memberId"].as_str().unwrap().into(),
+        mesh_id: mesh.id.clone(),
+        name: name.into(),
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A client built only from WIRE-V1 frames.
+pub struct V1Client {
+    pub ws: Ws,
+    pub key: String,
+}
+
+pub fn hello_frame(m: &Member, session_id: &str, ts: i64) -> Value {
+    let sig = m
+        .ident
+        .sk
+        .sign_str(&format!(
+            "{}|{}|{}|{}",
+            m.mesh_id, m.member_id, m.ident.pk, ts
+        ))
+        .to_hex();
+    json!({
+        "type": "hello", "meshId": m.mesh_id, "memberId": m.member_id, "pubkey": m.ident.pk,
+        "displayName": m.name, "sessionId": session_id, "pid": 4242, "cwd": "/tmp/repo",
+        "hostname": "test-host", "peerType": "ai", "channel": "cli", "model": "test",
+        "timestamp": ts, "signature": sig,
+    })
+}
+
+impl V1Client {
+    pub async fn raw(url: &str) -> Ws {
+        tokio_tungstenite::connect_async(url).await.unwrap().0
+    }
+
+    /// Connect and say hello; panics unless hello_ack comes back.
+    pub async fn connect(url: &str, m: &Member) -> Self {
+        Self::connect_session(url, m, "sess-1").await
+    }
+
+    pub async fn connect_session(url: &str, m: &Member, session_id: &str) -> Self {
+        let mut c = Self {
+            ws: Self::raw(url).await,
+            key: m.ident.pk.clone(),
+        };
+        c.send(hello_frame(m, session_id, now_ms())).await;
+        let ack = c.recv().await;
+        assert_eq!(ack["type"], "hello_ack", "{ack}");
+        c
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// Next JSON frame (pings are answered by tungstenite); panics after WAIT.
+    pub async fn recv(&mut self) -> Value {
+        self.try_recv(WAIT)
+            .await
+            .expect("timed out waiting for a frame")
+    }
+
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            match msg {
+                Message::Text(t) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Next frame of `type`, skipping system pushes and other types.
+    pub async fn recv_type(&mut self, ty: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == ty && v["subtype"] != "system" {
+                return v;
+            }
+        }
+    }
+
+    /// Next non-system push within `wait`, or None.
+    pub async fn next_push(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.try_recv(left).await?;
+            if v["type"] == "push" && v["subtype"] != "system" {
+                return Some(v);
+            }
+        }
+    }
+
+    /// crypto_box a text to `to` and send it; returns the ack.
+    pub async fn send_dm(&mut self, sk: &SecretKey, to: &str, text: &str, priority: &str) -> Value {
+        let nonce = random_nonce();
+        let ct = box_seal(
+            text.as_bytes(),
+            &nonce,
+            &PublicKey::from_hex(to).unwrap(),
+            sk,
+        );
+        let id = format!("c-{}", now_ms());
+        self.send(json!({ "type": "send", "targetSpec": to, "priority": priority, "nonce": B64.encode(nonce), "ciphertext": B64.encode(ct), "id": id })).await;
+        self.recv_type("ack").await
+    }
+
+    pub async fn ack(&mut self, push: &Value) {
+        self.send(json!({ "type": "client_ack", "brokerMessageId": push["messageId"] }))
+            .await;
+    }
+
+    pub async fn peers(&mut self) -> Vec<Value> {
+        self.send(json!({ "type": "list_peers", "_reqId": "p1" }))
+            .await;
+        let v = self.recv_type("peers_list").await;
+        assert_eq!(v["_reqId"], "p1");
+        v["peers"].as_array().unwrap().clone()
+    }
+
+    /// Wait for the close frame; returns its code.
+    pub async fn closed(&mut self, wait: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?
+            {
+                Some(Ok(Message::Close(Some(f)))) => return Some(u16::from(f.code)),
+                Some(Ok(Message::Close(None))) | None => return Some(1005),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => return Some(1006),
+            }
+        }
+    }
+}
+
+/// Open a crypto_box push addressed to `me`.
+pub fn open_push(push: &Value, me: &SecretKey) -> String {
+    let nonce: [u8; 24] = B64
+        .decode(push["nonce"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let ct = B64.decode(push["ciphertext"].as_str().unwrap()).unwrap();
+    let sender = PublicKey::from_hex(push["senderPubkey"].as_str().unwrap()).unwrap();
+    String::from_utf8(box_open(&ct, &nonce, &sender, me).unwrap()).unwrap()
+}

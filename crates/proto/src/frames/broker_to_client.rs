@@ -1,0 +1,216 @@
+//! Frames the broker sends to a client.
+
+use serde::{Deserialize, Serialize};
+
+use super::{GroupRef, Priority, ReqId, Status};
+
+/// Every frame the broker may send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BrokerFrame {
+    HelloAck(HelloAck),
+    Ack(Ack),
+    Push(Push),
+    PeersList(PeersList),
+    Error(ErrorFrame),
+    /// Extension `list-members`.
+    MembersList(MembersList),
+}
+
+/// Reply to a successful `hello` / `session_hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HelloAck {
+    pub presence_id: String,
+    pub member_display_name: String,
+    pub protocol_version: u32,
+    pub capabilities: Vec<String>,
+    /// Extension (restore field): the member id the broker resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_id: Option<String>,
+    /// Extension (restore field): the member's role in the mesh (`owner|admin|member`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_role: Option<String>,
+    /// Extension (restore field): the presence's restored status after a reconnect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// Extension (restore field): the presence's restored summary after a reconnect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<GroupRef>>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// Reply to `send`: the message is durably committed (`queued: true`) or refused (`error`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ack {
+    /// The send's `id`, or "".
+    pub id: String,
+    /// The broker message id, or "" when refused.
+    pub message_id: String,
+    pub queued: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Extension: how many per-recipient deliveries were created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<u32>,
+    #[serde(
+        rename = "client_message_id",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_message_id: Option<String>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// A delivery (or, with `subtype: "system"`, a presence event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Push {
+    pub message_id: String,
+    pub mesh_id: String,
+    /// The sender connection's session key, else its member key; `"system"` for events.
+    pub sender_pubkey: String,
+    pub priority: Priority,
+    pub nonce: String,
+    pub ciphertext: String,
+    /// ISO 8601 (UTC, milliseconds).
+    pub created_at: String,
+    #[serde(
+        rename = "client_message_id",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_message_id: Option<String>,
+    /// Multicast only: the sender's member key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_member_pubkey: Option<String>,
+    /// Multicast only: the sender's display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_name: Option<String>,
+    /// Extension: the `targetSpec` the sender used (`*`, `@name` or a key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_spec: Option<String>,
+    /// Extension `e2e-multicast`: base64(nonce ‖ crypto_box of the message key) for this
+    /// recipient; the body is then `crypto_secretbox` under that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_key: Option<String>,
+    /// `"system"` for presence events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_data: Option<EventData>,
+}
+
+/// Presence event payload of a system push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventData {
+    pub name: String,
+    pub pubkey: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<GroupRef>>,
+}
+
+/// System event names.
+pub mod event {
+    pub const PEER_JOINED: &str = "peer_joined";
+    pub const PEER_LEFT: &str = "peer_left";
+    pub const PEER_RETURNED: &str = "peer_returned";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeersList {
+    pub peers: Vec<PeerInfo>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// One live presence in `peers_list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerInfo {
+    /// Session key, else member key: the key to address and to encrypt to.
+    pub pubkey: String,
+    pub member_pubkey: String,
+    pub display_name: String,
+    pub status: Status,
+    /// Serialized as `null` when unset, as v1 does.
+    pub summary: Option<String>,
+    pub groups: Vec<GroupRef>,
+    pub session_id: String,
+    /// ISO 8601.
+    pub connected_at: String,
+    pub cwd: String,
+    /// `control-plane`, `session` or `service`.
+    pub role: String,
+    /// Same value as `role`.
+    pub peer_role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+/// Extension `list-members`: every identity a multicast would reach, online or not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersList {
+    pub members: Vec<MemberInfo>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// One recipient identity: a member key or a known session key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberInfo {
+    /// The key deliveries are addressed to (member or session key).
+    pub pubkey: String,
+    pub member_id: String,
+    pub member_pubkey: String,
+    pub display_name: String,
+    /// `owner`, `admin` or `member`.
+    pub role: String,
+    /// `member` or `session`.
+    pub kind: String,
+    pub groups: Vec<GroupRef>,
+    pub online: bool,
+    /// Whether this identity's client announced `e2e-multicast` when it last connected.
+    pub e2e_multicast: bool,
+}
+
+/// An error reply. Never contains internals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+impl ErrorFrame {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+            id: None,
+            req_id: None,
+        }
+    }
+
+    pub fn with_req_id(mut self, req_id: Option<ReqId>) -> Self {
+        self.req_id = req_id;
+        self
+    }
+}

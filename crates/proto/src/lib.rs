@@ -1,0 +1,16 @@
+//! The claudemesh wire protocol as typed Rust: WebSocket frames in both directions
+//! (named by direction), the canonical strings that get signed, invite links, the HTTP
+//! enrollment and admin bodies, and every limit as a named constant.
+//!
+//! This crate is serde only: it performs no I/O and holds no state. It parses; the broker
+//! and the client decide. `PROTOCOL.md` at the repository root is the normative text; the
+//! types here must match it.
+
+pub mod canonical;
+pub mod codes;
+pub mod frames;
+pub mod http;
+pub mod invite;
+pub mod limits;
+
+pub use frames::{BrokerFrame, ClientFrame};

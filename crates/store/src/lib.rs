@@ -1,0 +1,110 @@
+//! Durable state of the broker behind one [`Store`] trait.
+//!
+//! The store is synchronous and owned by exactly one thread (the broker's engine), which
+//! makes group commit trivial: every mutating call joins an implicitly open transaction,
+//! and the engine calls [`Store::commit`] once per batch of frames. Nothing is durable
+//! (and nothing may be acknowledged to a client) until `commit` returns `Ok`.
+//!
+//! What the store must not do: interpret the protocol, decide authorisation, or hold any
+//! secret key. It stores public keys and ciphertext.
+
+mod rows;
+pub mod sqlite;
+
+pub use rows::*;
+pub use sqlite::SqliteStore;
+
+/// Errors from a storage backend. The message may name tables or SQL; callers must not
+/// forward it to clients.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed an operation.
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The database file or directory could not be prepared.
+    #[error("cannot open database at {path}: {reason}")]
+    Open { path: String, reason: String },
+    /// The on-disk schema is newer than this binary understands.
+    #[error("database schema version {found} is newer than supported version {supported}")]
+    SchemaTooNew { found: i64, supported: i64 },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Everything the broker persists. All timestamps are milliseconds since the epoch except
+/// invite expiry, which is in seconds as in the invite payload.
+pub trait Store: Send + 'static {
+    /// Make everything since the last commit durable (fsync per the backend's policy).
+    fn commit(&mut self) -> Result<()>;
+    /// Discard everything since the last commit.
+    fn rollback(&mut self) -> Result<()>;
+    /// A cheap round trip proving the database answers.
+    fn ping(&mut self) -> Result<()>;
+
+    // ---- meshes, members, invites, peers (loaded into memory at start) ----
+    fn load_meshes(&mut self) -> Result<Vec<MeshRow>>;
+    fn load_members(&mut self) -> Result<Vec<MemberRow>>;
+    fn load_peers(&mut self) -> Result<Vec<PeerRow>>;
+    fn insert_mesh(&mut self, mesh: &MeshRow) -> Result<()>;
+    fn upsert_member(&mut self, member: &MemberRow) -> Result<()>;
+    fn upsert_peer(&mut self, peer: &PeerRow) -> Result<()>;
+    fn invite(&mut self, invite_id: &str) -> Result<Option<InviteRow>>;
+    fn invites(&mut self, mesh_id: &str) -> Result<Vec<InviteRow>>;
+    fn upsert_invite(&mut self, invite: &InviteRow) -> Result<()>;
+
+    // ---- messages and deliveries ----
+    /// Insert a message body once; returns its row id.
+    fn insert_message(&mut self, message: &MessageRow) -> Result<i64>;
+    /// Insert one recipient's delivery of a message; returns its sequence number, which
+    /// increases in commit order (FIFO per recipient follows from it).
+    fn insert_delivery(
+        &mut self,
+        mesh_id: &str,
+        message_rowid: i64,
+        recipient: &str,
+        sealed_key: Option<&str>,
+        expires_at: i64,
+    ) -> Result<i64>;
+    /// The broker id of a message this sender already sent with this `client_message_id`
+    /// (idempotent resend after a lost ack).
+    fn find_message_by_client_id(
+        &mut self,
+        mesh_id: &str,
+        sender_pubkey: &str,
+        client_message_id: &str,
+    ) -> Result<Option<String>>;
+    /// Mark `recipient`'s delivery of `message_id` acked. Returns false when there is no
+    /// such unacked delivery (already acked, or not this recipient's).
+    fn ack_delivery(
+        &mut self,
+        mesh_id: &str,
+        recipient: &str,
+        message_id: &str,
+        now: i64,
+    ) -> Result<bool>;
+    /// Same, addressed by the sender's `client_message_id`.
+    fn ack_delivery_by_client_id(
+        &mut self,
+        mesh_id: &str,
+        recipient: &str,
+        client_message_id: &str,
+        now: i64,
+    ) -> Result<Option<String>>;
+    /// Unacked, unexpired deliveries of `recipient` with `seq > after`, oldest first.
+    fn pending(
+        &mut self,
+        mesh_id: &str,
+        recipient: &str,
+        after: i64,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<PendingDelivery>>;
+    /// Number of unacked, unexpired deliveries (the `broker_queue_depth` gauge).
+    fn queue_depth(&mut self, now: i64) -> Result<i64>;
+    /// Delete expired messages, deliveries and replay records. Returns rows removed.
+    fn purge_expired(&mut self, now: i64) -> Result<u64>;
+
+    // ---- replay protection ----
+    /// Remember a signature until `expires_at`. Returns false if it was already seen.
+    fn remember_signature(&mut self, signature: &str, expires_at: i64) -> Result<bool>;
+}

@@ -1,0 +1,85 @@
+//! Plain row types exchanged with a [`crate::Store`]. No behaviour, no validation.
+
+/// A mesh. The broker holds only its owner's public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshRow {
+    pub id: String,
+    pub slug: String,
+    pub name: String,
+    pub owner_pubkey: String,
+    pub created_at: i64,
+}
+
+/// An enrolled member identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRow {
+    pub id: String,
+    pub mesh_id: String,
+    pub pubkey: String,
+    pub display_name: String,
+    /// `owner`, `admin` or `member`.
+    pub role: String,
+    pub joined_at: i64,
+    /// `None` while active; `kicked` or `revoked` after removal.
+    pub removed: Option<String>,
+}
+
+/// A registered invite (the signed payload itself is never stored; only its id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteRow {
+    pub id: String,
+    pub mesh_id: String,
+    pub role: String,
+    /// 0 = unlimited.
+    pub max_uses: u32,
+    pub uses: u32,
+    /// Seconds since the epoch.
+    pub expires_at: i64,
+    pub revoked: bool,
+    /// Public key of the signer.
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+/// A recipient identity known to the broker: a member key or a session key that has
+/// connected. Multicast recipients are computed from these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRow {
+    pub pubkey: String,
+    pub mesh_id: String,
+    pub member_id: String,
+    /// `member` or `session`.
+    pub kind: String,
+    pub display_name: String,
+    /// JSON array of `{name, role?}`.
+    pub groups_json: String,
+    pub last_seen: i64,
+    /// The identity's client announced `e2e-multicast`.
+    pub e2e_multicast: bool,
+}
+
+/// A message body, stored once however many recipients it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRow {
+    pub message_id: String,
+    pub mesh_id: String,
+    pub sender_pubkey: String,
+    pub sender_member_pubkey: String,
+    pub sender_name: String,
+    pub target_spec: String,
+    pub priority: String,
+    pub nonce: String,
+    pub ciphertext: String,
+    pub client_message_id: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// One unacked delivery, joined with its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDelivery {
+    pub seq: i64,
+    pub message_rowid: i64,
+    pub sealed_key: Option<String>,
+    pub message: MessageRow,
+}

@@ -1,0 +1,420 @@
+//! The embedded default backend: one SQLite file in WAL mode with `synchronous=FULL`, so
+//! a commit survives power loss. Opened by the single engine thread; every statement uses
+//! bound parameters and the prepared-statement cache.
+
+mod schema;
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{
+    InviteRow, MemberRow, MeshRow, MessageRow, PeerRow, PendingDelivery, Result, Store, StoreError,
+};
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    conn: Connection,
+    in_tx: bool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("in_tx", &self.in_tx)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Open (creating and migrating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "busy_timeout", 5_000)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        schema::migrate(&conn)?;
+        Ok(Self { conn, in_tx: false })
+    }
+
+    fn tx(&mut self) -> Result<&Connection> {
+        if !self.in_tx {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.in_tx = true;
+        }
+        Ok(&self.conn)
+    }
+}
+
+fn message_from_row(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<MessageRow> {
+    Ok(MessageRow {
+        message_id: row.get(base)?,
+        mesh_id: row.get(base + 1)?,
+        sender_pubkey: row.get(base + 2)?,
+        sender_member_pubkey: row.get(base + 3)?,
+        sender_name: row.get(base + 4)?,
+        target_spec: row.get(base + 5)?,
+        priority: row.get(base + 6)?,
+        nonce: row.get(base + 7)?,
+        ciphertext: row.get(base + 8)?,
+        client_message_id: row.get(base + 9)?,
+        created_at: row.get(base + 10)?,
+        expires_at: row.get(base + 11)?,
+    })
+}
+
+fn invite_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InviteRow> {
+    Ok(InviteRow {
+        id: row.get(0)?,
+        mesh_id: row.get(1)?,
+        role: row.get(2)?,
+        max_uses: row.get(3)?,
+        uses: row.get(4)?,
+        expires_at: row.get(5)?,
+        revoked: row.get(6)?,
+        created_by: row.get(7)?,
+        created_at: row.get(8)?,
+    })
+}
+
+const INVITE_COLS: &str =
+    "id, mesh_id, role, max_uses, uses, expires_at, revoked, created_by, created_at";
+
+impl Store for SqliteStore {
+    fn commit(&mut self) -> Result<()> {
+        if self.in_tx {
+            // Whatever happens, the transaction is over after COMMIT returns.
+            self.in_tx = false;
+            if let Err(e) = self.conn.execute_batch("COMMIT") {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    fn rollback(&mut self) -> Result<()> {
+        if self.in_tx {
+            self.in_tx = false;
+            self.conn.execute_batch("ROLLBACK")?;
+        }
+        Ok(())
+    }
+
+    fn ping(&mut self) -> Result<()> {
+        let one: i64 = self.conn.query_row("SELECT 1", [], |r| r.get(0))?;
+        debug_assert_eq!(one, 1);
+        Ok(())
+    }
+
+    fn load_meshes(&mut self) -> Result<Vec<MeshRow>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, slug, name, owner_pubkey, created_at FROM meshes")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(MeshRow {
+                id: r.get(0)?,
+                slug: r.get(1)?,
+                name: r.get(2)?,
+                owner_pubkey: r.get(3)?,
+                created_at: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn load_members(&mut self) -> Result<Vec<MemberRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, mesh_id, pubkey, display_name, role, joined_at, removed FROM members",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(MemberRow {
+                id: r.get(0)?,
+                mesh_id: r.get(1)?,
+                pubkey: r.get(2)?,
+                display_name: r.get(3)?,
+                role: r.get(4)?,
+                joined_at: r.get(5)?,
+                removed: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn load_peers(&mut self) -> Result<Vec<PeerRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT pubkey, mesh_id, member_id, kind, display_name, groups_json, last_seen, e2e_multicast FROM peers",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PeerRow {
+                pubkey: r.get(0)?,
+                mesh_id: r.get(1)?,
+                member_id: r.get(2)?,
+                kind: r.get(3)?,
+                display_name: r.get(4)?,
+                groups_json: r.get(5)?,
+                last_seen: r.get(6)?,
+                e2e_multicast: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn insert_mesh(&mut self, mesh: &MeshRow) -> Result<()> {
+        self.tx()?
+            .prepare_cached(
+                "INSERT INTO meshes (id, slug, name, owner_pubkey, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![mesh.id, mesh.slug, mesh.name, mesh.owner_pubkey, mesh.created_at])?;
+        Ok(())
+    }
+
+    fn upsert_member(&mut self, m: &MemberRow) -> Result<()> {
+        self.tx()?
+            .prepare_cached(
+                "INSERT INTO members (id, mesh_id, pubkey, display_name, role, joined_at, removed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(id) DO UPDATE SET display_name = excluded.display_name,
+                   role = excluded.role, removed = excluded.removed",
+            )?
+            .execute(params![
+                m.id,
+                m.mesh_id,
+                m.pubkey,
+                m.display_name,
+                m.role,
+                m.joined_at,
+                m.removed
+            ])?;
+        Ok(())
+    }
+
+    fn upsert_peer(&mut self, p: &PeerRow) -> Result<()> {
+        self.tx()?
+            .prepare_cached(
+                "INSERT INTO peers (pubkey, mesh_id, member_id, kind, display_name, groups_json, last_seen, e2e_multicast)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(mesh_id, pubkey) DO UPDATE SET member_id = excluded.member_id,
+                   kind = excluded.kind, display_name = excluded.display_name,
+                   groups_json = excluded.groups_json, last_seen = excluded.last_seen,
+                   e2e_multicast = excluded.e2e_multicast",
+            )?
+            .execute(params![
+                p.pubkey,
+                p.mesh_id,
+                p.member_id,
+                p.kind,
+                p.display_name,
+                p.groups_json,
+                p.last_seen,
+                p.e2e_multicast
+            ])?;
+        Ok(())
+    }
+
+    fn invite(&mut self, invite_id: &str) -> Result<Option<InviteRow>> {
+        let sql = format!("SELECT {INVITE_COLS} FROM invites WHERE id = ?1");
+        let conn = self.tx()?;
+        Ok(conn
+            .prepare_cached(&sql)?
+            .query_row(params![invite_id], invite_from_row)
+            .optional()?)
+    }
+
+    fn invites(&mut self, mesh_id: &str) -> Result<Vec<InviteRow>> {
+        let sql =
+            format!("SELECT {INVITE_COLS} FROM invites WHERE mesh_id = ?1 ORDER BY created_at");
+        let conn = self.tx()?;
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![mesh_id], invite_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn upsert_invite(&mut self, i: &InviteRow) -> Result<()> {
+        self.tx()?
+            .prepare_cached(
+                "INSERT INTO invites (id, mesh_id, role, max_uses, uses, expires_at, revoked, created_by, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(id) DO UPDATE SET uses = excluded.uses, revoked = excluded.revoked,
+                   max_uses = excluded.max_uses",
+            )?
+            .execute(params![
+                i.id, i.mesh_id, i.role, i.max_uses, i.uses, i.expires_at, i.revoked, i.created_by, i.created_at
+            ])?;
+        Ok(())
+    }
+
+    fn insert_message(&mut self, m: &MessageRow) -> Result<i64> {
+        let conn = self.tx()?;
+        conn.prepare_cached(
+            "INSERT INTO messages (message_id, mesh_id, sender_pubkey, sender_member_pubkey, sender_name,
+               target_spec, priority, nonce, ciphertext, client_message_id, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?
+        .execute(params![
+            m.message_id,
+            m.mesh_id,
+            m.sender_pubkey,
+            m.sender_member_pubkey,
+            m.sender_name,
+            m.target_spec,
+            m.priority,
+            m.nonce,
+            m.ciphertext,
+            m.client_message_id,
+            m.created_at,
+            m.expires_at
+        ])?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn insert_delivery(
+        &mut self,
+        mesh_id: &str,
+        message_rowid: i64,
+        recipient: &str,
+        sealed_key: Option<&str>,
+        expires_at: i64,
+    ) -> Result<i64> {
+        let conn = self.tx()?;
+        conn.prepare_cached(
+            "INSERT INTO deliveries (mesh_id, message_rowid, recipient, sealed_key, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![mesh_id, message_rowid, recipient, sealed_key, expires_at])?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn find_message_by_client_id(
+        &mut self,
+        mesh_id: &str,
+        sender_pubkey: &str,
+        client_message_id: &str,
+    ) -> Result<Option<String>> {
+        Ok(self
+            .tx()?
+            .prepare_cached(
+                "SELECT message_id FROM messages
+                 WHERE mesh_id = ?1 AND sender_pubkey = ?2 AND client_message_id = ?3 LIMIT 1",
+            )?
+            .query_row(params![mesh_id, sender_pubkey, client_message_id], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    fn ack_delivery(
+        &mut self,
+        mesh_id: &str,
+        recipient: &str,
+        message_id: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let n = self
+            .tx()?
+            .prepare_cached(
+                "UPDATE deliveries SET acked_at = ?4
+                 WHERE recipient = ?2 AND mesh_id = ?1 AND acked_at IS NULL
+                   AND message_rowid = (SELECT rowid FROM messages WHERE message_id = ?3)",
+            )?
+            .execute(params![mesh_id, recipient, message_id, now])?;
+        Ok(n > 0)
+    }
+
+    fn ack_delivery_by_client_id(
+        &mut self,
+        mesh_id: &str,
+        recipient: &str,
+        client_message_id: &str,
+        now: i64,
+    ) -> Result<Option<String>> {
+        let conn = self.tx()?;
+        let found: Option<(i64, String)> = conn
+            .prepare_cached(
+                "SELECT d.seq, m.message_id FROM deliveries d JOIN messages m ON m.rowid = d.message_rowid
+                 WHERE d.recipient = ?1 AND d.mesh_id = ?3 AND d.acked_at IS NULL AND m.client_message_id = ?2
+                 ORDER BY d.seq LIMIT 1",
+            )?
+            .query_row(params![recipient, client_message_id, mesh_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((seq, message_id)) = found else {
+            return Ok(None);
+        };
+        conn.prepare_cached("UPDATE deliveries SET acked_at = ?2 WHERE seq = ?1")?
+            .execute(params![seq, now])?;
+        Ok(Some(message_id))
+    }
+
+    fn pending(
+        &mut self,
+        mesh_id: &str,
+        recipient: &str,
+        after: i64,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<PendingDelivery>> {
+        let conn = self.tx()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT d.seq, d.message_rowid, d.sealed_key,
+                    m.message_id, m.mesh_id, m.sender_pubkey, m.sender_member_pubkey, m.sender_name,
+                    m.target_spec, m.priority, m.nonce, m.ciphertext, m.client_message_id,
+                    m.created_at, m.expires_at
+             FROM deliveries d JOIN messages m ON m.rowid = d.message_rowid
+             WHERE d.recipient = ?1 AND d.mesh_id = ?5 AND d.acked_at IS NULL AND d.seq > ?2 AND d.expires_at > ?3
+             ORDER BY d.seq LIMIT ?4",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![recipient, after, now, limit, mesh_id], |r| {
+            Ok(PendingDelivery {
+                seq: r.get(0)?,
+                message_rowid: r.get(1)?,
+                sealed_key: r.get(2)?,
+                message: message_from_row(r, 3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn queue_depth(&mut self, now: i64) -> Result<i64> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM deliveries WHERE acked_at IS NULL AND expires_at > ?1",
+            )?
+            .query_row(params![now], |r| r.get(0))?)
+    }
+
+    fn purge_expired(&mut self, now: i64) -> Result<u64> {
+        let conn = self.tx()?;
+        let mut n = conn
+            .prepare_cached("DELETE FROM deliveries WHERE expires_at <= ?1")?
+            .execute(params![now])?;
+        n += conn
+            .prepare_cached(
+                "DELETE FROM messages WHERE expires_at <= ?1
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_rowid = messages.rowid)",
+            )?
+            .execute(params![now])?;
+        n += conn
+            .prepare_cached("DELETE FROM seen_signatures WHERE expires_at <= ?1")?
+            .execute(params![now])?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    fn remember_signature(&mut self, signature: &str, expires_at: i64) -> Result<bool> {
+        let n = self
+            .tx()?
+            .prepare_cached(
+                "INSERT OR IGNORE INTO seen_signatures (signature, expires_at) VALUES (?1, ?2)",
+            )?
+            .execute(params![signature, expires_at])?;
+        Ok(n == 1)
+    }
+}
