@@ -122,10 +122,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| config.data_dir.join("claudemesh.db").display().to_string());
     let broker = Broker::spawn(config).await.context("starting the broker")?;
-    #[allow(clippy::print_stdout)] // the URL on stdout is this binary's interface
+    // The URL on stdout is this binary's interface; a closed stdout must not kill the broker.
     {
-        println!("claudemesh broker serving {}", broker.ws_url());
-        println!("database: {where_}; mesh creation: {creation}");
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "claudemesh broker serving {}\ndatabase: {where_}; mesh creation: {creation}",
+            broker.ws_url()
+        );
+        let _ = out.flush();
     }
     shutdown_signal().await;
     tracing::info!("shutdown requested");

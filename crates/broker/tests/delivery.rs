@@ -3,6 +3,14 @@
 //! gating, unknown recipients, revocation, presence grace, E2E multicast stored once, and
 //! group commit.
 
+// Integration tests: helpers outside #[test] fns may unwrap and panic like the tests do.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,14 @@
 //! checked against the libsodium vectors, acks, and the refusals v1 defines (no_hello,
 //! replayed and skewed hellos, oversized frames, unknown types, bad invites).
 
+// Integration tests: helpers outside #[test] fns may unwrap and panic like the tests do.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use std::time::Duration;

@@ -83,7 +83,12 @@ fn random_id() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();
     (0..32)
-        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .filter_map(|_| {
+            ALPHABET
+                .get(rng.gen_range(0..ALPHABET.len()))
+                .copied()
+                .map(char::from)
+        })
         .collect()
 }
 
@@ -491,7 +496,6 @@ impl Engine {
             .to_hex();
         let display_name = req
             .display_name
-            .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| format!("member-{}", peer.get(..8).unwrap_or_default()));
         if display_name.len() > limits::MAX_SHORT_TEXT_BYTES || display_name.contains('|') {

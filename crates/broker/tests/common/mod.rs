@@ -4,6 +4,14 @@
 //! our own structs.
 
 #![allow(dead_code)]
+// each test binary uses a different subset
+// A harness whose setup fails must fail the test loudly, so it may unwrap and panic.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::time::Duration;
 
@@ -28,8 +36,11 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// A broker under test: in-process (library handle) or a real `claudemesh-broker` process.
 pub struct TestBroker {
     pub handle: Option<BrokerHandle>,
+    pub child: Option<std::process::Child>,
+    pub ws_url: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -39,27 +50,84 @@ impl TestBroker {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut BrokerConfig)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), tweak).await
+    }
+
+    /// In-process broker on port 0 over `dir`.
+    pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut BrokerConfig)) -> Self {
         let mut config = BrokerConfig::for_tests(dir.path().to_path_buf());
         tweak(&mut config);
         let handle = Broker::spawn(config).await.unwrap();
         Self {
+            ws_url: handle.ws_url(),
             handle: Some(handle),
+            child: None,
+            dir,
+        }
+    }
+
+    /// The real binary on port 0 over `dir`; the URL is read from its stdout.
+    pub fn spawn_process(dir: tempfile::TempDir) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_claudemesh-broker"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("CLAUDEMESH_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ws_url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("ws://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"))
+            .to_owned();
+        Self {
+            handle: None,
+            child: Some(child),
+            ws_url,
             dir,
         }
     }
 
     pub fn ws(&self) -> String {
-        self.handle.as_ref().unwrap().ws_url()
+        self.ws_url.clone()
     }
 
     pub fn http(&self) -> String {
-        self.handle.as_ref().unwrap().http_url()
+        self.ws_url
+            .replace("ws://", "http://")
+            .trim_end_matches("/ws")
+            .to_owned()
     }
 
-    pub async fn stop(&mut self) {
+    /// Graceful shutdown of an in-process broker; returns its data directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(h) = self.handle.take() {
             h.shutdown().await;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// SIGKILL the broker process; returns its data directory.
+    pub fn kill9(mut self) -> tempfile::TempDir {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }
