@@ -106,10 +106,14 @@ impl Connection {
         let timings = self.shared.config.timings;
         let hello_deadline = tokio::time::sleep(timings.hello_deadline);
         tokio::pin!(hello_deadline);
-        let mut ping = tokio::time::interval_at(
-            tokio::time::Instant::now() + timings.ping_interval,
-            timings.ping_interval,
-        );
+        // Tick often enough that a dead socket is noticed close to `dead_after`; ping only
+        // every `ping_interval`.
+        let tick = timings
+            .ping_interval
+            .min(timings.dead_after / 15)
+            .max(Duration::from_millis(10));
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+        let mut last_ping = Instant::now();
         let kill = self.handle.kill.clone();
         let shutdown = self.shared.shutdown.clone();
 
@@ -140,8 +144,11 @@ impl Connection {
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > timings.dead_after {
                         Flow::Close(close::GOING_AWAY, "no pong".into())
-                    } else {
+                    } else if last_ping.elapsed() >= timings.ping_interval {
+                        last_ping = Instant::now();
                         self.send_now(Message::Ping(Default::default())).await
+                    } else {
+                        Flow::Continue
                     }
                 }
             };
@@ -249,12 +256,14 @@ impl Connection {
         };
         match (&self.attached, frame) {
             (None, ClientFrame::Hello(h)) => {
+                let req_id = h.req_id.clone();
                 let verified = auth::verify_hello(h, now_ms());
-                self.authenticate(verified).await
+                self.authenticate(verified, req_id).await
             }
             (None, ClientFrame::SessionHello(h)) => {
+                let req_id = h.req_id.clone();
                 let verified = auth::verify_session_hello(h, now_ms());
-                self.authenticate(verified).await
+                self.authenticate(verified, req_id).await
             }
             (None, other) => {
                 let req_id = other.req_id().cloned();
@@ -273,6 +282,9 @@ impl Connection {
                     .allow(&a.mesh_id, &a.member_id, kind)
                 {
                     Metrics::inc(&self.shared.metrics.rate_limited_total);
+                    if matches!(frame, ClientFrame::Send(_)) {
+                        Metrics::inc(&self.shared.metrics.messages_rejected_total);
+                    }
                     return self.send_now(rate_limited(&frame)).await;
                 }
                 match self
@@ -291,7 +303,11 @@ impl Connection {
         }
     }
 
-    async fn authenticate(&mut self, verified: Result<auth::VerifiedHello, Rejection>) -> Flow {
+    async fn authenticate(
+        &mut self,
+        verified: Result<auth::VerifiedHello, Rejection>,
+        req_id: Option<ReqId>,
+    ) -> Flow {
         let result = match verified {
             Ok(hello) => {
                 let (reply, rx) = oneshot::channel();
@@ -321,7 +337,7 @@ impl Connection {
             Err(r) => {
                 Metrics::inc(&self.shared.metrics.hello_rejected_total);
                 tracing::info!(code = r.code, "hello refused");
-                let _ = self.send_now(text_error(r.code, &r.message, None)).await;
+                let _ = self.send_now(text_error(r.code, &r.message, req_id)).await;
                 Flow::Close(r.close, r.code.to_owned())
             }
         }

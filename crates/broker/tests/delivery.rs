@@ -536,3 +536,38 @@ async fn pipelined_sends_share_commits() {
     );
     eprintln!("group commit: {n} messages in {commits} commits");
 }
+
+#[tokio::test]
+async fn same_session_id_replaces_the_old_connection() {
+    let b = TestBroker::start().await;
+    let (_m, alice, bob, _c) = trio(&b, "replace").await;
+    let mut first = V1Client::connect_session(&b.ws(), &bob, "same").await;
+    let mut second = V1Client::connect_session(&b.ws(), &bob, "same").await;
+    assert_eq!(
+        first.closed(WAIT).await,
+        Some(1000),
+        "old connection closed as session_replaced"
+    );
+    let mut a = V1Client::connect(&b.ws(), &alice).await;
+    a.send_dm(&alice.ident.sk, &bob.ident.pk, "to the new one", "now")
+        .await;
+    let push = second.next_push(WAIT).await.unwrap();
+    assert_eq!(open_push(&push, &bob.ident.sk), "to the new one");
+}
+
+#[tokio::test]
+async fn hello_cannot_claim_another_members_key_as_session_key() {
+    let b = TestBroker::start().await;
+    let (_m, alice, bob, _c) = trio(&b, "claim").await;
+    // Alice signs a valid hello but names bob's member key as her sessionPubkey.
+    let mut hello = hello_frame(&alice, "evil", now_ms());
+    hello["sessionPubkey"] = json!(bob.ident.pk);
+    let mut c = V1Client {
+        ws: V1Client::raw(&b.ws()).await,
+        key: String::new(),
+    };
+    c.send(hello).await;
+    assert_eq!(c.recv().await["code"], "bad_session_pubkey");
+    // Bob is unaffected.
+    V1Client::connect(&b.ws(), &bob).await;
+}

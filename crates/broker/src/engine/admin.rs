@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::directory::Mesh;
-use super::{ConnId, Effect, Engine};
+use super::{Effect, Engine};
 use crate::time::now_ms;
 
 /// An API error: HTTP status, stable code, human message (never internals).
@@ -138,6 +138,12 @@ impl Engine {
         self.reply_after_commit(reply, value);
     }
 
+    /// A storage error: poison the batch (it rolls back) and answer `unavailable`.
+    fn unavailable(&mut self, e: &claudemesh_store::StoreError) -> ApiFailure {
+        self.poison(e);
+        ApiFailure::unavailable()
+    }
+
     /// Refuse a replayed admin signature (the HTTP layer already checked skew).
     fn fresh(&mut self, signed: &Signed) -> Result<(), ApiFailure> {
         match self.store.remember_signature(
@@ -243,10 +249,10 @@ impl Engine {
         };
         self.store
             .insert_mesh(&mesh)
-            .map_err(|_| ApiFailure::unavailable())?;
+            .map_err(|e| self.unavailable(&e))?;
         self.store
             .upsert_member(&owner)
-            .map_err(|_| ApiFailure::unavailable())?;
+            .map_err(|e| self.unavailable(&e))?;
         let resp = CreateMeshResponse {
             ok: true,
             mesh_id: mesh.id.clone(),
@@ -293,7 +299,7 @@ impl Engine {
         if self
             .store
             .invite(&id)
-            .map_err(|_| ApiFailure::unavailable())?
+            .map_err(|e| self.unavailable(&e))?
             .is_some()
         {
             return Err(ApiFailure::new(
@@ -316,7 +322,7 @@ impl Engine {
         };
         self.store
             .upsert_invite(&row)
-            .map_err(|_| ApiFailure::unavailable())?;
+            .map_err(|e| self.unavailable(&e))?;
         Ok(RegisterInviteResponse {
             ok: true,
             invite_id: id,
@@ -333,7 +339,7 @@ impl Engine {
         let rows = self
             .store
             .invites(mesh_id)
-            .map_err(|_| ApiFailure::unavailable())?;
+            .map_err(|e| self.unavailable(&e))?;
         let invites = rows
             .into_iter()
             .map(|r| InviteSummary {
@@ -364,7 +370,7 @@ impl Engine {
         let mut row = self
             .store
             .invite(invite_id)
-            .map_err(|_| ApiFailure::unavailable())?
+            .map_err(|e| self.unavailable(&e))?
             .filter(|r| r.mesh_id == mesh_id)
             .ok_or_else(|| {
                 ApiFailure::new(404, codes::INVITE_NOT_FOUND, "no such invite in this mesh")
@@ -373,7 +379,7 @@ impl Engine {
         row.revoked = true;
         self.store
             .upsert_invite(&row)
-            .map_err(|_| ApiFailure::unavailable())
+            .map_err(|e| self.unavailable(&e))
     }
 
     fn list_mesh_members(
@@ -437,12 +443,12 @@ impl Engine {
         });
         self.store
             .upsert_member(&member)
-            .map_err(|_| ApiFailure::unavailable())?;
+            .map_err(|e| self.unavailable(&e))?;
         let close = match mode {
             RemoveMode::Kick => codes::close::KICKED,
             RemoveMode::Revoke => codes::close::REVOKED,
         };
-        let conns: Vec<ConnId> = self
+        let conns: Vec<std::sync::Arc<super::Kill>> = self
             .conns
             .iter()
             .filter(|(_, c)| c.mesh_id == mesh_id)
@@ -452,11 +458,11 @@ impl Engine {
                     .and_then(|m| m.presences.get(&c.key))
                     .is_some_and(|p| p.member_id == member.id)
             })
-            .map(|(id, _)| *id)
+            .map(|(_, c)| c.handle.kill.clone())
             .collect();
-        for conn in conns {
+        for kill in conns {
             self.effects.push(Effect::Close {
-                conn,
+                kill,
                 code: close,
                 reason: mode.as_str().to_owned(),
             });
@@ -510,38 +516,35 @@ impl Engine {
                 "the invite's mesh does not exist on this broker",
             )
         })?;
-        match standing(mesh, &invite.owner_pubkey) {
-            Some(Standing::Owner | Standing::Admin) => {}
-            _ => {
-                return Err(bad(
-                    codes::INVITE_OWNER_MISMATCH,
-                    "the invite is not signed by the mesh owner or an admin",
-                ));
-            }
+        let signer_ok = matches!(
+            standing(mesh, &invite.owner_pubkey),
+            Some(Standing::Owner | Standing::Admin)
+        );
+        let existing = mesh.member_by_key(&peer).cloned();
+        if !signer_ok {
+            return Err(bad(
+                codes::INVITE_OWNER_MISMATCH,
+                "the invite is not signed by the mesh owner or an admin",
+            ));
         }
-        let mut row = self
-            .store
-            .invite(&invite.invite_id())
-            .map_err(|_| ApiFailure::unavailable())?
-            .ok_or_else(|| {
-                bad(
-                    codes::INVITE_NOT_FOUND,
-                    "this invite was never registered with the broker",
-                )
-            })?;
+        let row = match self.store.invite(&invite.invite_id()) {
+            Ok(row) => row,
+            Err(e) => return Err(self.unavailable(&e)),
+        };
+        let mut row = row.ok_or_else(|| {
+            bad(
+                codes::INVITE_NOT_FOUND,
+                "this invite was never registered with the broker",
+            )
+        })?;
         if row.mesh_id != invite.mesh_id {
             return Err(bad(
                 codes::INVITE_MESH_MISMATCH,
                 "the invite belongs to another mesh",
             ));
         }
-        if row.revoked {
-            return Err(bad(codes::INVITE_REVOKED, "this invite has been revoked"));
-        }
-        if now_ms() / 1000 >= invite.expires_at {
-            return Err(bad(codes::INVITE_EXPIRED, "this invite has expired"));
-        }
-        let existing = mesh.member_by_key(&peer).cloned();
+        // Re-joining with the same key returns the existing member and spends nothing,
+        // even if the invite has since expired or been revoked (WIRE-V1).
         if let Some(m) = &existing {
             match m.removed.as_deref() {
                 None => {
@@ -563,13 +566,19 @@ impl Engine {
                 Some(_) => {} // kicked: may re-join with a valid invite
             }
         }
+        if row.revoked {
+            return Err(bad(codes::INVITE_REVOKED, "this invite has been revoked"));
+        }
+        if now_ms() / 1000 >= invite.expires_at {
+            return Err(bad(codes::INVITE_EXPIRED, "this invite has expired"));
+        }
         if row.max_uses > 0 && row.uses >= row.max_uses {
             return Err(bad(codes::INVITE_EXHAUSTED, "this invite has no uses left"));
         }
         row.uses += 1;
         self.store
             .upsert_invite(&row)
-            .map_err(|_| ApiFailure::unavailable())?;
+            .map_err(|e| self.unavailable(&e))?;
         let member = MemberRow {
             id: existing.map(|m| m.id).unwrap_or_else(random_id),
             mesh_id: invite.mesh_id.clone(),
@@ -581,7 +590,7 @@ impl Engine {
         };
         self.store
             .upsert_member(&member)
-            .map_err(|_| ApiFailure::unavailable())?;
+            .map_err(|e| self.unavailable(&e))?;
         let resp = JoinResponse {
             ok: true,
             member_id: Some(member.id.clone()),

@@ -188,7 +188,12 @@ impl Engine {
         Metrics::inc(&self.metrics.messages_routed_total);
         self.queue_depth += stored.len() as i64;
         let ack = Ack {
-            message_id: message.message_id.clone(),
+            // Nothing is stored for a multicast that reaches nobody, so it has no id.
+            message_id: if stored.is_empty() {
+                String::new()
+            } else {
+                message.message_id.clone()
+            },
             queued: true,
             error: None,
             recipients: Some(u32::try_from(stored.len()).unwrap_or(u32::MAX)),
@@ -209,9 +214,8 @@ impl Engine {
 
     /// A statement failed mid-batch: the whole batch will be rolled back; tell the sender.
     fn store_failed(&mut self, conn: ConnId, e: &claudemesh_store::StoreError, ack: Ack) {
-        tracing::error!(error = %e, "store operation failed");
-        self.db_healthy = false;
-        self.effects.push(Effect::Out {
+        self.poison(e);
+        self.effects.push(Effect::OutIfFailed {
             conn,
             out: Outbound::Frame(BrokerFrame::Ack(ack)),
         });
@@ -279,7 +283,10 @@ impl Engine {
                         }
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "loading pending deliveries failed"),
+                Err(e) => {
+                    tracing::error!(error = %e, "loading pending deliveries failed; rolling back the batch");
+                    self.batch_failed = true;
+                }
             }
         }
 
@@ -380,17 +387,18 @@ impl Engine {
                 Ok(true) => Some(id.clone()),
                 Ok(false) => None,
                 Err(e) => {
-                    tracing::error!(error = %e, "ack failed");
+                    self.poison(&e);
                     None
                 }
             },
-            (None, Some(cid)) => self
-                .store
-                .ack_delivery_by_client_id(mesh_id, key, cid, now)
-                .unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "ack failed");
+            (None, Some(cid)) => match self.store.ack_delivery_by_client_id(mesh_id, key, cid, now)
+            {
+                Ok(found) => found,
+                Err(e) => {
+                    self.poison(&e);
                     None
-                }),
+                }
+            },
             (None, None) => None,
         };
         let Some(message_id) = message_id else { return };

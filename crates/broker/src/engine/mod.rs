@@ -134,8 +134,9 @@ enum Effect {
     OutIfFailed { conn: ConnId, out: Outbound },
     /// Run with `true` when the commit succeeded, `false` when it failed.
     Reply(Box<dyn FnOnce(bool) + Send>),
+    /// Close a connection (kick, revoke, replacement) once the change is durable.
     Close {
-        conn: ConnId,
+        kill: Arc<Kill>,
         code: u16,
         reason: String,
     },
@@ -201,6 +202,9 @@ pub(crate) struct Engine {
     db_healthy: bool,
     /// Unacked deliveries (the queue-depth gauge), kept exact between purges.
     queue_depth: i64,
+    /// A statement failed during this batch: roll the whole batch back instead of
+    /// committing a part of it.
+    batch_failed: bool,
 }
 
 /// An attached connection.
@@ -236,6 +240,7 @@ impl Engine {
             window: config.inflight_window.max(1),
             db_healthy: true,
             queue_depth,
+            batch_failed: false,
         })
     }
 
@@ -350,6 +355,12 @@ impl Engine {
         }
     }
 
+    /// Record a storage failure: the batch will be rolled back and every reply in it failed.
+    fn poison(&mut self, e: &claudemesh_store::StoreError) {
+        tracing::error!(error = %e, "store operation failed; the batch will be rolled back");
+        self.batch_failed = true;
+    }
+
     fn out(&mut self, conn: ConnId, frame: BrokerFrame) {
         self.effects.push(Effect::Out {
             conn,
@@ -359,10 +370,15 @@ impl Engine {
 
     /// Commit, then carry out effects; on failure, fail replies and rebuild state.
     fn finish_batch(&mut self, commands: usize) {
-        let committed = match self.store.commit() {
+        let result = if std::mem::take(&mut self.batch_failed) {
+            Err("a statement in the batch failed".to_owned())
+        } else {
+            self.store.commit().map_err(|e| e.to_string())
+        };
+        let committed = match result {
             Ok(()) => true,
             Err(e) => {
-                tracing::error!(error = %e, "commit failed; failing this batch and rebuilding state");
+                tracing::error!(error = %e, "batch not committed; failing its replies and rebuilding state");
                 Metrics::inc(&self.metrics.commit_failures_total);
                 false
             }
@@ -381,11 +397,8 @@ impl Engine {
                 Effect::OutIfFailed { conn, out } if !committed => self.deliver_now(conn, out),
                 Effect::Out { .. } | Effect::OutIfFailed { .. } => {}
                 Effect::Reply(f) => f(committed),
-                Effect::Close { conn, code, reason } => {
-                    if let Some(c) = self.conns.get(&conn) {
-                        c.handle.kill.kill(code, &reason);
-                    }
-                }
+                Effect::Close { kill, code, reason } if committed => kill.kill(code, &reason),
+                Effect::Close { .. } => {}
             }
         }
         self.metrics.queue_depth.store(self.queue_depth, Relaxed);

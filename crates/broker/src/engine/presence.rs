@@ -89,8 +89,9 @@ impl Engine {
             }
             None => {}
         }
-        // A key that is another member's member key cannot be used as a session key.
-        if hello.role == Role::Session && mesh.member_by_key.contains_key(&hello.key) {
+        // A key that is a member key cannot be used as another identity's session key
+        // (this covers hello.sessionPubkey too, which carries no proof of possession).
+        if hello.key != member.pubkey && mesh.member_by_key.contains_key(&hello.key) {
             return self.reject(
                 reply,
                 Rejection::new(codes::BAD_SESSION_PUBKEY, "sessionPubkey is a member key"),
@@ -119,8 +120,7 @@ impl Engine {
                 );
             }
             Err(e) => {
-                tracing::error!(error = %e, "replay check failed");
-                self.db_healthy = false;
+                self.poison(&e);
                 return self.reject(
                     reply,
                     Rejection::new(codes::UNAVAILABLE, "broker storage unavailable"),
@@ -231,7 +231,7 @@ impl Engine {
         };
         mesh.peers.insert(key.clone(), peer.clone());
         if let Err(e) = self.store.upsert_peer(&peer) {
-            tracing::warn!(error = %e, "recording peer failed");
+            self.poison(&e);
         }
 
         self.conns.insert(
@@ -245,13 +245,15 @@ impl Engine {
         );
         self.metrics.connections_active.fetch_add(1, Relaxed);
         for old in replaced {
-            self.effects.push(Effect::Close {
-                conn: old,
-                code: codes::close::NORMAL,
-                reason: "session_replaced".into(),
-            });
-            self.conns.remove(&old);
-            self.metrics.connections_active.fetch_sub(1, Relaxed);
+            if let Some(entry) = self.conns.remove(&old) {
+                self.metrics.connections_active.fetch_sub(1, Relaxed);
+                let kill = entry.handle.kill;
+                self.effects.push(Effect::Close {
+                    kill,
+                    code: codes::close::NORMAL,
+                    reason: "session_replaced".into(),
+                });
+            }
         }
         self.effects.push(Effect::Out {
             conn: conn.id,
@@ -339,7 +341,7 @@ impl Engine {
             peer.last_seen = now_ms();
             let peer = peer.clone();
             if let Err(e) = self.store.upsert_peer(&peer) {
-                tracing::warn!(error = %e, "recording last_seen failed");
+                self.poison(&e);
             }
         }
         self.announce(mesh_id, key, event::PEER_LEFT, &p.display_name, &p.groups);
@@ -527,7 +529,9 @@ impl Engine {
         else {
             return;
         };
-        if !p.groups.iter().any(|x| x.name == g.name) {
+        if let Some(existing) = p.groups.iter_mut().find(|x| x.name == g.name) {
+            existing.role = g.role;
+        } else {
             if p.groups.len() >= limits::MAX_GROUPS {
                 return self.out(
                     conn,
@@ -568,7 +572,7 @@ impl Engine {
             peer.groups_json = groups;
             let peer = peer.clone();
             if let Err(e) = self.store.upsert_peer(&peer) {
-                tracing::warn!(error = %e, "recording groups failed");
+                self.poison(&e);
             }
         }
     }
