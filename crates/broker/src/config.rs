@@ -119,7 +119,9 @@ pub struct BrokerConfig {
     pub mesh_creation: MeshCreation,
     pub rate_limits: RateLimits,
     pub timings: Timings,
-    /// Frames queued per connection before the reader counts as too slow and is dropped.
+    /// Pushes queued for one connection before its reader counts as too slow and is
+    /// dropped (its deliveries come back when it reconnects). Raised to at least
+    /// `inflight_window`, since one window is a normal burst.
     pub outbound_buffer: usize,
     /// Deliveries pushed to one recipient and not yet acked.
     pub inflight_window: usize,

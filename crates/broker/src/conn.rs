@@ -26,6 +26,12 @@ use crate::time::{iso8601, now_ms};
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most queued frames written before one flush.
 const WRITE_BATCH: usize = 64;
+/// Requests (`send`, `list_peers`, `list_members`) a connection may have unanswered; past
+/// this the socket is not read until replies go out, so TCP pushes back on the client and
+/// the outbound channel only ever has to absorb pushes (bounded by the outbound buffer).
+const MAX_AWAITING_REPLIES: usize = 1_024;
+/// How long queued frames may take to go out when a connection is being closed.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
 enum Flow {
     Continue,
@@ -48,6 +54,8 @@ struct Connection {
     rx: mpsc::Receiver<Outbound>,
     attached: Option<Attached>,
     last_heard: Instant,
+    /// Forwarded requests whose reply has not been written yet.
+    awaiting: usize,
 }
 
 fn text(frame: &BrokerFrame) -> Message {
@@ -86,11 +94,12 @@ fn error(code: &str, message: &str, req_id: Option<ReqId>) -> BrokerFrame {
 
 impl Connection {
     fn new(socket: WebSocket, shared: Arc<Shared>, id: ConnId) -> Self {
-        let (tx, rx) = mpsc::channel(shared.config.outbound_buffer.max(1));
+        let (tx, rx) = mpsc::channel(shared.config.outbound_buffer.max(1) + MAX_AWAITING_REPLIES);
         let handle = ConnHandle {
             id,
             tx,
             kill: Arc::new(Kill::default()),
+            queued_pushes: Arc::default(),
         };
         Self {
             socket,
@@ -99,6 +108,7 @@ impl Connection {
             rx,
             attached: None,
             last_heard: Instant::now(),
+            awaiting: 0,
         }
     }
 
@@ -132,7 +142,7 @@ impl Connection {
                     Some(out) => self.write(out).await,
                     None => Flow::Close(close::NORMAL, String::new()),
                 },
-                msg = self.socket.recv() => match msg {
+                msg = self.socket.recv(), if self.awaiting < MAX_AWAITING_REPLIES => match msg {
                     Some(Ok(msg)) => { self.last_heard = Instant::now(); self.read(msg).await }
                     Some(Err(e)) => {
                         // Most often a frame over the size limit; the socket is unusable after it.
@@ -157,6 +167,8 @@ impl Connection {
             }
         };
         tracing::debug!(code, reason = %reason, "closing");
+        // Whatever was queued before the close (an error ack, a last push) goes out first.
+        let _ = tokio::time::timeout(CLOSE_FLUSH, self.flush_queued()).await;
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from(reason),
@@ -185,16 +197,45 @@ impl Connection {
         }
     }
 
+    fn render(&mut self, out: Outbound) -> Message {
+        match out {
+            Outbound::Frame(f) => {
+                if matches!(
+                    f,
+                    BrokerFrame::Ack(_) | BrokerFrame::PeersList(_) | BrokerFrame::MembersList(_)
+                ) {
+                    self.awaiting = self.awaiting.saturating_sub(1);
+                }
+                text(&f)
+            }
+            Outbound::Deliver(d) => {
+                self.handle
+                    .queued_pushes
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                text(&push_frame(&d))
+            }
+        }
+    }
+
+    async fn flush_queued(&mut self) {
+        while let Ok(out) = self.rx.try_recv() {
+            let msg = self.render(out);
+            if self.socket.feed(msg).await.is_err() {
+                return;
+            }
+        }
+        let _ = self.socket.flush().await;
+    }
+
     /// Write one queued frame plus whatever else is queued (up to a batch), then flush.
     async fn write(&mut self, first: Outbound) -> Flow {
-        let render = |out: Outbound| match out {
-            Outbound::Frame(f) => text(&f),
-            Outbound::Deliver(d) => text(&push_frame(&d)),
-        };
-        let mut batch = vec![render(first)];
+        let mut batch = vec![self.render(first)];
         while batch.len() < WRITE_BATCH {
             match self.rx.try_recv() {
-                Ok(out) => batch.push(render(out)),
+                Ok(out) => {
+                    let msg = self.render(out);
+                    batch.push(msg);
+                }
                 Err(_) => break,
             }
         }
@@ -286,6 +327,12 @@ impl Connection {
                         Metrics::inc(&self.shared.metrics.messages_rejected_total);
                     }
                     return self.send_now(rate_limited(&frame)).await;
+                }
+                if matches!(
+                    frame,
+                    ClientFrame::Send(_) | ClientFrame::ListPeers(_) | ClientFrame::ListMembers(_)
+                ) {
+                    self.awaiting += 1;
                 }
                 match self
                     .shared

@@ -71,9 +71,17 @@ fn open_store(config: &BrokerConfig) -> Result<Box<dyn Store>, StartError> {
 }
 
 impl Broker {
-    /// Open the store, start the engine and serve on `config.listen`.
+    /// Open the store named by the config, start the engine and serve on `config.listen`.
     pub async fn spawn(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         let store = open_store(&config)?;
+        Self::spawn_with_store(config, store).await
+    }
+
+    /// Serve over an already opened [`Store`] (another backend, or a wrapper around one).
+    pub async fn spawn_with_store(
+        config: BrokerConfig,
+        store: Box<dyn Store>,
+    ) -> Result<BrokerHandle, StartError> {
         let metrics = Arc::new(metrics::Metrics::default());
         let (engine, engine_thread) = engine::start(store, &config, metrics.clone())?;
         let listener = tokio::net::TcpListener::bind(config.listen)

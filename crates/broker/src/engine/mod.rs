@@ -90,6 +90,8 @@ pub struct ConnHandle {
     pub id: ConnId,
     pub tx: mpsc::Sender<Outbound>,
     pub kill: Arc<Kill>,
+    /// Deliveries queued in `tx` and not yet written (the connection decrements it).
+    pub queued_pushes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Result of a successful attach.
@@ -199,6 +201,8 @@ pub(crate) struct Engine {
     metrics: Arc<Metrics>,
     timings: crate::config::Timings,
     window: usize,
+    /// Queued pushes per connection beyond which the reader counts as too slow.
+    outbound_limit: usize,
     db_healthy: bool,
     /// Unacked deliveries (the queue-depth gauge), kept exact between purges.
     queue_depth: i64,
@@ -238,6 +242,8 @@ impl Engine {
             metrics,
             timings: config.timings,
             window: config.inflight_window.max(1),
+            // A normal burst is one window of pushes; a smaller bound would drop every reader.
+            outbound_limit: config.outbound_buffer.max(config.inflight_window).max(1),
             db_healthy: true,
             queue_depth,
             batch_failed: false,
@@ -433,8 +439,19 @@ impl Engine {
         let Some(entry) = self.conns.get(&conn) else {
             return;
         };
-        match entry.handle.tx.try_send(out) {
-            Ok(()) => {}
+        let is_push = matches!(out, Outbound::Deliver(_));
+        let queued = &entry.handle.queued_pushes;
+        let result = if is_push && queued.load(Relaxed) >= self.outbound_limit {
+            Err(mpsc::error::TrySendError::Full(out))
+        } else {
+            entry.handle.tx.try_send(out)
+        };
+        match result {
+            Ok(()) => {
+                if is_push {
+                    queued.fetch_add(1, Relaxed);
+                }
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 Metrics::inc(&self.metrics.slow_consumers_total);
                 tracing::warn!(conn, "outbound buffer full; disconnecting slow reader");

@@ -1,0 +1,287 @@
+//! Failure paths with real components: a storage failure (injected around the real SQLite
+//! store) fails the batch's acks, rolls back, closes connections and turns /health to
+//! 503, and the broker recovers when storage does; a reader that stops reading is
+//! disconnected and gets everything later.
+
+// Integration tests: helpers outside #[test] fns may unwrap and panic like the tests do.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use claudemesh_broker::{Broker, BrokerConfig};
+use claudemesh_store::{
+    InviteRow, MemberRow, MeshRow, MessageRow, PeerRow, PendingDelivery, Result, SqliteStore,
+    Store, StoreError,
+};
+use common::*;
+use serde_json::{Value, json};
+
+/// The real SQLite store, with a switch that makes commits and pings fail.
+struct Faulty {
+    inner: SqliteStore,
+    fail: Arc<AtomicBool>,
+}
+
+impl Faulty {
+    fn check(&self) -> Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Open {
+                path: "injected".into(),
+                reason: "disk unplugged".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Store for Faulty {
+    fn commit(&mut self) -> Result<()> {
+        if let Err(e) = self.check() {
+            self.inner.rollback()?;
+            return Err(e);
+        }
+        self.inner.commit()
+    }
+    fn rollback(&mut self) -> Result<()> {
+        self.inner.rollback()
+    }
+    fn ping(&mut self) -> Result<()> {
+        self.check()?;
+        self.inner.ping()
+    }
+    fn load_meshes(&mut self) -> Result<Vec<MeshRow>> {
+        self.inner.load_meshes()
+    }
+    fn load_members(&mut self) -> Result<Vec<MemberRow>> {
+        self.inner.load_members()
+    }
+    fn load_peers(&mut self) -> Result<Vec<PeerRow>> {
+        self.inner.load_peers()
+    }
+    fn insert_mesh(&mut self, mesh: &MeshRow) -> Result<()> {
+        self.inner.insert_mesh(mesh)
+    }
+    fn upsert_member(&mut self, member: &MemberRow) -> Result<()> {
+        self.inner.upsert_member(member)
+    }
+    fn upsert_peer(&mut self, peer: &PeerRow) -> Result<()> {
+        self.inner.upsert_peer(peer)
+    }
+    fn invite(&mut self, id: &str) -> Result<Option<InviteRow>> {
+        self.inner.invite(id)
+    }
+    fn invites(&mut self, mesh_id: &str) -> Result<Vec<InviteRow>> {
+        self.inner.invites(mesh_id)
+    }
+    fn upsert_invite(&mut self, invite: &InviteRow) -> Result<()> {
+        self.inner.upsert_invite(invite)
+    }
+    fn insert_message(&mut self, m: &MessageRow) -> Result<i64> {
+        self.inner.insert_message(m)
+    }
+    fn insert_delivery(
+        &mut self,
+        mesh: &str,
+        rowid: i64,
+        to: &str,
+        sealed: Option<&str>,
+        exp: i64,
+    ) -> Result<i64> {
+        self.inner.insert_delivery(mesh, rowid, to, sealed, exp)
+    }
+    fn find_message_by_client_id(
+        &mut self,
+        mesh: &str,
+        sender: &str,
+        cmid: &str,
+    ) -> Result<Option<String>> {
+        self.inner.find_message_by_client_id(mesh, sender, cmid)
+    }
+    fn ack_delivery(&mut self, mesh: &str, to: &str, id: &str, now: i64) -> Result<bool> {
+        self.inner.ack_delivery(mesh, to, id, now)
+    }
+    fn ack_delivery_by_client_id(
+        &mut self,
+        mesh: &str,
+        to: &str,
+        cmid: &str,
+        now: i64,
+    ) -> Result<Option<String>> {
+        self.inner.ack_delivery_by_client_id(mesh, to, cmid, now)
+    }
+    fn pending(
+        &mut self,
+        mesh: &str,
+        to: &str,
+        after: i64,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<PendingDelivery>> {
+        self.inner.pending(mesh, to, after, limit, now)
+    }
+    fn queue_depth(&mut self, now: i64) -> Result<i64> {
+        self.inner.queue_depth(now)
+    }
+    fn purge_expired(&mut self, now: i64) -> Result<u64> {
+        self.inner.purge_expired(now)
+    }
+    fn remember_signature(&mut self, sig: &str, exp: i64) -> Result<bool> {
+        self.inner.remember_signature(sig, exp)
+    }
+}
+
+async fn health(b: &TestBroker) -> (u16, Value) {
+    let r = reqwest::get(format!("{}/health", b.http())).await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn storage_failure_fails_acks_closes_connections_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = Arc::new(AtomicBool::new(false));
+    let store = Faulty {
+        inner: SqliteStore::open(&dir.path().join("claudemesh.db")).unwrap(),
+        fail: fail.clone(),
+    };
+    let handle = Broker::spawn_with_store(
+        BrokerConfig::for_tests(dir.path().to_path_buf()),
+        Box::new(store),
+    )
+    .await
+    .unwrap();
+    let b = TestBroker {
+        ws_url: handle.ws_url(),
+        handle: Some(handle),
+        child: None,
+        dir,
+    };
+    let mesh = create_mesh(&b, "faulty").await;
+    let alice = enroll(&b, &mesh, "alice").await;
+    let bob = enroll(&b, &mesh, "bob").await;
+    let mut a = V1Client::connect(&b.ws(), &alice).await;
+
+    fail.store(true, Ordering::SeqCst);
+    let ack = a
+        .send_dm(&alice.ident.sk, &bob.ident.pk, "never stored", "now")
+        .await;
+    assert_eq!(
+        (ack["queued"].as_bool(), ack["error"].as_str()),
+        (Some(false), Some("unavailable")),
+        "{ack}"
+    );
+    assert_eq!(
+        a.closed(WAIT).await,
+        Some(1001),
+        "connections are closed so state is rebuilt"
+    );
+    let (status, body) = health(&b).await;
+    assert_eq!(
+        (status, body["db"].as_str(), body["status"].as_str()),
+        (503, Some("down"), Some("degraded"))
+    );
+
+    fail.store(false, Ordering::SeqCst);
+    let mut recovered = false;
+    for _ in 0..50 {
+        if health(&b).await.0 == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(recovered, "health returns to 200 when storage does");
+    let mut a = V1Client::connect_session(&b.ws(), &alice, "after").await;
+    a.send_dm(&alice.ident.sk, &bob.ident.pk, "stored", "now")
+        .await;
+    let mut bc = V1Client::connect(&b.ws(), &bob).await;
+    let push = bc.next_push(WAIT).await.unwrap();
+    assert_eq!(
+        open_push(&push, &bob.ident.sk),
+        "stored",
+        "the failed send was rolled back, not delivered"
+    );
+    bc.ack(&push).await;
+    assert!(bc.next_push(Duration::from_millis(300)).await.is_none());
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_dropped_and_gets_everything_later() {
+    // A stalled reader holds 32 unacked pushes; every 300 ms lease they are pushed again,
+    // so its queue passes the 64-push bound within a second or two.
+    let b = TestBroker::start_with(|c| {
+        c.outbound_buffer = 64;
+        c.inflight_window = 32;
+        c.timings.lease = Duration::from_millis(300);
+    })
+    .await;
+    let mesh = create_mesh(&b, "slow").await;
+    let alice = enroll(&b, &mesh, "alice").await;
+    let bob = enroll(&b, &mesh, "bob").await;
+    let mut a = V1Client::connect(&b.ws(), &alice).await;
+    let stalled = V1Client::connect(&b.ws(), &bob).await; // never read from again
+
+    // ~18 MB of pushes: far more than the socket buffers and 8 queued frames hold.
+    const N: usize = 300;
+    let body = "A".repeat(60_000);
+    for i in 0..N {
+        let frame = json!({ "type": "send", "targetSpec": bob.ident.pk, "priority": "now", "nonce": "", "ciphertext": body, "id": i.to_string() });
+        if let Err(e) = futures_util::SinkExt::send(
+            &mut a.ws,
+            tokio_tungstenite::tungstenite::Message::Text(frame.to_string().into()),
+        )
+        .await
+        {
+            let metrics = reqwest::get(format!("{}/metrics", b.http()))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let frames: Vec<_> = std::iter::from_fn(|| None::<()>).collect();
+            panic!(
+                "send {i} failed: {e}; len {} {metrics} {frames:?}",
+                frame.to_string().len()
+            );
+        }
+    }
+    for _ in 0..N {
+        assert_eq!(a.recv_type("ack").await["queued"], true);
+    }
+    let mut dropped = false;
+    for _ in 0..100 {
+        let metrics = reqwest::get(format!("{}/metrics", b.http()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("broker_slow_consumers_total 1") {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped, "the stalled reader was not disconnected");
+    drop(stalled);
+
+    // Back with a reader that keeps up: every message arrives, in order.
+    let mut bc = V1Client::connect_session(&b.ws(), &bob, "fast").await;
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < N {
+        let push = bc
+            .next_push(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{} of {N}", seen.len()));
+        seen.insert(push["messageId"].as_str().unwrap().to_owned());
+        bc.ack(&push).await;
+    }
+}
