@@ -375,6 +375,7 @@ fn member() -> impl Strategy<Value = MemberInfo> {
                     groups,
                     online,
                     e2e_multicast: e2e,
+                    seen: e2e || online,
                 }
             },
         )

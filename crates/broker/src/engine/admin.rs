@@ -416,7 +416,21 @@ impl Engine {
         mode: RemoveMode,
         signed: &Signed,
     ) -> Result<(), ApiFailure> {
-        let mesh = self.mesh_standing(mesh_id, &signed.signer_pubkey, Standing::Admin)?;
+        // A member may leave (kick itself); everything else needs an admin or the owner.
+        let leaving = mode == RemoveMode::Kick
+            && self
+                .dir
+                .mesh(mesh_id)
+                .and_then(|m| m.members.get(member_id))
+                .is_some_and(|m| {
+                    m.pubkey == signed.signer_pubkey && m.removed.is_none() && m.role != "owner"
+                });
+        let needed = if leaving {
+            Standing::Member
+        } else {
+            Standing::Admin
+        };
+        let mesh = self.mesh_standing(mesh_id, &signed.signer_pubkey, needed)?;
         let mut member =
             mesh.members.get(member_id).cloned().ok_or_else(|| {
                 ApiFailure::new(404, codes::NOT_FOUND, "no such member in this mesh")
@@ -428,7 +442,9 @@ impl Engine {
                 "the mesh owner cannot be removed",
             ));
         }
-        if member.role == "admin" && standing(mesh, &signed.signer_pubkey) != Some(Standing::Owner)
+        if !leaving
+            && member.role == "admin"
+            && standing(mesh, &signed.signer_pubkey) != Some(Standing::Owner)
         {
             return Err(ApiFailure::new(
                 403,

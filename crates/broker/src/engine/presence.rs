@@ -440,6 +440,7 @@ impl Engine {
                     .get(&m.pubkey)
                     .is_some_and(|p| !p.conns.is_empty()),
                 e2e_multicast: peer.is_some_and(|p| p.e2e_multicast),
+                seen: peer.is_some(),
             });
         }
         for p in mesh
@@ -463,6 +464,7 @@ impl Engine {
                     .unwrap_or_else(|| parse_groups(&p.groups_json)),
                 online: live.is_some_and(|l| !l.conns.is_empty()),
                 e2e_multicast: p.e2e_multicast,
+                seen: true,
             });
         }
         members.sort_by(|a, b| a.pubkey.cmp(&b.pubkey));

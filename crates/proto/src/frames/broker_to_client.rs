@@ -186,6 +186,9 @@ pub struct MemberInfo {
     pub online: bool,
     /// Whether this identity's client announced `e2e-multicast` when it last connected.
     pub e2e_multicast: bool,
+    /// Whether this identity has ever connected (if not, its client's abilities are unknown).
+    #[serde(default)]
+    pub seen: bool,
 }
 
 /// An error reply. Never contains internals.

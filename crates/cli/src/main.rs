@@ -1,0 +1,165 @@
+//! `claudemesh`: the command line. Arguments are parsed here into a [`Command`]; each
+//! command lives in `commands`. `main` turns any error into one actionable line on
+//! stderr and a non-zero exit code — never a panic or a backtrace. Data goes to stdout
+//! (a table, or JSON with `--json`); logs go to stderr and are off unless
+//! `CLAUDEMESH_LOG` is set.
+
+mod api;
+mod commands;
+mod config;
+mod resolve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "claudemesh",
+    version,
+    about = "A mesh of AI coding agents: end-to-end encrypted messages between peers"
+)]
+pub struct Cli {
+    /// Act on this mesh instead of the current one.
+    #[arg(long, global = true, value_name = "SLUG")]
+    pub mesh: Option<String>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or manage meshes.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+    /// Create an invite link (owner or admin), or list / revoke invites.
+    #[command(args_conflicts_with_subcommands = true)]
+    Invite {
+        #[command(subcommand)]
+        action: Option<InviteCommand>,
+        /// Role the invite grants.
+        #[arg(long, default_value = "member", value_parser = ["member", "admin"])]
+        role: String,
+        /// How many people may use it (0 = unlimited).
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it stays valid: 30m, 12h, 7d…
+        #[arg(long, default_value = "7d")]
+        expires: String,
+    },
+    /// Join a mesh with an invite link.
+    Join {
+        link: String,
+        /// Your display name in the mesh.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Leave the current mesh (tells the broker, forgets the key).
+    Leave,
+    /// Show this identity and its meshes.
+    Whoami,
+    /// List the mesh's members (any member may).
+    Members,
+    /// Remove a member; they may re-join with a new invite (owner or admin).
+    Kick { member: String },
+    /// Ban a member's key from the mesh (owner or admin).
+    Revoke { member: String },
+    /// List peers that are online now.
+    Peers,
+    /// Send an end-to-end encrypted message to a name, key prefix, @group or *.
+    Send {
+        to: String,
+        message: String,
+        #[arg(long, default_value = "next", value_parser = ["now", "next", "low"])]
+        priority: String,
+    },
+    /// Fetch and show new messages.
+    Inbox {
+        /// Wait up to this many seconds for a new message.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+        /// Show history, including messages that failed verification.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Set your status.
+    #[command(subcommand)]
+    Status(StatusCommand),
+    /// Set the summary peers see next to your name ("" clears it).
+    Summary { text: String },
+    /// Show the safety number you share with a peer; compare it out of band.
+    Verify { peer: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MeshCommand {
+    /// Create a mesh on a broker; you become its owner.
+    Create {
+        name: String,
+        /// ws://HOST:PORT/ws
+        #[arg(long)]
+        broker: String,
+        /// URL-safe short name (default: derived from NAME).
+        #[arg(long)]
+        slug: Option<String>,
+        /// Your display name (default: $USER).
+        #[arg(long = "as", value_name = "DISPLAY_NAME")]
+        display_name: Option<String>,
+        /// Token if the broker requires one to create meshes.
+        #[arg(long, env = "CLAUDEMESH_CREATE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// List the meshes this identity belongs to.
+    List,
+    /// Make a mesh the current one.
+    Use { slug: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InviteCommand {
+    /// List this mesh's invites.
+    List,
+    /// Revoke an invite by id.
+    Revoke { invite_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StatusCommand {
+    /// idle, working or dnd.
+    Set {
+        #[arg(value_parser = ["idle", "working", "dnd"])]
+        status: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Ok(filter) = std::env::var("CLAUDEMESH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("claudemesh: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the outermost context and its causes, joined.
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("claudemesh: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Text messaging on top of a [`Connection`]: every send is end-to-end encrypted with the
+//! verified inner header, and every push is opened, checked, deduped in the local
+//! [`Inbox`] and acked.
+//!
+//! Multicast uses the `e2e-multicast` extension (body sealed once, a sealed key for every
+//! current recipient, online or not). Against a broker that does not offer it (v1), a
+//! multicast becomes one direct message per *online* peer, and the report says who could
+//! not be reached — this product never sends multicast in plaintext.
+
+use claudemesh_crypto::{PublicKey, SecretKey};
+use claudemesh_proto::codes::cap;
+use claudemesh_proto::frames::{Priority, Push, Send};
+
+use crate::connection::{ConnectError, Connection};
+use crate::envelope::{self, Incoming, Opened};
+use crate::inbox::{Inbox, InboxError, Kind, Record};
+
+/// Where a message goes (names are resolved by the caller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Key(PublicKey),
+    /// A key whose client is known to speak only v1 (it announced no `e2e-multicast`):
+    /// the body is sent as plain v1 text inside the crypto_box, without our envelope,
+    /// so that client can display it. Still end-to-end encrypted.
+    LegacyKey(PublicKey),
+    /// `*`
+    Broadcast,
+    /// `@name`
+    Group(String),
+}
+
+impl Target {
+    pub fn spec(&self) -> String {
+        match self {
+            Target::Key(k) | Target::LegacyKey(k) => k.to_hex(),
+            Target::Broadcast => "*".into(),
+            Target::Group(g) => format!("@{g}"),
+        }
+    }
+}
+
+/// How a send went out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// One crypto_box to one key.
+    Direct,
+    /// Sealed once, a key per recipient (offline recipients included).
+    SealedMulticast,
+    /// v1 broker: one direct message per online peer; `unreachable` explains the gap.
+    PerPeer { unreachable: String },
+}
+
+/// The outcome of a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReport {
+    /// Broker message ids (one per message actually sent).
+    pub message_ids: Vec<String>,
+    /// Deliveries the broker created.
+    pub recipients: u32,
+    pub delivery: Delivery,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Connection(#[from] ConnectError),
+    /// The broker refused the message (`unknown_recipient`, `rate_limited`, …).
+    #[error("the broker refused the message: {0}")]
+    Refused(String),
+    #[error("no one to send to: {0}")]
+    NoRecipients(String),
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn new_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+async fn send_one(conn: &Connection, frame: Send) -> Result<(String, u32), SendError> {
+    let ack = conn.send(frame).await?;
+    if !ack.queued {
+        return Err(SendError::Refused(
+            ack.error.unwrap_or_else(|| "unknown error".into()),
+        ));
+    }
+    Ok((ack.message_id, ack.recipients.unwrap_or(1)))
+}
+
+fn frame(
+    target_spec: String,
+    priority: Priority,
+    nonce: String,
+    ciphertext: String,
+    id: &str,
+) -> Send {
+    Send {
+        target_spec,
+        priority,
+        nonce,
+        ciphertext,
+        id: None,
+        client_message_id: Some(id.to_owned()),
+        request_fingerprint: None,
+        sealed_keys: None,
+        req_id: None,
+    }
+}
+
+/// Encrypt and send `text`. `me` is the connection key (session key, else member key).
+pub async fn send_text(
+    conn: &Connection,
+    me: &SecretKey,
+    mesh_id: &str,
+    target: &Target,
+    text: &str,
+    priority: Priority,
+) -> Result<SendReport, SendError> {
+    let id = new_id();
+    let my_key = me.public().to_hex();
+    match target {
+        Target::LegacyKey(to) => {
+            let nonce = claudemesh_crypto::random_nonce();
+            let ciphertext = claudemesh_crypto::box_seal(text.as_bytes(), &nonce, to, me);
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let f = frame(
+                to.to_hex(),
+                priority,
+                base64::Engine::encode(&b64, nonce),
+                base64::Engine::encode(&b64, ciphertext),
+                &id,
+            );
+            let (mid, n) = send_one(conn, f).await?;
+            Ok(SendReport {
+                message_ids: vec![mid],
+                recipients: n,
+                delivery: Delivery::Direct,
+            })
+        }
+        Target::Key(to) => {
+            let sealed = envelope::seal_direct(me, to, mesh_id, &id, now_ms(), text);
+            let (mid, n) = send_one(
+                conn,
+                frame(to.to_hex(), priority, sealed.nonce, sealed.ciphertext, &id),
+            )
+            .await?;
+            Ok(SendReport {
+                message_ids: vec![mid],
+                recipients: n,
+                delivery: Delivery::Direct,
+            })
+        }
+        Target::Broadcast | Target::Group(_)
+            if conn.has_capability(cap::E2E_MULTICAST)
+                && conn.has_capability(cap::LIST_MEMBERS) =>
+        {
+            let group = match target {
+                Target::Group(g) => Some(g.as_str()),
+                _ => None,
+            };
+            let recipients: Vec<PublicKey> = conn
+                .members()
+                .await?
+                .into_iter()
+                .filter(|m| m.pubkey != my_key)
+                .filter(|m| group.is_none_or(|g| m.groups.iter().any(|x| x.name == g)))
+                .filter_map(|m| PublicKey::from_hex(&m.pubkey).ok())
+                .collect();
+            if recipients.is_empty() {
+                return Err(SendError::NoRecipients(format!(
+                    "nobody else is in {}",
+                    target.spec()
+                )));
+            }
+            let spec = target.spec();
+            let sealed =
+                envelope::seal_multicast(me, &recipients, &spec, mesh_id, &id, now_ms(), text);
+            let mut f = frame(spec, priority, sealed.nonce, sealed.ciphertext, &id);
+            f.sealed_keys = Some(sealed.sealed_keys);
+            let (mid, n) = send_one(conn, f).await?;
+            Ok(SendReport {
+                message_ids: vec![mid],
+                recipients: n,
+                delivery: Delivery::SealedMulticast,
+            })
+        }
+        Target::Broadcast | Target::Group(_) => {
+            // v1 broker: no sealed multicast. One E2E direct message per online peer.
+            let group = match target {
+                Target::Group(g) => Some(g.as_str()),
+                _ => None,
+            };
+            let peers: Vec<PublicKey> = conn
+                .peers()
+                .await?
+                .into_iter()
+                .filter(|p| p.pubkey != my_key)
+                .filter(|p| group.is_none_or(|g| p.groups.iter().any(|x| x.name == g)))
+                .filter_map(|p| PublicKey::from_hex(&p.pubkey).ok())
+                .collect();
+            if peers.is_empty() {
+                return Err(SendError::NoRecipients(format!(
+                    "no online peer in {} (this broker cannot queue encrypted multicast for offline members)",
+                    target.spec()
+                )));
+            }
+            let mut ids = Vec::new();
+            for to in &peers {
+                let sub_id = new_id();
+                let sealed = envelope::seal_direct(me, to, mesh_id, &sub_id, now_ms(), text);
+                let (mid, _) = send_one(
+                    conn,
+                    frame(
+                        to.to_hex(),
+                        priority,
+                        sealed.nonce,
+                        sealed.ciphertext,
+                        &sub_id,
+                    ),
+                )
+                .await?;
+                ids.push(mid);
+            }
+            let n = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+            Ok(SendReport {
+                message_ids: ids,
+                recipients: n,
+                delivery: Delivery::PerPeer {
+                    unreachable: "this broker does not offer e2e-multicast: sent as direct messages to online peers only; offline members will not receive it".into(),
+                },
+            })
+        }
+    }
+}
+
+/// Open a push, record it in the inbox (deduped) and say whether it is new. The caller
+/// acks every non-system push afterwards, new or not, valid or not, so nothing loops.
+pub fn receive(
+    me: &SecretKey,
+    push: &Push,
+    inbox: &mut Inbox,
+) -> Result<Option<Record>, InboxError> {
+    let system = push.subtype.as_deref() == Some("system");
+    let (kind, text, reason, envelope_id) = if system {
+        let ev = push.event.clone().unwrap_or_default();
+        let who = push
+            .event_data
+            .as_ref()
+            .map(|d| d.name.clone())
+            .unwrap_or_default();
+        (Kind::System, Some(format!("{ev}: {who}")), None, None)
+    } else {
+        let incoming = Incoming {
+            sender_pubkey: &push.sender_pubkey,
+            mesh_id: &push.mesh_id,
+            target_spec: push.target_spec.as_deref(),
+            nonce: &push.nonce,
+            ciphertext: &push.ciphertext,
+            sealed_key: push.sealed_key.as_deref(),
+        };
+        match envelope::open(me, &incoming) {
+            Opened::Verified(env) => (Kind::Verified, Some(env.body), None, Some(env.id)),
+            Opened::Legacy(text) => (Kind::Legacy, Some(text), None, None),
+            Opened::Rejected(r) => {
+                tracing::warn!(message_id = %push.message_id, reason = %r, "rejected an inbound message");
+                (Kind::Rejected, None, Some(r.to_string()), None)
+            }
+        }
+    };
+    let record = Record {
+        message_id: push.message_id.clone(),
+        mesh_id: push.mesh_id.clone(),
+        sender_pubkey: push.sender_pubkey.clone(),
+        sender_name: push.sender_name.clone(),
+        target_spec: push.target_spec.clone(),
+        priority: push.priority.as_str().to_owned(),
+        created_at: push.created_at.clone(),
+        received_at: now_ms(),
+        kind,
+        text,
+        reason,
+        envelope_id,
+    };
+    Ok(inbox.record(&record)?.then_some(record))
+}
