@@ -127,6 +127,9 @@ pub struct BrokerConfig {
     pub inflight_window: usize,
     /// Most connections served at once.
     pub max_connections: usize,
+    /// Compatibility mode: announce no extensions and behave as a plain v1 broker
+    /// (no `list_members`, `sealedKeys` ignored). For testing clients against v1.
+    pub v1_only: bool,
 }
 
 impl BrokerConfig {
@@ -147,6 +150,7 @@ impl BrokerConfig {
             outbound_buffer: 1_024,
             inflight_window: 256,
             max_connections: 10_000,
+            v1_only: false,
         }
     }
 

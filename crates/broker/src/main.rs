@@ -39,6 +39,9 @@ struct Args {
     /// Turn rate limiting off entirely (benchmarks).
     #[arg(long)]
     no_rate_limits: bool,
+    /// Behave as a plain v1 broker: announce no extensions (for testing old clients).
+    #[arg(long)]
+    v1_only: bool,
 }
 
 fn parse_rate(spec: &str) -> anyhow::Result<(String, Rate)> {
@@ -85,6 +88,7 @@ fn config(args: Args) -> anyhow::Result<BrokerConfig> {
         }
     }
     config.rate_limits.enabled = !args.no_rate_limits;
+    config.v1_only = args.v1_only;
     Ok(config)
 }
 

@@ -109,7 +109,10 @@ impl Engine {
             Target::Group(name) => mesh.group_recipients(name, sender, now),
         };
         // Extension e2e-multicast: only recipients the sender sealed a key for.
-        let sealed = send.sealed_keys.as_ref().filter(|_| target.is_multicast());
+        let sealed = send
+            .sealed_keys
+            .as_ref()
+            .filter(|_| target.is_multicast() && !self.v1_only);
         if let Some(sealed) = sealed {
             if sealed.len() > limits::MAX_SEALED_KEYS {
                 Metrics::inc(&self.metrics.messages_rejected_total);

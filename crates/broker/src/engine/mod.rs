@@ -203,6 +203,8 @@ pub(crate) struct Engine {
     window: usize,
     /// Queued pushes per connection beyond which the reader counts as too slow.
     outbound_limit: usize,
+    /// Announce no extensions and refuse them (compatibility mode).
+    v1_only: bool,
     db_healthy: bool,
     /// Unacked deliveries (the queue-depth gauge), kept exact between purges.
     queue_depth: i64,
@@ -244,6 +246,7 @@ impl Engine {
             window: config.inflight_window.max(1),
             // A normal burst is one window of pushes; a smaller bound would drop every reader.
             outbound_limit: config.outbound_buffer.max(config.inflight_window).max(1),
+            v1_only: config.v1_only,
             db_healthy: true,
             queue_depth,
             batch_failed: false,
@@ -344,6 +347,13 @@ impl Engine {
             ClientFrame::Send(send) => self.send(conn, &mesh, &key, send),
             ClientFrame::ClientAck(ack) => self.client_ack(&mesh, &key, &ack),
             ClientFrame::ListPeers(req) => self.list_peers(conn, &mesh, req.req_id),
+            ClientFrame::ListMembers(req) if self.v1_only => {
+                let err = ErrorFrame::new(
+                    claudemesh_proto::codes::UNKNOWN_MESSAGE_TYPE,
+                    "unknown message type",
+                );
+                self.out(conn, BrokerFrame::Error(err.with_req_id(req.req_id)));
+            }
             ClientFrame::ListMembers(req) => self.list_members(conn, &mesh, req.req_id),
             ClientFrame::SetStatus(s) => self.set_status(&mesh, &key, s.status),
             ClientFrame::SetSummary(s) => self.set_summary(conn, &mesh, &key, s.summary),

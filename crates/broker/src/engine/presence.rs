@@ -201,7 +201,11 @@ impl Engine {
             presence_id: key.clone(),
             member_display_name: member.display_name.clone(),
             protocol_version: PROTOCOL_VERSION,
-            capabilities: super::presence::capabilities(),
+            capabilities: if self.v1_only {
+                Vec::new()
+            } else {
+                capabilities()
+            },
             member_id: Some(member.id.clone()),
             member_role: Some(member.role.clone()),
             status: existing.then_some(presence.status),
