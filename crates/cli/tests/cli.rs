@@ -448,6 +448,35 @@ async fn dms_both_ways_with_a_wire_v1_client() {
     .await
     .unwrap();
 
+    // A broadcast from the CLI reaches the v1 client as a readable v1 body too (boxed).
+    let bc = alice.json(&["send", "*", "all hands at noon"]).await;
+    assert_eq!(bc["delivery"], "sealed-multicast");
+    let push = next(&mut ws).await;
+    assert!(
+        push.get("sealedKey").is_none(),
+        "a v1 client cannot open sealed keys: {push}"
+    );
+    let nonce: [u8; 24] = B64
+        .decode(push["nonce"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let plain = box_open(
+        &B64.decode(push["ciphertext"].as_str().unwrap()).unwrap(),
+        &nonce,
+        &sender,
+        &v1,
+    )
+    .unwrap();
+    assert_eq!(String::from_utf8(plain).unwrap(), "all hands at noon");
+    ws.send(Message::Text(
+        json!({ "type": "client_ack", "brokerMessageId": push["messageId"] })
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+
     // v1 client → CLI: shown, marked legacy.
     let nonce = random_nonce();
     let ct = box_seal(b"hi from v1", &nonce, &sender, &v1);

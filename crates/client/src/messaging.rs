@@ -112,6 +112,31 @@ fn frame(
     }
 }
 
+/// A v1 body: the text itself inside crypto_box, no envelope (for v1 clients).
+async fn send_legacy(
+    conn: &Connection,
+    me: &SecretKey,
+    to: &PublicKey,
+    text: &str,
+    priority: Priority,
+) -> Result<(String, u32), SendError> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let nonce = claudemesh_crypto::random_nonce();
+    let ciphertext = claudemesh_crypto::box_seal(text.as_bytes(), &nonce, to, me);
+    send_one(
+        conn,
+        frame(
+            to.to_hex(),
+            priority,
+            b64.encode(nonce),
+            b64.encode(ciphertext),
+            &new_id(),
+        ),
+    )
+    .await
+}
+
 /// Encrypt and send `text`. `me` is the connection key (session key, else member key).
 pub async fn send_text(
     conn: &Connection,
@@ -125,17 +150,7 @@ pub async fn send_text(
     let my_key = me.public().to_hex();
     match target {
         Target::LegacyKey(to) => {
-            let nonce = claudemesh_crypto::random_nonce();
-            let ciphertext = claudemesh_crypto::box_seal(text.as_bytes(), &nonce, to, me);
-            let b64 = base64::engine::general_purpose::STANDARD;
-            let f = frame(
-                to.to_hex(),
-                priority,
-                base64::Engine::encode(&b64, nonce),
-                base64::Engine::encode(&b64, ciphertext),
-                &id,
-            );
-            let (mid, n) = send_one(conn, f).await?;
+            let (mid, n) = send_legacy(conn, me, to, text, priority).await?;
             Ok(SendReport {
                 message_ids: vec![mid],
                 recipients: n,
@@ -163,29 +178,50 @@ pub async fn send_text(
                 Target::Group(g) => Some(g.as_str()),
                 _ => None,
             };
-            let recipients: Vec<PublicKey> = conn
-                .members()
-                .await?
-                .into_iter()
-                .filter(|m| m.pubkey != my_key)
-                .filter(|m| group.is_none_or(|g| m.groups.iter().any(|x| x.name == g)))
-                .filter_map(|m| PublicKey::from_hex(&m.pubkey).ok())
-                .collect();
-            if recipients.is_empty() {
+            // Identities known to run a v1 client (connected, never announced the
+            // extension) cannot open a sealed key: they get a plain v1 body, still boxed.
+            let mut modern = Vec::new();
+            let mut legacy = Vec::new();
+            for m in conn.members().await? {
+                if m.pubkey == my_key || !group.is_none_or(|g| m.groups.iter().any(|x| x.name == g))
+                {
+                    continue;
+                }
+                let Ok(key) = PublicKey::from_hex(&m.pubkey) else {
+                    continue;
+                };
+                if m.e2e_multicast || !m.seen {
+                    modern.push(key);
+                } else {
+                    legacy.push(key);
+                }
+            }
+            if modern.is_empty() && legacy.is_empty() {
                 return Err(SendError::NoRecipients(format!(
                     "nobody else is in {}",
                     target.spec()
                 )));
             }
-            let spec = target.spec();
-            let sealed =
-                envelope::seal_multicast(me, &recipients, &spec, mesh_id, &id, now_ms(), text);
-            let mut f = frame(spec, priority, sealed.nonce, sealed.ciphertext, &id);
-            f.sealed_keys = Some(sealed.sealed_keys);
-            let (mid, n) = send_one(conn, f).await?;
+            let mut ids = Vec::new();
+            let mut total = 0;
+            if !modern.is_empty() {
+                let spec = target.spec();
+                let sealed =
+                    envelope::seal_multicast(me, &modern, &spec, mesh_id, &id, now_ms(), text);
+                let mut f = frame(spec, priority, sealed.nonce, sealed.ciphertext, &id);
+                f.sealed_keys = Some(sealed.sealed_keys);
+                let (mid, n) = send_one(conn, f).await?;
+                ids.push(mid);
+                total += n;
+            }
+            for to in &legacy {
+                let (mid, n) = send_legacy(conn, me, to, text, priority).await?;
+                ids.push(mid);
+                total += n;
+            }
             Ok(SendReport {
-                message_ids: vec![mid],
-                recipients: n,
+                message_ids: ids,
+                recipients: total,
                 delivery: Delivery::SealedMulticast,
             })
         }
