@@ -136,12 +136,7 @@ async fn a_foreign_client_ack_changes_nothing() {
     assert_eq!(again["messageId"], push["messageId"]);
     bc.ack(&again).await;
     bc.peers().await;
-    let text = reqwest::get(format!("{}/metrics", b.http()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics(&b).await;
     assert!(text.contains("broker_deliveries_acked_total 1"), "{text}");
 }
 
@@ -505,12 +500,7 @@ async fn pipelined_sends_share_commits() {
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
             .unwrap()
     };
-    let before = reqwest::get(format!("{}/metrics", b.http()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let before = metrics(&b).await;
     let nonce = B64.encode(random_nonce());
     let n = 400;
     for i in 0..n {
@@ -519,12 +509,7 @@ async fn pipelined_sends_share_commits() {
     for _ in 0..n {
         assert_eq!(a.recv_type("ack").await["queued"], true);
     }
-    let after = reqwest::get(format!("{}/metrics", b.http()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let after = metrics(&b).await;
     let commits =
         metric(&after, "broker_commits_total ") - metric(&before, "broker_commits_total ");
     let routed = metric(&after, "broker_messages_routed_total ")

@@ -233,38 +233,14 @@ async fn a_reader_that_stops_reading_is_dropped_and_gets_everything_later() {
     const N: usize = 300;
     let body = "A".repeat(60_000);
     for i in 0..N {
-        let frame = json!({ "type": "send", "targetSpec": bob.ident.pk, "priority": "now", "nonce": "", "ciphertext": body, "id": i.to_string() });
-        if let Err(e) = futures_util::SinkExt::send(
-            &mut a.ws,
-            tokio_tungstenite::tungstenite::Message::Text(frame.to_string().into()),
-        )
-        .await
-        {
-            let metrics = reqwest::get(format!("{}/metrics", b.http()))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let frames: Vec<_> = std::iter::from_fn(|| None::<()>).collect();
-            panic!(
-                "send {i} failed: {e}; len {} {metrics} {frames:?}",
-                frame.to_string().len()
-            );
-        }
+        a.send(json!({ "type": "send", "targetSpec": bob.ident.pk, "priority": "now", "nonce": "", "ciphertext": body, "id": i.to_string() })).await;
     }
     for _ in 0..N {
         assert_eq!(a.recv_type("ack").await["queued"], true);
     }
     let mut dropped = false;
     for _ in 0..100 {
-        let metrics = reqwest::get(format!("{}/metrics", b.http()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics.contains("broker_slow_consumers_total 1") {
+        if metrics(&b).await.contains("broker_slow_consumers_total 1") {
             dropped = true;
             break;
         }

@@ -393,12 +393,7 @@ async fn health_and_metrics() {
     let mut a = V1Client::connect(&b.ws(), &alice).await;
     a.send_dm(&alice.ident.sk, &bob.ident.pk, "queued", "now")
         .await;
-    let text = reqwest::get(format!("{}/metrics", b.http()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics(&b).await;
     for name in [
         "broker_connections_active 1",
         "broker_messages_routed_total 1",

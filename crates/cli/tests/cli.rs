@@ -382,6 +382,23 @@ async fn next(ws: &mut Ws) -> Value {
         .expect("no frame within 10 s")
 }
 
+/// Open a push as a v1 client does (crypto_box from senderPubkey) and ack it.
+async fn open_and_ack(ws: &mut Ws, push: &Value, me: &SecretKey) -> String {
+    let nonce: [u8; 24] = B64
+        .decode(push["nonce"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let sender = PublicKey::from_hex(push["senderPubkey"].as_str().unwrap()).unwrap();
+    let ct = B64.decode(push["ciphertext"].as_str().unwrap()).unwrap();
+    let plain = box_open(&ct, &nonce, &sender, me).unwrap();
+    let ack = json!({ "type": "client_ack", "brokerMessageId": push["messageId"] });
+    ws.send(Message::Text(ack.to_string().into()))
+        .await
+        .unwrap();
+    String::from_utf8(plain).unwrap()
+}
+
 /// A client that knows only WIRE-V1: raw JSON frames and libsodium crypto_box.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dms_both_ways_with_a_wire_v1_client() {
@@ -426,27 +443,8 @@ async fn dms_both_ways_with_a_wire_v1_client() {
     alice.ok(&["send", "legacy-bot", "hello old friend"]).await;
     let push = next(&mut ws).await;
     assert_eq!(push["type"], "push");
-    let nonce: [u8; 24] = B64
-        .decode(push["nonce"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
     let sender = PublicKey::from_hex(push["senderPubkey"].as_str().unwrap()).unwrap();
-    let plain = box_open(
-        &B64.decode(push["ciphertext"].as_str().unwrap()).unwrap(),
-        &nonce,
-        &sender,
-        &v1,
-    )
-    .unwrap();
-    assert_eq!(String::from_utf8(plain).unwrap(), "hello old friend");
-    ws.send(Message::Text(
-        json!({ "type": "client_ack", "brokerMessageId": push["messageId"] })
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
+    assert_eq!(open_and_ack(&mut ws, &push, &v1).await, "hello old friend");
 
     // A broadcast from the CLI reaches the v1 client as a readable v1 body too (boxed).
     let bc = alice.json(&["send", "*", "all hands at noon"]).await;
@@ -456,26 +454,7 @@ async fn dms_both_ways_with_a_wire_v1_client() {
         push.get("sealedKey").is_none(),
         "a v1 client cannot open sealed keys: {push}"
     );
-    let nonce: [u8; 24] = B64
-        .decode(push["nonce"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let plain = box_open(
-        &B64.decode(push["ciphertext"].as_str().unwrap()).unwrap(),
-        &nonce,
-        &sender,
-        &v1,
-    )
-    .unwrap();
-    assert_eq!(String::from_utf8(plain).unwrap(), "all hands at noon");
-    ws.send(Message::Text(
-        json!({ "type": "client_ack", "brokerMessageId": push["messageId"] })
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
+    assert_eq!(open_and_ack(&mut ws, &push, &v1).await, "all hands at noon");
 
     // v1 client → CLI: shown, marked legacy.
     let nonce = random_nonce();

@@ -161,6 +161,16 @@ impl Ident {
     }
 }
 
+/// The broker's `/metrics` text.
+pub async fn metrics(b: &TestBroker) -> String {
+    reqwest::get(format!("{}/metrics", b.http()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub async fn post(url: &str, body: &Value) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .post(url)
