@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use claudemesh_crypto::{
-    KEY_LEN, NONCE_LEN, PublicKey, SecretKey, box_open, box_seal, random_key, random_nonce,
-    secretbox_open, secretbox_seal,
+    KEY_LEN, NONCE_LEN, PublicKey, SecretKey, SharedBox, random_key, random_nonce, secretbox_open,
+    secretbox_seal,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -168,6 +168,7 @@ fn envelope_json(
 }
 
 /// Seal a direct message from `me` to `to` (§8.1) with an envelope addressed to `to`.
+/// One-shot; a long-lived client keeps a [`Keyring`] instead.
 pub fn seal_direct(
     me: &SecretKey,
     to: &PublicKey,
@@ -176,13 +177,7 @@ pub fn seal_direct(
     ts_ms: i64,
     body: &str,
 ) -> SealedDirect {
-    let plaintext = envelope_json(&me.public(), &to.to_hex(), mesh_id, id, ts_ms, body);
-    let nonce = random_nonce();
-    let ciphertext = box_seal(&plaintext, &nonce, to, me);
-    SealedDirect {
-        nonce: STANDARD.encode(nonce),
-        ciphertext: STANDARD.encode(ciphertext),
-    }
+    Keyring::new(me.clone()).seal_direct(to, mesh_id, id, ts_ms, body)
 }
 
 /// Seal a multicast message (§8.2): the body is `crypto_secretbox(envelope JSON, nonce, K)`
@@ -199,23 +194,108 @@ pub fn seal_multicast(
     ts_ms: i64,
     body: &str,
 ) -> SealedMulticast {
-    let plaintext = envelope_json(&me.public(), target_spec, mesh_id, id, ts_ms, body);
-    let key = random_key();
-    let nonce = random_nonce();
-    let ciphertext = secretbox_seal(&key, &nonce, &plaintext);
-    let sealed_keys = recipients
-        .iter()
-        .map(|recipient| {
-            let n = random_nonce();
-            let mut sealed = n.to_vec();
-            sealed.extend_from_slice(&box_seal(key.as_slice(), &n, recipient, me));
-            (recipient.to_hex(), STANDARD.encode(sealed))
-        })
-        .collect();
-    SealedMulticast {
-        nonce: STANDARD.encode(nonce),
-        ciphertext: STANDARD.encode(ciphertext),
-        sealed_keys,
+    Keyring::new(me.clone()).seal_multicast(recipients, target_spec, mesh_id, id, ts_ms, body)
+}
+
+/// Precomputed crypto_box keys (libsodium's `crypto_box_beforenm`) per peer, so messages
+/// with a peer already seen cost no new key agreement. Bounded: the cache is dropped when
+/// it reaches [`Keyring::MAX_PEERS`] entries.
+pub struct Keyring {
+    me: SecretKey,
+    my_hex: String,
+    shared: std::collections::HashMap<PublicKey, SharedBox>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("me", &self.my_hex)
+            .field("peers", &self.shared.len())
+            .finish()
+    }
+}
+
+impl Keyring {
+    pub const MAX_PEERS: usize = 4_096;
+
+    pub fn new(me: SecretKey) -> Self {
+        let my_hex = me.public().to_hex();
+        Self {
+            me,
+            my_hex,
+            shared: std::collections::HashMap::new(),
+        }
+    }
+
+    /// My public key as hex (the key the broker stamps on my sends).
+    pub fn my_key(&self) -> &str {
+        &self.my_hex
+    }
+
+    fn with(&mut self, peer: &PublicKey) -> &SharedBox {
+        if self.shared.len() >= Self::MAX_PEERS && !self.shared.contains_key(peer) {
+            self.shared.clear();
+        }
+        let me = &self.me;
+        self.shared
+            .entry(*peer)
+            .or_insert_with(|| SharedBox::new(me, peer))
+    }
+
+    /// [`seal_direct`] with the cached shared key.
+    pub fn seal_direct(
+        &mut self,
+        to: &PublicKey,
+        mesh_id: &str,
+        id: &str,
+        ts_ms: i64,
+        body: &str,
+    ) -> SealedDirect {
+        let plaintext = envelope_json(&self.me.public(), &to.to_hex(), mesh_id, id, ts_ms, body);
+        let nonce = random_nonce();
+        let ciphertext = self.with(to).seal(&nonce, &plaintext);
+        SealedDirect {
+            nonce: STANDARD.encode(nonce),
+            ciphertext: STANDARD.encode(ciphertext),
+        }
+    }
+
+    /// [`seal_multicast`] with the cached shared keys.
+    pub fn seal_multicast(
+        &mut self,
+        recipients: &[PublicKey],
+        target_spec: &str,
+        mesh_id: &str,
+        id: &str,
+        ts_ms: i64,
+        body: &str,
+    ) -> SealedMulticast {
+        let plaintext = envelope_json(&self.me.public(), target_spec, mesh_id, id, ts_ms, body);
+        let key = random_key();
+        let nonce = random_nonce();
+        let ciphertext = secretbox_seal(&key, &nonce, &plaintext);
+        let sealed_keys = recipients
+            .iter()
+            .map(|recipient| {
+                let n = random_nonce();
+                let mut sealed = n.to_vec();
+                sealed.extend_from_slice(&self.with(recipient).seal(&n, key.as_slice()));
+                (recipient.to_hex(), STANDARD.encode(sealed))
+            })
+            .collect();
+        SealedMulticast {
+            nonce: STANDARD.encode(nonce),
+            ciphertext: STANDARD.encode(ciphertext),
+            sealed_keys,
+        }
+    }
+
+    /// [`open`] with the cached shared keys.
+    pub fn open(&mut self, incoming: &Incoming<'_>) -> Opened {
+        match open_inner(self, incoming) {
+            Ok(opened) => opened,
+            Err(rejection) => Opened::Rejected(rejection),
+        }
     }
 }
 
@@ -267,16 +347,13 @@ fn decode(s: &str) -> Result<Vec<u8>, Rejection> {
 ///
 /// In every envelope, `from` must equal `sender_pubkey` and `mesh` must equal `mesh_id`.
 pub fn open(me: &SecretKey, incoming: &Incoming<'_>) -> Opened {
-    match open_inner(me, incoming) {
-        Ok(opened) => opened,
-        Err(rejection) => Opened::Rejected(rejection),
-    }
+    Keyring::new(me.clone()).open(incoming)
 }
 
-fn open_inner(me: &SecretKey, incoming: &Incoming<'_>) -> Result<Opened, Rejection> {
+fn open_inner(ring: &mut Keyring, incoming: &Incoming<'_>) -> Result<Opened, Rejection> {
     let sender = PublicKey::from_hex(incoming.sender_pubkey).map_err(|_| Rejection::BadSender)?;
     if let Some(sealed_key) = incoming.sealed_key {
-        let plaintext = open_multicast(me, &sender, incoming, sealed_key)?;
+        let plaintext = open_multicast(ring, &sender, incoming, sealed_key)?;
         let expected_to = |to: &str| match incoming.target_spec {
             Some(spec) => to == spec,
             None => is_multicast_spec(to),
@@ -290,15 +367,17 @@ fn open_inner(me: &SecretKey, incoming: &Incoming<'_>) -> Result<Opened, Rejecti
     }
     let nonce = decode_array::<NONCE_LEN>(incoming.nonce)?;
     let ciphertext = decode(incoming.ciphertext)?;
-    let plaintext =
-        box_open(&ciphertext, &nonce, &sender, me).map_err(|_| Rejection::Undecryptable)?;
-    let my_hex = me.public().to_hex();
+    let plaintext = ring
+        .with(&sender)
+        .open(&nonce, &ciphertext)
+        .map_err(|_| Rejection::Undecryptable)?;
+    let my_hex = ring.my_hex.clone();
     verify(parse_plaintext(plaintext)?, incoming, |to| to == my_hex)
 }
 
 /// Recover the message key from `sealed_key`, then open the body with it.
 fn open_multicast(
-    me: &SecretKey,
+    ring: &mut Keyring,
     sender: &PublicKey,
     incoming: &Incoming<'_>,
     sealed_key: &str,
@@ -307,7 +386,10 @@ fn open_multicast(
     let (key_nonce, key_box) = sealed
         .split_first_chunk::<NONCE_LEN>()
         .ok_or(Rejection::Undecryptable)?;
-    let key = box_open(key_box, key_nonce, sender, me).map_err(|_| Rejection::Undecryptable)?;
+    let key = ring
+        .with(sender)
+        .open(key_nonce, key_box)
+        .map_err(|_| Rejection::Undecryptable)?;
     let key = <[u8; KEY_LEN]>::try_from(key.as_slice()).map_err(|_| Rejection::Undecryptable)?;
     let nonce = decode_array::<NONCE_LEN>(incoming.nonce)?;
     let ciphertext = decode(incoming.ciphertext)?;

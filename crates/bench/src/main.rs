@@ -1,0 +1,283 @@
+//! `claudemesh-bench`: measures the broker the way the original TypeScript broker was
+//! measured. It starts a real `claudemesh-broker` process (SQLite in a temp dir, rate
+//! limits off) or uses `--broker-url`, enrolls N peers with real keys over the real HTTP
+//! endpoints, opens N WebSockets, and sends end-to-end encrypted messages that every
+//! recipient decrypts, verifies, dedupes and acks. It reports send→ack and send→push
+//! latency, delivered / lost / duplicate counts, throughput, the broker's peak RSS and
+//! open fds, and an fsync probe of the data directory before and after.
+
+mod broker;
+mod run;
+mod setup;
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Every peer sends --messages direct messages to random peers, as fast as it can
+    /// (or at --rate per peer).
+    Burst,
+    /// One message at a time between two peers: the latency floor.
+    IdleLatency,
+    /// Open --idle-connections authenticated connections and measure broker memory each.
+    IdleConnections,
+    /// One peer broadcasts --messages sealed multicast messages to all the others.
+    Fanout,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "claudemesh-bench",
+    version,
+    about = "Load and latency benchmark for the claudemesh broker"
+)]
+struct Args {
+    #[arg(long, value_enum, default_value = "burst")]
+    scenario: Scenario,
+    /// Number of peers (connections).
+    #[arg(long, default_value_t = 10)]
+    peers: usize,
+    /// Messages each sending peer sends.
+    #[arg(long, default_value_t = 100)]
+    messages: usize,
+    /// Messages per second per sending peer (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Connections for the idle-connections scenario.
+    #[arg(long, default_value_t = 1000)]
+    idle_connections: usize,
+    /// Padding bytes per message body.
+    #[arg(long, default_value_t = 64)]
+    body_bytes: usize,
+    /// Use a running broker instead of starting one (ws://HOST:PORT/ws).
+    #[arg(long)]
+    broker_url: Option<String>,
+    /// The broker binary to start (default: next to this binary).
+    #[arg(long)]
+    broker_bin: Option<std::path::PathBuf>,
+    /// Database URL for the started broker (default: SQLite in a temp dir).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Seconds to wait for outstanding deliveries after sending ends.
+    #[arg(long, default_value_t = 120)]
+    drain_timeout: u64,
+    /// Print a JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted.get(idx).copied().unwrap_or(0)) / 1000.0
+}
+
+fn progress(
+    stats: Arc<run::Stats>,
+    total: u64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Relaxed) {
+            let d = stats.delivered.load(Relaxed);
+            let width = 30;
+            let filled = if total == 0 {
+                0
+            } else {
+                (d * width / total.max(1)).min(width)
+            } as usize;
+            eprint!(
+                "\r[{}{}] sent {} acked {} delivered {} / {}   ",
+                "#".repeat(filled),
+                ".".repeat(width as usize - filled),
+                stats.sent.load(Relaxed),
+                stats.acked.load(Relaxed),
+                d,
+                stats.expected.load(Relaxed).max(total)
+            );
+            let _ = std::io::stderr().flush();
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        eprintln!();
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let broker = match &args.broker_url {
+        Some(url) => broker::Broker::external(url),
+        None => broker::Broker::spawn(args.broker_bin.clone(), args.database_url.as_deref())?,
+    };
+    let data_dir = broker
+        .data_dir
+        .as_ref()
+        .map(|d| d.path().to_path_buf())
+        .unwrap_or_else(std::env::temp_dir);
+    let fsync_before = broker::fsync_probe(&data_dir);
+    let sampler = broker::Sampler::start(broker.pid());
+
+    let mut report = match args.scenario {
+        Scenario::IdleConnections => idle_connections(&args, &broker).await?,
+        scenario => messaging(&args, &broker, scenario).await?,
+    };
+    sampler.stop();
+    let fsync_after = broker::fsync_probe(&data_dir);
+    if let Some(o) = report.as_object_mut() {
+        o.insert(
+            "broker_peak_rss_mb".into(),
+            json!(sampler.peak_rss_kib.load(Relaxed) as f64 / 1024.0),
+        );
+        o.insert(
+            "broker_max_fds".into(),
+            json!(sampler.max_fds.load(Relaxed)),
+        );
+        o.insert("fsync_before_ms".into(), json!(fsync_before));
+        o.insert("fsync_after_ms".into(), json!(fsync_after));
+        o.insert(
+            "broker".into(),
+            json!(args.broker_url.clone().unwrap_or_else(|| format!(
+                "started ({})",
+                args.database_url.clone().unwrap_or_else(|| "sqlite".into())
+            ))),
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    if let Some(o) = report.as_object() {
+        for (k, v) in o {
+            writeln!(out, "{k:<26} {v}")?;
+        }
+    }
+    if args.json {
+        writeln!(out, "{report}")?;
+    }
+    Ok(())
+}
+
+async fn messaging(
+    args: &Args,
+    broker: &broker::Broker,
+    scenario: Scenario,
+) -> anyhow::Result<serde_json::Value> {
+    let (peers, senders, pattern, inflight) = match scenario {
+        Scenario::Burst => (
+            args.peers.max(2),
+            args.peers.max(2),
+            run::Pattern::Direct,
+            None,
+        ),
+        Scenario::IdleLatency => (2, 1, run::Pattern::Direct, Some(1)),
+        Scenario::Fanout => (args.peers.max(2), 1, run::Pattern::Broadcast, None),
+        Scenario::IdleConnections => unreachable_scenario()?,
+    };
+    let enrolled = setup::enroll(&broker.http_url, &broker.ws_url, peers)
+        .await
+        .context("enrolling peers")?;
+    let mut sockets = Vec::with_capacity(peers);
+    for (i, p) in enrolled.peers.iter().enumerate() {
+        sockets
+            .push(run::connect(&broker.ws_url, &enrolled.mesh_id, p, &format!("peer-{i}")).await?);
+    }
+    let cfg = run::RunConfig {
+        messages_per_sender: args.messages,
+        senders,
+        pattern,
+        inflight,
+        rate: args.rate,
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+        body_bytes: args.body_bytes,
+    };
+    let stats = Arc::new(run::Stats::default());
+    let per_message = if pattern == run::Pattern::Broadcast {
+        (peers - 1) as u64
+    } else {
+        1
+    };
+    let total = (senders * args.messages) as u64 * per_message;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bar = progress(stats.clone(), total, stop.clone());
+    let start = Instant::now();
+    let elapsed = run::run(&enrolled, sockets, &cfg, stats.clone(), start).await?;
+    stop.store(true, Relaxed);
+    let _ = bar.join();
+
+    let mut e2e = stats.e2e_us.lock().map(|v| v.clone()).unwrap_or_default();
+    let mut ack = stats.ack_us.lock().map(|v| v.clone()).unwrap_or_default();
+    e2e.sort_unstable();
+    ack.sort_unstable();
+    let delivered = stats.delivered.load(Relaxed);
+    let expected = stats.expected.load(Relaxed);
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    Ok(json!({
+        "scenario": format!("{scenario:?}").to_lowercase(),
+        "peers": peers,
+        "messages_per_peer": args.messages,
+        "senders": senders,
+        "sent": stats.sent.load(Relaxed),
+        "refused": stats.refused.load(Relaxed),
+        "deliveries_expected": expected,
+        "delivered": delivered,
+        "lost": expected.saturating_sub(delivered),
+        "duplicates": stats.duplicates.load(Relaxed),
+        "rejected": stats.rejected.load(Relaxed),
+        "e2e_p50_ms": percentile(&e2e, 0.50),
+        "e2e_p95_ms": percentile(&e2e, 0.95),
+        "e2e_p99_ms": percentile(&e2e, 0.99),
+        "e2e_max_ms": percentile(&e2e, 1.0),
+        "ack_p50_ms": percentile(&ack, 0.50),
+        "ack_p99_ms": percentile(&ack, 0.99),
+        "duration_s": secs,
+        "throughput_msgs_per_s": delivered as f64 / secs,
+    }))
+}
+
+fn unreachable_scenario() -> anyhow::Result<(usize, usize, run::Pattern, Option<usize>)> {
+    anyhow::bail!("idle-connections is not a messaging scenario")
+}
+
+async fn idle_connections(
+    args: &Args,
+    broker: &broker::Broker,
+) -> anyhow::Result<serde_json::Value> {
+    let pid = broker
+        .pid()
+        .context("idle-connections needs a broker started by the bench (for /proc)")?;
+    let n = args.idle_connections.max(1);
+    let enrolled = setup::enroll(&broker.http_url, &broker.ws_url, n).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (before, _) = broker::rss_kib(pid).context("reading /proc")?;
+    let mut sockets = Vec::with_capacity(n);
+    for (i, p) in enrolled.peers.iter().enumerate() {
+        sockets
+            .push(run::connect(&broker.ws_url, &enrolled.mesh_id, p, &format!("idle-{i}")).await?);
+        if i % 100 == 99 {
+            eprint!("\rconnected {}/{n}   ", i + 1);
+        }
+    }
+    eprintln!();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (after, _) = broker::rss_kib(pid).context("reading /proc")?;
+    let fds = broker::open_fds(pid).unwrap_or(0);
+    drop(sockets);
+    Ok(json!({
+        "scenario": "idle-connections",
+        "peers": n,
+        "messages_per_peer": 0,
+        "sent": 0, "delivered": 0, "lost": 0, "duplicates": 0,
+        "e2e_p50_ms": 0.0, "e2e_p95_ms": 0.0, "e2e_p99_ms": 0.0, "ack_p50_ms": 0.0, "ack_p99_ms": 0.0,
+        "throughput_msgs_per_s": 0.0,
+        "rss_before_mb": before as f64 / 1024.0,
+        "rss_after_mb": after as f64 / 1024.0,
+        "kb_per_connection": after.saturating_sub(before) as f64 / n as f64,
+        "fds_open": fds,
+    }))
+}
