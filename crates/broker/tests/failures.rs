@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use claudemesh_broker::{Broker, BrokerConfig};
 use claudemesh_store::{
-    InviteRow, MemberRow, MeshRow, MessageRow, PeerRow, PendingDelivery, Result, SqliteStore,
-    Store, StoreError,
+    Inserted, InviteRow, MemberRow, MeshRow, MessageRow, PeerRow, PendingDelivery, Result,
+    SqliteStore, Store, StoreError,
 };
 use common::*;
 use serde_json::{Value, json};
@@ -85,7 +85,7 @@ impl Store for Faulty {
     fn upsert_invite(&mut self, invite: &InviteRow) -> Result<()> {
         self.inner.upsert_invite(invite)
     }
-    fn insert_message(&mut self, m: &MessageRow) -> Result<i64> {
+    fn insert_message(&mut self, m: &MessageRow) -> Result<Inserted> {
         self.inner.insert_message(m)
     }
     fn insert_delivery(
@@ -105,6 +105,9 @@ impl Store for Faulty {
         cmid: &str,
     ) -> Result<Option<String>> {
         self.inner.find_message_by_client_id(mesh, sender, cmid)
+    }
+    fn ack_delivery_seq(&mut self, to: &str, seq: i64, now: i64) -> Result<bool> {
+        self.inner.ack_delivery_seq(to, seq, now)
     }
     fn ack_delivery(&mut self, mesh: &str, to: &str, id: &str, now: i64) -> Result<bool> {
         self.inner.ack_delivery(mesh, to, id, now)

@@ -31,6 +31,15 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Outcome of [`Store::insert_message`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// A new body with this row id.
+    New(i64),
+    /// A resend: the broker id of the message already stored.
+    Existing(String),
+}
+
 /// Everything the broker persists. All timestamps are milliseconds since the epoch except
 /// invite expiry, which is in seconds as in the invite payload.
 pub trait Store: Send + 'static {
@@ -53,8 +62,10 @@ pub trait Store: Send + 'static {
     fn upsert_invite(&mut self, invite: &InviteRow) -> Result<()>;
 
     // ---- messages and deliveries ----
-    /// Insert a message body once; returns its row id.
-    fn insert_message(&mut self, message: &MessageRow) -> Result<i64>;
+    /// Insert a message body once. If this sender already sent a message with the same
+    /// `client_message_id` in this mesh, nothing is inserted and the existing broker
+    /// message id is returned instead (idempotent resend).
+    fn insert_message(&mut self, message: &MessageRow) -> Result<Inserted>;
     /// Insert one recipient's delivery of a message; returns its sequence number, which
     /// increases in commit order (FIFO per recipient follows from it).
     fn insert_delivery(
@@ -82,6 +93,9 @@ pub trait Store: Send + 'static {
         message_id: &str,
         now: i64,
     ) -> Result<bool>;
+    /// Mark the delivery `seq` of `recipient` acked (the fast path: the broker knows the
+    /// sequence number of every delivery it pushed). False when not unacked or not theirs.
+    fn ack_delivery_seq(&mut self, recipient: &str, seq: i64, now: i64) -> Result<bool>;
     /// Same, addressed by the sender's `client_message_id`.
     fn ack_delivery_by_client_id(
         &mut self,

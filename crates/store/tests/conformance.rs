@@ -9,7 +9,9 @@
     clippy::indexing_slicing
 )]
 
-use claudemesh_store::{InviteRow, MemberRow, MeshRow, MessageRow, PeerRow, SqliteStore, Store};
+use claudemesh_store::{
+    Inserted, InviteRow, MemberRow, MeshRow, MessageRow, PeerRow, SqliteStore, Store,
+};
 
 fn message(id: &str, cmid: Option<&str>, expires_at: i64) -> MessageRow {
     MessageRow {
@@ -58,16 +60,28 @@ pub fn conformance(store: &mut dyn Store) {
     let (bob, carol) = ("b".repeat(64), "c".repeat(64));
 
     // Body once, deliveries per recipient, seq increasing in commit order.
-    let rowid = store
+    let Inserted::New(rowid) = store
         .insert_message(&message("msg1", Some("cm1"), 1_000))
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("new")
+    };
+    // A resend with the same client_message_id inserts nothing and names the original.
+    assert_eq!(
+        store
+            .insert_message(&message("msg1-resend", Some("cm1"), 1_000))
+            .unwrap(),
+        Inserted::Existing("msg1".into())
+    );
     let s1 = store
         .insert_delivery("m1", rowid, &bob, None, 1_000)
         .unwrap();
     let s2 = store
         .insert_delivery("m1", rowid, &carol, Some("sealed"), 1_000)
         .unwrap();
-    let rowid2 = store.insert_message(&message("msg2", None, 1_000)).unwrap();
+    let Inserted::New(rowid2) = store.insert_message(&message("msg2", None, 1_000)).unwrap() else {
+        panic!("new")
+    };
     let s3 = store
         .insert_delivery("m1", rowid2, &bob, None, 1_000)
         .unwrap();
@@ -131,9 +145,15 @@ pub fn conformance(store: &mut dyn Store) {
     );
 
     // Rollback discards.
-    let r = store.insert_message(&message("msg3", None, 1_000)).unwrap();
-    store.insert_delivery("m1", r, &bob, None, 1_000).unwrap();
+    let Inserted::New(r) = store.insert_message(&message("msg3", None, 1_000)).unwrap() else {
+        panic!("new")
+    };
+    let s4 = store.insert_delivery("m1", r, &bob, None, 1_000).unwrap();
     store.rollback().unwrap();
+    assert!(
+        !store.ack_delivery_seq(&bob, s4, 30).unwrap(),
+        "rolled back"
+    );
     assert_eq!(store.pending("m1", &bob, 0, 10, 10).unwrap().len(), 1);
 
     // Replay memory.
@@ -210,12 +230,16 @@ fn sqlite_commits_survive_reopen_and_uncommitted_work_does_not() {
     {
         let mut store = SqliteStore::open(&path).unwrap();
         seed(&mut store);
-        let r = store.insert_message(&message("kept", None, 1_000)).unwrap();
+        let Inserted::New(r) = store.insert_message(&message("kept", None, 1_000)).unwrap() else {
+            panic!("new")
+        };
         store
             .insert_delivery("m1", r, &"b".repeat(64), None, 1_000)
             .unwrap();
         store.commit().unwrap();
-        let r = store.insert_message(&message("lost", None, 1_000)).unwrap();
+        let Inserted::New(r) = store.insert_message(&message("lost", None, 1_000)).unwrap() else {
+            panic!("new")
+        };
         store
             .insert_delivery("m1", r, &"b".repeat(64), None, 1_000)
             .unwrap();

@@ -14,7 +14,7 @@ use std::time::Instant;
 use claudemesh_proto::codes;
 use claudemesh_proto::frames::{Ack, BrokerFrame, ClientAck, Priority, Send, Target};
 use claudemesh_proto::limits;
-use claudemesh_store::{MessageRow, PendingDelivery};
+use claudemesh_store::{Inserted, MessageRow, PendingDelivery};
 
 use super::{ConnId, Effect, Engine, Outbound, TimerKind};
 use crate::metrics::Metrics;
@@ -126,23 +126,6 @@ impl Engine {
             .map(|p| (p.member_pubkey.clone(), p.display_name.clone()))
             .unwrap_or_default();
 
-        // Idempotent resend: the same client_message_id from the same sender is one message.
-        if let Some(cmid) = &send.client_message_id {
-            match self.store.find_message_by_client_id(mesh_id, sender, cmid) {
-                Ok(Some(existing)) => {
-                    let ack = Ack {
-                        message_id: existing,
-                        queued: true,
-                        error: None,
-                        ..refuse("")
-                    };
-                    return self.out(conn, BrokerFrame::Ack(ack));
-                }
-                Ok(None) => {}
-                Err(e) => return self.store_failed(conn, &e, refuse(codes::UNAVAILABLE)),
-            }
-        }
-
         let message = Arc::new(MessageRow {
             message_id: claudemesh_crypto::sha256_hex(&claudemesh_crypto::random_bytes::<16>())
                 .get(..32)
@@ -163,7 +146,18 @@ impl Engine {
         let mut stored = Vec::with_capacity(recipients.len());
         if !recipients.is_empty() {
             let rowid = match self.store.insert_message(&message) {
-                Ok(r) => r,
+                Ok(Inserted::New(r)) => r,
+                // Idempotent resend: the same client_message_id from the same sender is one
+                // message; answer with its id and create nothing.
+                Ok(Inserted::Existing(existing)) => {
+                    let ack = Ack {
+                        message_id: existing,
+                        queued: true,
+                        error: None,
+                        ..refuse("")
+                    };
+                    return self.out(conn, BrokerFrame::Ack(ack));
+                }
                 Err(e) => return self.store_failed(conn, &e, refuse(codes::UNAVAILABLE)),
             };
             for r in recipients {
@@ -382,17 +376,35 @@ impl Engine {
         }
     }
 
+    fn inflight_seq(&mut self, mesh_id: &str, key: &str, message_id: &str) -> Option<i64> {
+        self.mailbox(mesh_id, key)?
+            .inflight_by_id
+            .get(message_id)
+            .copied()
+    }
+
     /// `client_ack`: mark the acker's own delivery done. A foreign or unknown id changes nothing.
     pub(super) fn client_ack(&mut self, mesh_id: &str, key: &str, ack: &ClientAck) {
         let now = now_ms();
         let message_id = match (&ack.broker_message_id, &ack.client_message_id) {
-            (Some(id), _) => match self.store.ack_delivery(mesh_id, key, id, now) {
-                Ok(true) => Some(id.clone()),
-                Ok(false) => None,
-                Err(e) => {
-                    self.poison(&e);
-                    None
-                }
+            (Some(id), _) => match self.inflight_seq(mesh_id, key, id) {
+                // Fast path: the delivery is in flight, so its primary key is known.
+                Some(seq) => match self.store.ack_delivery_seq(key, seq, now) {
+                    Ok(true) => Some(id.clone()),
+                    Ok(false) => None,
+                    Err(e) => {
+                        self.poison(&e);
+                        None
+                    }
+                },
+                None => match self.store.ack_delivery(mesh_id, key, id, now) {
+                    Ok(true) => Some(id.clone()),
+                    Ok(false) => None,
+                    Err(e) => {
+                        self.poison(&e);
+                        None
+                    }
+                },
             },
             (None, Some(cid)) => match self.store.ack_delivery_by_client_id(mesh_id, key, cid, now)
             {

@@ -79,6 +79,10 @@ const MIGRATIONS: &[&str] = &[
         signature TEXT PRIMARY KEY,
         expires_at INTEGER NOT NULL
      );",
+    // 2: a resend with the same client_message_id is found by the insert itself.
+    "DROP INDEX messages_by_client_id;
+     CREATE UNIQUE INDEX messages_by_client_id ON messages (mesh_id, sender_pubkey, client_message_id)
+       WHERE client_message_id IS NOT NULL;",
 ];
 
 /// Bring the database to the newest schema, each migration in its own transaction.
