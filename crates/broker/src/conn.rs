@@ -201,7 +201,7 @@ impl Connection {
         match out {
             Outbound::Frame(f) => {
                 if matches!(
-                    f,
+                    *f,
                     BrokerFrame::Ack(_) | BrokerFrame::PeersList(_) | BrokerFrame::MembersList(_)
                 ) {
                     self.awaiting = self.awaiting.saturating_sub(1);

@@ -46,6 +46,11 @@ pub struct Shared {
     pub started: Instant,
 }
 
+/// Initial WebSocket read buffer per connection.
+const WS_READ_BUFFER: usize = 4 * 1024;
+/// Bytes buffered before a WebSocket write goes to the socket (a flush always writes).
+const WS_WRITE_BUFFER: usize = 8 * 1024;
+
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/ws", get(ws))
@@ -80,9 +85,14 @@ async fn ws(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Res
         return api_error(&ApiFailure::new(503, codes::UNAVAILABLE, "shutting down"));
     }
     let id = shared.next_conn.fetch_add(1, Relaxed);
+    // tungstenite's defaults (128 KiB read buffer, 128 KiB write threshold) cost ~160 KiB
+    // per idle connection; frames are at most 64 KiB and writes are flushed per batch, so
+    // small buffers that grow on demand are enough.
     upgrade
         .max_message_size(limits::MAX_FRAME_BYTES)
         .max_frame_size(limits::MAX_FRAME_BYTES)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| {
             let tasks = shared.tasks.clone();
             tasks.track_future(async move {

@@ -20,6 +20,17 @@ use super::{ConnId, Effect, Engine, Outbound, TimerKind};
 use crate::metrics::Metrics;
 use crate::time::now_ms;
 
+/// A fresh broker message id: 128 random bits as 32 hex characters.
+pub(super) fn hex_id() -> String {
+    use std::fmt::Write as _;
+    claudemesh_crypto::random_bytes::<16>()
+        .iter()
+        .fold(String::with_capacity(32), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 /// Most deliveries held in memory per mailbox before the rest stays in the database.
 const MAX_PENDING: usize = 1_024;
 /// Refill from the database when fewer than this many are pending.
@@ -71,97 +82,96 @@ fn delivery_from(p: PendingDelivery) -> Arc<Delivery> {
 }
 
 impl Engine {
+    /// Refuse a send: an ack with `queued: false` and the error code.
+    fn refuse(&mut self, conn: ConnId, mut ack: Ack, code: &str) {
+        Metrics::inc(&self.metrics.messages_rejected_total);
+        ack.error = Some(code.to_owned());
+        self.out(conn, BrokerFrame::Ack(ack));
+    }
+
     pub(super) fn send(&mut self, conn: ConnId, mesh_id: &str, sender: &str, send: Send) {
         let now = now_ms();
-        let id = send.id.clone().unwrap_or_default();
-        let refuse = |code: &str| Ack {
-            id: id.clone(),
+        let Send {
+            target_spec,
+            priority,
+            nonce,
+            ciphertext,
+            id,
+            client_message_id,
+            sealed_keys,
+            req_id,
+            ..
+        } = send;
+        let mut ack = Ack {
+            id: id.unwrap_or_default(),
             message_id: String::new(),
             queued: false,
-            error: Some(code.to_owned()),
+            error: None,
             recipients: None,
-            client_message_id: send.client_message_id.clone(),
-            req_id: send.req_id.clone(),
+            client_message_id: client_message_id.clone(),
+            req_id,
         };
         let Some(mesh) = self.dir.mesh(mesh_id) else {
             return;
         };
-        let Some(target) = Target::parse(&send.target_spec) else {
-            Metrics::inc(&self.metrics.messages_rejected_total);
-            return self.out(conn, BrokerFrame::Ack(refuse(codes::BAD_TARGET)));
+        let Some(target) = Target::parse(&target_spec) else {
+            return self.refuse(conn, ack, codes::BAD_TARGET);
         };
-        if send.nonce.len() > 64
-            || send
-                .client_message_id
+        if nonce.len() > 64
+            || client_message_id
                 .as_ref()
                 .is_some_and(|c| c.len() > limits::MAX_SHORT_TEXT_BYTES)
         {
-            Metrics::inc(&self.metrics.messages_rejected_total);
-            return self.out(conn, BrokerFrame::Ack(refuse(codes::MALFORMED)));
+            return self.refuse(conn, ack, codes::MALFORMED);
         }
         let mut recipients = match target {
             Target::Direct(key) if mesh.is_recipient(key, now) => vec![key.to_owned()],
-            Target::Direct(_) => {
-                Metrics::inc(&self.metrics.messages_rejected_total);
-                return self.out(conn, BrokerFrame::Ack(refuse(codes::UNKNOWN_RECIPIENT)));
-            }
+            Target::Direct(_) => return self.refuse(conn, ack, codes::UNKNOWN_RECIPIENT),
             Target::Broadcast => mesh.broadcast_recipients(sender, now),
             Target::Group(name) => mesh.group_recipients(name, sender, now),
         };
         // Extension e2e-multicast: only recipients the sender sealed a key for.
-        let sealed = send
-            .sealed_keys
-            .as_ref()
-            .filter(|_| target.is_multicast() && !self.v1_only);
-        if let Some(sealed) = sealed {
+        let sealed = sealed_keys.filter(|_| target.is_multicast() && !self.v1_only);
+        if let Some(sealed) = &sealed {
             if sealed.len() > limits::MAX_SEALED_KEYS {
-                Metrics::inc(&self.metrics.messages_rejected_total);
-                return self.out(conn, BrokerFrame::Ack(refuse(codes::PAYLOAD_TOO_LARGE)));
+                return self.refuse(conn, ack, codes::PAYLOAD_TOO_LARGE);
             }
             recipients.retain(|k| sealed.contains_key(k));
         }
-        let sender_member = mesh
+        let (sender_member_pubkey, sender_name) = mesh
             .presences
             .get(sender)
             .map(|p| (p.member_pubkey.clone(), p.display_name.clone()))
             .unwrap_or_default();
-
-        let message = Arc::new(MessageRow {
-            message_id: claudemesh_crypto::sha256_hex(&claudemesh_crypto::random_bytes::<16>())
-                .get(..32)
-                .unwrap_or_default()
-                .to_owned(),
-            mesh_id: mesh_id.to_owned(),
-            sender_pubkey: sender.to_owned(),
-            sender_member_pubkey: sender_member.0,
-            sender_name: sender_member.1,
-            target_spec: send.target_spec.clone(),
-            priority: send.priority.as_str().to_owned(),
-            nonce: send.nonce.clone(),
-            ciphertext: send.ciphertext.clone(),
-            client_message_id: send.client_message_id.clone(),
-            created_at: now,
-            expires_at: now + limits::MESSAGE_TTL_MS,
-        });
         let mut stored = Vec::with_capacity(recipients.len());
         if !recipients.is_empty() {
+            let message = Arc::new(MessageRow {
+                message_id: hex_id(),
+                mesh_id: mesh_id.to_owned(),
+                sender_pubkey: sender.to_owned(),
+                sender_member_pubkey,
+                sender_name,
+                target_spec,
+                priority: priority.as_str().to_owned(),
+                nonce,
+                ciphertext,
+                client_message_id,
+                created_at: now,
+                expires_at: now + limits::MESSAGE_TTL_MS,
+            });
             let rowid = match self.store.insert_message(&message) {
                 Ok(Inserted::New(r)) => r,
                 // Idempotent resend: the same client_message_id from the same sender is one
                 // message; answer with its id and create nothing.
                 Ok(Inserted::Existing(existing)) => {
-                    let ack = Ack {
-                        message_id: existing,
-                        queued: true,
-                        error: None,
-                        ..refuse("")
-                    };
-                    return self.out(conn, BrokerFrame::Ack(ack));
+                    ack.message_id = existing;
+                    ack.queued = true;
+                    return self.effects.push(Effect::Ack { conn, ack });
                 }
-                Err(e) => return self.store_failed(conn, &e, refuse(codes::UNAVAILABLE)),
+                Err(e) => return self.store_failed(conn, &e, ack),
             };
             for r in recipients {
-                let sealed_key = sealed.and_then(|s| s.get(&r)).cloned();
+                let sealed_key = sealed.as_ref().and_then(|s| s.get(&r)).cloned();
                 match self.store.insert_delivery(
                     mesh_id,
                     rowid,
@@ -174,48 +184,31 @@ impl Engine {
                         Arc::new(Delivery {
                             seq,
                             message: message.clone(),
-                            priority: send.priority,
+                            priority,
                             sealed_key,
                         }),
                     )),
-                    Err(e) => return self.store_failed(conn, &e, refuse(codes::UNAVAILABLE)),
+                    Err(e) => return self.store_failed(conn, &e, ack),
                 }
             }
+            ack.message_id = message.message_id.clone();
         }
+        // A multicast that reaches nobody stores nothing, so it has no message id.
         Metrics::inc(&self.metrics.messages_routed_total);
         self.queue_depth += stored.len() as i64;
-        let ack = Ack {
-            // Nothing is stored for a multicast that reaches nobody, so it has no id.
-            message_id: if stored.is_empty() {
-                String::new()
-            } else {
-                message.message_id.clone()
-            },
-            queued: true,
-            error: None,
-            recipients: Some(u32::try_from(stored.len()).unwrap_or(u32::MAX)),
-            ..refuse("")
-        };
-        self.effects.push(Effect::Out {
-            conn,
-            out: Outbound::Frame(BrokerFrame::Ack(ack)),
-        });
-        self.effects.push(Effect::OutIfFailed {
-            conn,
-            out: Outbound::Frame(BrokerFrame::Ack(refuse(codes::UNAVAILABLE))),
-        });
+        ack.queued = true;
+        ack.recipients = Some(u32::try_from(stored.len()).unwrap_or(u32::MAX));
+        self.effects.push(Effect::Ack { conn, ack });
         for (recipient, delivery) in stored {
             self.enqueue(mesh_id, &recipient, delivery);
         }
     }
 
-    /// A statement failed mid-batch: the whole batch will be rolled back; tell the sender.
+    /// A statement failed mid-batch: the whole batch is rolled back, and the ack, like
+    /// every ack of the batch, goes out as `unavailable`.
     fn store_failed(&mut self, conn: ConnId, e: &claudemesh_store::StoreError, ack: Ack) {
         self.poison(e);
-        self.effects.push(Effect::OutIfFailed {
-            conn,
-            out: Outbound::Frame(BrokerFrame::Ack(ack)),
-        });
+        self.effects.push(Effect::Ack { conn, ack });
     }
 
     /// Offer a freshly stored delivery to its recipient's mailbox, if the recipient is online.

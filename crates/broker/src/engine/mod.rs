@@ -48,7 +48,8 @@ pub type ConnId = u64;
 /// What the engine sends to a connection task.
 #[derive(Debug)]
 pub enum Outbound {
-    Frame(BrokerFrame),
+    /// Boxed so a channel slot is pointer-sized (frames are large enums).
+    Frame(Box<BrokerFrame>),
     /// A delivery; the connection task renders the `push` JSON.
     Deliver(Arc<Delivery>),
 }
@@ -132,8 +133,11 @@ pub enum Command {
 enum Effect {
     /// Send to a connection. `on_fail` replaces it if the commit failed.
     Out { conn: ConnId, out: Outbound },
-    /// Send only if the commit failed (e.g. the error ack for a send).
-    OutIfFailed { conn: ConnId, out: Outbound },
+    /// The ack of a send: as built if the commit succeeded, else refused as `unavailable`.
+    Ack {
+        conn: ConnId,
+        ack: claudemesh_proto::frames::Ack,
+    },
     /// Run with `true` when the commit succeeded, `false` when it failed.
     Reply(Box<dyn FnOnce(bool) + Send>),
     /// Close a connection (kick, revoke, replacement) once the change is durable.
@@ -380,7 +384,7 @@ impl Engine {
     fn out(&mut self, conn: ConnId, frame: BrokerFrame) {
         self.effects.push(Effect::Out {
             conn,
-            out: Outbound::Frame(frame),
+            out: Outbound::Frame(Box::new(frame)),
         });
     }
 
@@ -410,8 +414,16 @@ impl Engine {
         for effect in effects {
             match effect {
                 Effect::Out { conn, out } if committed => self.deliver_now(conn, out),
-                Effect::OutIfFailed { conn, out } if !committed => self.deliver_now(conn, out),
-                Effect::Out { .. } | Effect::OutIfFailed { .. } => {}
+                Effect::Out { .. } => {}
+                Effect::Ack { conn, mut ack } => {
+                    if !committed {
+                        ack.queued = false;
+                        ack.message_id.clear();
+                        ack.recipients = None;
+                        ack.error = Some(claudemesh_proto::codes::UNAVAILABLE.to_owned());
+                    }
+                    self.deliver_now(conn, Outbound::Frame(Box::new(BrokerFrame::Ack(ack))));
+                }
                 Effect::Reply(f) => f(committed),
                 Effect::Close { kill, code, reason } if committed => kill.kill(code, &reason),
                 Effect::Close { .. } => {}

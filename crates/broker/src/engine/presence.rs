@@ -261,7 +261,7 @@ impl Engine {
         }
         self.effects.push(Effect::Out {
             conn: conn.id,
-            out: Outbound::Frame(BrokerFrame::HelloAck(ack)),
+            out: Outbound::Frame(Box::new(BrokerFrame::HelloAck(ack))),
         });
         let attached = Attached {
             mesh_id: mesh_id.clone(),
@@ -365,10 +365,7 @@ impl Engine {
             .collect();
         for conn in targets {
             let push = Push {
-                message_id: claudemesh_crypto::sha256_hex(&claudemesh_crypto::random_bytes::<16>())
-                    .get(..32)
-                    .unwrap_or_default()
-                    .to_owned(),
+                message_id: super::delivery::hex_id(),
                 mesh_id: mesh_id.to_owned(),
                 sender_pubkey: "system".into(),
                 priority: Priority::Low,
