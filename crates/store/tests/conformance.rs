@@ -216,6 +216,45 @@ pub fn conformance(store: &mut dyn Store) {
     store.ping().unwrap();
 }
 
+/// Expiry purges exactly the expired prefix, for any boundary.
+pub fn purge_boundaries(store: &mut dyn Store) {
+    seed(store);
+    let bob = "b".repeat(64);
+    for i in 1..=101 {
+        let Inserted::New(r) = store
+            .insert_message(&message(&format!("m{i}"), None, i * 10))
+            .unwrap()
+        else {
+            panic!("new")
+        };
+        store.insert_delivery("m1", r, &bob, None, i * 10).unwrap();
+    }
+    store.commit().unwrap();
+    for (now, left) in [
+        (0, 101),
+        (10, 100),
+        (15, 100),
+        (505, 51),
+        (1_009, 1),
+        (1_010, 0),
+    ] {
+        store.purge_expired(now).unwrap();
+        store.commit().unwrap();
+        assert_eq!(
+            store.pending("m1", &bob, 0, 1_000, 0).unwrap().len(),
+            left,
+            "deliveries after purge at {now}"
+        );
+    }
+}
+
+#[test]
+fn sqlite_purges_exact_prefixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    purge_boundaries(&mut store);
+}
+
 #[test]
 fn sqlite_conforms() {
     let dir = tempfile::tempdir().unwrap();

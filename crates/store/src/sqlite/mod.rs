@@ -77,6 +77,38 @@ fn message_from_row(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<Me
     })
 }
 
+/// The largest key of `table` whose row has expired at `now`, assuming `expires_at` grows
+/// with the key (it does: a constant TTL after a timestamp taken in commit order). O(log n)
+/// primary-key lookups. `table` and `key` are constants of this module, never input.
+fn last_expired(conn: &Connection, table: &str, key: &str, now: i64) -> Result<Option<i64>> {
+    let bounds: (Option<i64>, Option<i64>) = conn
+        .prepare_cached(&format!("SELECT MIN({key}), MAX({key}) FROM {table}"))?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (Some(mut lo), Some(mut hi)) = bounds else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {key}, expires_at FROM {table} WHERE {key} >= ?1 ORDER BY {key} LIMIT 1"
+    ))?;
+    let mut best = None;
+    while lo <= hi {
+        let mid = lo + (hi - lo) / 2;
+        match stmt
+            .query_row(params![mid], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .optional()?
+        {
+            Some((k, expires_at)) if expires_at <= now => {
+                best = Some(k);
+                lo = k + 1;
+            }
+            _ => hi = mid - 1,
+        }
+    }
+    Ok(best)
+}
+
 fn invite_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InviteRow> {
     Ok(InviteRow {
         id: row.get(0)?,
@@ -424,15 +456,17 @@ impl Store for SqliteStore {
 
     fn purge_expired(&mut self, now: i64) -> Result<u64> {
         let conn = self.tx()?;
-        let mut n = conn
-            .prepare_cached("DELETE FROM deliveries WHERE expires_at <= ?1")?
-            .execute(params![now])?;
-        n += conn
-            .prepare_cached(
-                "DELETE FROM messages WHERE expires_at <= ?1
-                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_rowid = messages.rowid)",
-            )?
-            .execute(params![now])?;
+        let mut n = 0;
+        // Messages and deliveries expire a fixed TTL after they were written, in key order,
+        // so the expired rows are a prefix of each table: found by binary search on the
+        // primary key and deleted as a range, with no expiry index to maintain on insert.
+        for (table, key) in [("deliveries", "seq"), ("messages", "rowid")] {
+            if let Some(last) = last_expired(conn, table, key, now)? {
+                n += conn
+                    .prepare_cached(&format!("DELETE FROM {table} WHERE {key} <= ?1"))?
+                    .execute(params![last])?;
+            }
+        }
         n += conn
             .prepare_cached("DELETE FROM seen_signatures WHERE expires_at <= ?1")?
             .execute(params![now])?;

@@ -83,6 +83,10 @@ const MIGRATIONS: &[&str] = &[
     "DROP INDEX messages_by_client_id;
      CREATE UNIQUE INDEX messages_by_client_id ON messages (mesh_id, sender_pubkey, client_message_id)
        WHERE client_message_id IS NOT NULL;",
+    // 3: expiry is purged by key range (see `purge_expired`); these indexes only cost writes.
+    "DROP INDEX messages_by_expiry;
+     DROP INDEX deliveries_by_expiry;
+     DROP INDEX deliveries_by_message;",
 ];
 
 /// Bring the database to the newest schema, each migration in its own transaction.
