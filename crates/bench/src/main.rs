@@ -68,6 +68,9 @@ struct Args {
     /// Seconds to wait for outstanding deliveries after sending ends.
     #[arg(long, default_value_t = 120)]
     drain_timeout: u64,
+    /// Repeat the run this many times (a fresh broker each time) and report medians.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
     /// Print a JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -111,9 +114,50 @@ fn progress(
     })
 }
 
+/// The median of every numeric field across runs (other fields from the first run).
+fn medians(runs: &[serde_json::Value]) -> serde_json::Value {
+    let mut out = runs.first().cloned().unwrap_or_default();
+    if let Some(o) = out.as_object_mut() {
+        for (k, v) in o.iter_mut() {
+            let mut xs: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.get(k).and_then(serde_json::Value::as_f64))
+                .collect();
+            if xs.len() == runs.len() && !xs.is_empty() && v.is_number() {
+                xs.sort_by(f64::total_cmp);
+                *v = json!(xs.get(xs.len() / 2).copied().unwrap_or_default());
+            }
+        }
+        o.insert("runs".into(), json!(runs.len()));
+    }
+    out
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut reports = Vec::new();
+    for run in 0..args.runs.max(1) {
+        let report = one_run(&args).await?;
+        if args.runs > 1 {
+            eprintln!("run {}: {report}", run + 1);
+        }
+        reports.push(report);
+    }
+    let report = medians(&reports);
+    let mut out = std::io::stdout().lock();
+    if let Some(o) = report.as_object() {
+        for (k, v) in o {
+            writeln!(out, "{k:<26} {v}")?;
+        }
+    }
+    if args.json {
+        writeln!(out, "{report}")?;
+    }
+    Ok(())
+}
+
+async fn one_run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let broker = match &args.broker_url {
         Some(url) => broker::Broker::external(url),
         None => broker::Broker::spawn(args.broker_bin.clone(), args.database_url.as_deref())?,
@@ -125,12 +169,24 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(std::env::temp_dir);
     let fsync_before = broker::fsync_probe(&data_dir);
     let sampler = broker::Sampler::start(broker.pid());
+    let cpu_before = (
+        broker.pid().and_then(broker::cpu_seconds),
+        broker::cpu_seconds(std::process::id()),
+    );
 
     let mut report = match args.scenario {
-        Scenario::IdleConnections => idle_connections(&args, &broker).await?,
-        scenario => messaging(&args, &broker, scenario).await?,
+        Scenario::IdleConnections => idle_connections(args, &broker).await?,
+        scenario => messaging(args, &broker, scenario).await?,
     };
     sampler.stop();
+    let broker_cpu = broker
+        .pid()
+        .and_then(broker::cpu_seconds)
+        .zip(cpu_before.0)
+        .map(|(a, b)| a - b);
+    let client_cpu = broker::cpu_seconds(std::process::id())
+        .zip(cpu_before.1)
+        .map(|(a, b)| a - b);
     let fsync_after = broker::fsync_probe(&data_dir);
     if let Some(o) = report.as_object_mut() {
         o.insert(
@@ -142,6 +198,18 @@ async fn main() -> anyhow::Result<()> {
             json!(sampler.max_fds.load(Relaxed)),
         );
         o.insert("fsync_before_ms".into(), json!(fsync_before));
+        // CPU cost: on a shared 2-core machine the load generator competes with the broker.
+        let delivered = o
+            .get("delivered")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+            .max(1) as f64;
+        o.insert("broker_cpu_s".into(), json!(broker_cpu));
+        o.insert(
+            "broker_cpu_us_per_msg".into(),
+            json!(broker_cpu.map(|c| c * 1e6 / delivered)),
+        );
+        o.insert("bench_client_cpu_s".into(), json!(client_cpu));
         o.insert("fsync_after_ms".into(), json!(fsync_after));
         o.insert(
             "broker".into(),
@@ -151,16 +219,7 @@ async fn main() -> anyhow::Result<()> {
             ))),
         );
     }
-    let mut out = std::io::stdout().lock();
-    if let Some(o) = report.as_object() {
-        for (k, v) in o {
-            writeln!(out, "{k:<26} {v}")?;
-        }
-    }
-    if args.json {
-        writeln!(out, "{report}")?;
-    }
-    Ok(())
+    Ok(report)
 }
 
 async fn messaging(
