@@ -104,7 +104,7 @@ fn main() {
         ciphertext: &sealed.ciphertext,
         sealed_key: None,
     };
-    let mut bob_ring = Keyring::new(bob.clone());
+    let mut bob_ring = Keyring::new(bob);
     bench("envelope: open + verify direct, keyring", 20_000, || {
         black_box(bob_ring.open(&incoming));
     });
