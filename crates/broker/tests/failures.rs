@@ -106,8 +106,8 @@ impl Store for Faulty {
     ) -> Result<Option<String>> {
         self.inner.find_message_by_client_id(mesh, sender, cmid)
     }
-    fn ack_delivery_seq(&mut self, to: &str, seq: i64, now: i64) -> Result<bool> {
-        self.inner.ack_delivery_seq(to, seq, now)
+    fn ack_deliveries(&mut self, seqs: &[i64], now: i64) -> Result<u64> {
+        self.inner.ack_deliveries(seqs, now)
     }
     fn ack_delivery(&mut self, mesh: &str, to: &str, id: &str, now: i64) -> Result<bool> {
         self.inner.ack_delivery(mesh, to, id, now)

@@ -93,9 +93,10 @@ pub trait Store: Send + 'static {
         message_id: &str,
         now: i64,
     ) -> Result<bool>;
-    /// Mark the delivery `seq` of `recipient` acked (the fast path: the broker knows the
-    /// sequence number of every delivery it pushed). False when not unacked or not theirs.
-    fn ack_delivery_seq(&mut self, recipient: &str, seq: i64, now: i64) -> Result<bool>;
+    /// Mark these deliveries acked (the fast path, once per batch: the broker knows the
+    /// sequence number of every delivery it pushed, and passes only the acker's own).
+    /// Returns how many were unacked.
+    fn ack_deliveries(&mut self, seqs: &[i64], now: i64) -> Result<u64>;
     /// Same, addressed by the sender's `client_message_id`.
     fn ack_delivery_by_client_id(
         &mut self,

@@ -150,10 +150,7 @@ pub fn conformance(store: &mut dyn Store) {
     };
     let s4 = store.insert_delivery("m1", r, &bob, None, 1_000).unwrap();
     store.rollback().unwrap();
-    assert!(
-        !store.ack_delivery_seq(&bob, s4, 30).unwrap(),
-        "rolled back"
-    );
+    assert_eq!(store.ack_deliveries(&[s4], 30).unwrap(), 0, "rolled back");
     assert_eq!(store.pending("m1", &bob, 0, 10, 10).unwrap().len(), 1);
 
     // Replay memory.
@@ -246,6 +243,50 @@ pub fn purge_boundaries(store: &mut dyn Store) {
             "deliveries after purge at {now}"
         );
     }
+}
+
+/// Batched acks mark exactly the given deliveries, once.
+pub fn batched_acks(store: &mut dyn Store) {
+    seed(store);
+    let bob = "b".repeat(64);
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        let Inserted::New(r) = store
+            .insert_message(&message(&format!("b{i}"), None, 1_000))
+            .unwrap()
+        else {
+            panic!("new")
+        };
+        seqs.push(store.insert_delivery("m1", r, &bob, None, 1_000).unwrap());
+    }
+    store.commit().unwrap();
+    assert_eq!(
+        store
+            .ack_deliveries(&[seqs[0], seqs[2], seqs[0]], 5)
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store.ack_deliveries(&[seqs[0], seqs[2]], 6).unwrap(),
+        0,
+        "already acked"
+    );
+    assert_eq!(store.ack_deliveries(&[], 6).unwrap(), 0);
+    store.commit().unwrap();
+    let left: Vec<String> = store
+        .pending("m1", &bob, 0, 10, 0)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.message.message_id)
+        .collect();
+    assert_eq!(left, ["b1"]);
+}
+
+#[test]
+fn sqlite_batches_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    batched_acks(&mut store);
 }
 
 #[test]

@@ -382,14 +382,12 @@ impl Engine {
         let message_id = match (&ack.broker_message_id, &ack.client_message_id) {
             (Some(id), _) => match self.inflight_seq(mesh_id, key, id) {
                 // Fast path: the delivery is in flight, so its primary key is known.
-                Some(seq) => match self.store.ack_delivery_seq(key, seq, now) {
-                    Ok(true) => Some(id.clone()),
-                    Ok(false) => None,
-                    Err(e) => {
-                        self.poison(&e);
-                        None
-                    }
-                },
+                // An in-flight delivery is unacked in the database (the first ack removes it
+                // from the in-flight set), so this ack succeeds; the update is batched.
+                Some(seq) => {
+                    self.pending_acks.push(seq);
+                    Some(id.clone())
+                }
                 None => match self.store.ack_delivery(mesh_id, key, id, now) {
                     Ok(true) => Some(id.clone()),
                     Ok(false) => None,

@@ -215,6 +215,8 @@ pub(crate) struct Engine {
     /// A statement failed during this batch: roll the whole batch back instead of
     /// committing a part of it.
     batch_failed: bool,
+    /// Acks of in-flight deliveries in this batch, written with one statement.
+    pending_acks: Vec<i64>,
 }
 
 /// An attached connection.
@@ -254,6 +256,7 @@ impl Engine {
             db_healthy: true,
             queue_depth,
             batch_failed: false,
+            pending_acks: Vec::new(),
         })
     }
 
@@ -390,6 +393,10 @@ impl Engine {
 
     /// Commit, then carry out effects; on failure, fail replies and rebuild state.
     fn finish_batch(&mut self, commands: usize) {
+        let acks = std::mem::take(&mut self.pending_acks);
+        if let Err(e) = self.store.ack_deliveries(&acks, now_ms()) {
+            self.poison(&e);
+        }
         let result = if std::mem::take(&mut self.batch_failed) {
             Err("a statement in the batch failed".to_owned())
         } else {

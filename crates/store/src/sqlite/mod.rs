@@ -383,12 +383,20 @@ impl Store for SqliteStore {
         Ok(n > 0)
     }
 
-    fn ack_delivery_seq(&mut self, recipient: &str, seq: i64, now: i64) -> Result<bool> {
+    fn ack_deliveries(&mut self, seqs: &[i64], now: i64) -> Result<u64> {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        // One statement for the whole batch: the seqs travel as a JSON array parameter.
+        let list = serde_json::to_string(seqs).unwrap_or_else(|_| "[]".to_owned());
         let n = self
             .tx()?
-            .prepare_cached("UPDATE deliveries SET acked_at = ?3 WHERE seq = ?1 AND recipient = ?2 AND acked_at IS NULL")?
-            .execute(params![seq, recipient, now])?;
-        Ok(n > 0)
+            .prepare_cached(
+                "UPDATE deliveries SET acked_at = ?1
+                 WHERE seq IN (SELECT value FROM json_each(?2)) AND acked_at IS NULL",
+            )?
+            .execute(params![now, list])?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     fn ack_delivery_by_client_id(
