@@ -85,7 +85,7 @@ pub async fn connect(
     peer: &PeerIdentity,
     name: &str,
 ) -> anyhow::Result<Ws> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
         .context("connecting to the broker")?;
     let ts = now_ms();

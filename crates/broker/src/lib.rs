@@ -108,6 +108,12 @@ impl Broker {
         let app = server::router(shared.clone());
         let stop = shared.shutdown.clone();
         let server = tokio::spawn(async move {
+            // Messages are small and latency-sensitive: no Nagle delay on accepted sockets.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+            });
             let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "server error");

@@ -200,7 +200,7 @@ async fn open(opts: &ConnectOptions) -> Result<(Ws, HelloAck), ConnectError> {
     };
     let (mut ws, _) = tokio::time::timeout(
         REQUEST_TIMEOUT,
-        tokio_tungstenite::connect_async(opts.url.as_str()),
+        tokio_tungstenite::connect_async_with_config(opts.url.as_str(), None, true),
     )
     .await
     .map_err(|_| unreachable("timed out".into()))?
