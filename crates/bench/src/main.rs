@@ -220,12 +220,15 @@ async fn one_run(args: &Args) -> anyhow::Result<serde_json::Value> {
         let delivered = o
             .get("delivered")
             .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0)
-            .max(1) as f64;
+            .unwrap_or(0) as f64;
         o.insert("broker_cpu_s".into(), json!(broker_cpu));
         o.insert(
             "broker_cpu_us_per_msg".into(),
-            json!(broker_cpu.map(|c| c * 1e6 / delivered)),
+            json!(
+                broker_cpu
+                    .filter(|_| delivered > 0.0)
+                    .map(|c| c * 1e6 / delivered)
+            ),
         );
         o.insert("bench_client_cpu_s".into(), json!(client_cpu));
         o.insert("fsync_after_ms".into(), json!(fsync_after));
