@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
+use claudemesh_client::envelope::Keyring;
 use claudemesh_client::inbox::{Inbox, Kind, Record};
 use claudemesh_client::{ConnectOptions, Connection, Delivery, Identity, messaging, safety};
 use claudemesh_crypto::{PublicKey, SecretKey};
@@ -785,9 +786,10 @@ async fn send(ctx: &Ctx, to: &str, message: &str, priority: &str) -> anyhow::Res
     let priority = Priority::parse(priority).unwrap_or_default();
     let live = connect(entry).await?;
     let (target, who) = resolve(to, &candidates(&live).await?)?;
+    let mut ring = Keyring::new(live.key.clone());
     let report = messaging::send_text(
         &live.conn,
-        &live.key,
+        &mut ring,
         &entry.mesh_id,
         &target,
         message,
@@ -831,6 +833,7 @@ async fn inbox(ctx: &Ctx, wait: Option<u64>, all: bool) -> anyhow::Result<()> {
     ctx.dir.ensure()?;
     let mut store = Inbox::open(&ctx.dir.inbox_file()).context("opening the local inbox")?;
     let mut live = connect(entry).await?;
+    let mut ring = Keyring::new(live.key.clone());
     let names: std::collections::HashMap<String, String> = candidates(&live)
         .await
         .unwrap_or_default()
@@ -852,7 +855,7 @@ async fn inbox(ctx: &Ctx, wait: Option<u64>, all: bool) -> anyhow::Result<()> {
                 if push.sender_name.is_none() {
                     push.sender_name = names.get(&push.sender_pubkey).cloned();
                 }
-                if let Some(rec) = messaging::receive(&live.key, &push, &mut store)? {
+                if let Some(rec) = messaging::receive(&mut ring, &push, &mut store)? {
                     if rec.kind != Kind::Rejected {
                         fresh += 1;
                     }

@@ -260,6 +260,17 @@ impl Keyring {
         }
     }
 
+    /// A plain v1 body: `plaintext` itself inside crypto_box, no envelope. Only for peers
+    /// known to run a v1 client, which cannot read an envelope.
+    pub fn seal_legacy(&mut self, to: &PublicKey, plaintext: &[u8]) -> SealedDirect {
+        let nonce = random_nonce();
+        let ciphertext = self.with(to).seal(&nonce, plaintext);
+        SealedDirect {
+            nonce: STANDARD.encode(nonce),
+            ciphertext: STANDARD.encode(ciphertext),
+        }
+    }
+
     /// [`seal_multicast`] with the cached shared keys.
     pub fn seal_multicast(
         &mut self,

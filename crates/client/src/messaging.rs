@@ -7,12 +7,12 @@
 //! multicast becomes one direct message per *online* peer, and the report says who could
 //! not be reached — this product never sends multicast in plaintext.
 
-use claudemesh_crypto::{PublicKey, SecretKey};
+use claudemesh_crypto::PublicKey;
 use claudemesh_proto::codes::cap;
 use claudemesh_proto::frames::{Priority, Push, Send};
 
 use crate::connection::{ConnectError, Connection};
-use crate::envelope::{self, Incoming, Opened};
+use crate::envelope::{Incoming, Keyring, Opened};
 use crate::inbox::{Inbox, InboxError, Kind, Record};
 
 /// Where a message goes (names are resolved by the caller).
@@ -115,42 +115,40 @@ fn frame(
 /// A v1 body: the text itself inside crypto_box, no envelope (for v1 clients).
 async fn send_legacy(
     conn: &Connection,
-    me: &SecretKey,
+    ring: &mut Keyring,
     to: &PublicKey,
     text: &str,
     priority: Priority,
 ) -> Result<(String, u32), SendError> {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let nonce = claudemesh_crypto::random_nonce();
-    let ciphertext = claudemesh_crypto::box_seal(text.as_bytes(), &nonce, to, me);
+    let sealed = ring.seal_legacy(to, text.as_bytes());
     send_one(
         conn,
         frame(
             to.to_hex(),
             priority,
-            b64.encode(nonce),
-            b64.encode(ciphertext),
+            sealed.nonce,
+            sealed.ciphertext,
             &new_id(),
         ),
     )
     .await
 }
 
-/// Encrypt and send `text`. `me` is the connection key (session key, else member key).
+/// Encrypt and send `text`. `ring` holds the connection key (session key, else member
+/// key) and caches the shared key of every peer already written to.
 pub async fn send_text(
     conn: &Connection,
-    me: &SecretKey,
+    ring: &mut Keyring,
     mesh_id: &str,
     target: &Target,
     text: &str,
     priority: Priority,
 ) -> Result<SendReport, SendError> {
     let id = new_id();
-    let my_key = me.public().to_hex();
+    let my_key = ring.my_key().to_owned();
     match target {
         Target::LegacyKey(to) => {
-            let (mid, n) = send_legacy(conn, me, to, text, priority).await?;
+            let (mid, n) = send_legacy(conn, ring, to, text, priority).await?;
             Ok(SendReport {
                 message_ids: vec![mid],
                 recipients: n,
@@ -158,7 +156,7 @@ pub async fn send_text(
             })
         }
         Target::Key(to) => {
-            let sealed = envelope::seal_direct(me, to, mesh_id, &id, now_ms(), text);
+            let sealed = ring.seal_direct(to, mesh_id, &id, now_ms(), text);
             let (mid, n) = send_one(
                 conn,
                 frame(to.to_hex(), priority, sealed.nonce, sealed.ciphertext, &id),
@@ -206,8 +204,7 @@ pub async fn send_text(
             let mut total = 0;
             if !modern.is_empty() {
                 let spec = target.spec();
-                let sealed =
-                    envelope::seal_multicast(me, &modern, &spec, mesh_id, &id, now_ms(), text);
+                let sealed = ring.seal_multicast(&modern, &spec, mesh_id, &id, now_ms(), text);
                 let mut f = frame(spec, priority, sealed.nonce, sealed.ciphertext, &id);
                 f.sealed_keys = Some(sealed.sealed_keys);
                 let (mid, n) = send_one(conn, f).await?;
@@ -215,7 +212,7 @@ pub async fn send_text(
                 total += n;
             }
             for to in &legacy {
-                let (mid, n) = send_legacy(conn, me, to, text, priority).await?;
+                let (mid, n) = send_legacy(conn, ring, to, text, priority).await?;
                 ids.push(mid);
                 total += n;
             }
@@ -248,7 +245,7 @@ pub async fn send_text(
             let mut ids = Vec::new();
             for to in &peers {
                 let sub_id = new_id();
-                let sealed = envelope::seal_direct(me, to, mesh_id, &sub_id, now_ms(), text);
+                let sealed = ring.seal_direct(to, mesh_id, &sub_id, now_ms(), text);
                 let (mid, _) = send_one(
                     conn,
                     frame(
@@ -277,7 +274,7 @@ pub async fn send_text(
 /// Open a push, record it in the inbox (deduped) and say whether it is new. The caller
 /// acks every non-system push afterwards, new or not, valid or not, so nothing loops.
 pub fn receive(
-    me: &SecretKey,
+    ring: &mut Keyring,
     push: &Push,
     inbox: &mut Inbox,
 ) -> Result<Option<Record>, InboxError> {
@@ -299,7 +296,7 @@ pub fn receive(
             ciphertext: &push.ciphertext,
             sealed_key: push.sealed_key.as_deref(),
         };
-        match envelope::open(me, &incoming) {
+        match ring.open(&incoming) {
             Opened::Verified(env) => (Kind::Verified, Some(env.body), None, Some(env.id)),
             Opened::Legacy(text) => (Kind::Legacy, Some(text), None, None),
             Opened::Rejected(r) => {

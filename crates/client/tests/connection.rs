@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use claudemesh_broker::{Broker, BrokerConfig, BrokerHandle};
+use claudemesh_client::envelope::Keyring;
 use claudemesh_client::inbox::{Inbox, Kind};
 use claudemesh_client::{ConnectOptions, Connection, Delivery, Identity, State, Target, messaging};
 use claudemesh_crypto::SecretKey;
@@ -162,7 +163,7 @@ async fn session_identity_and_e2e_with_dedupe() {
 
     let report = messaging::send_text(
         &a,
-        &a_key,
+        &mut Keyring::new(a_key.clone()),
         &m.id,
         &Target::Key(b_key.public()),
         "from a session",
@@ -175,7 +176,7 @@ async fn session_identity_and_e2e_with_dedupe() {
     assert_eq!(push.sender_pubkey, session.public().to_hex());
     let inbox_dir = tempfile::tempdir().unwrap();
     let mut inbox = Inbox::open(&inbox_dir.path().join("inbox.db")).unwrap();
-    let rec = messaging::receive(&b_key, &push, &mut inbox)
+    let rec = messaging::receive(&mut Keyring::new(b_key.clone()), &push, &mut inbox)
         .unwrap()
         .expect("new");
     assert_eq!(
@@ -184,7 +185,7 @@ async fn session_identity_and_e2e_with_dedupe() {
     );
     // A redelivery of the same push is not shown twice.
     assert!(
-        messaging::receive(&b_key, &push, &mut inbox)
+        messaging::receive(&mut Keyring::new(b_key.clone()), &push, &mut inbox)
             .unwrap()
             .is_none()
     );
@@ -211,7 +212,7 @@ async fn reconnects_across_a_broker_restart_without_losing_or_duplicating_a_send
     let pending = tokio::spawn(async move {
         messaging::send_text(
             &a2,
-            &key,
+            &mut Keyring::new(key.clone()),
             &mesh_id,
             &Target::Key(b_pub),
             "sent during the outage",
@@ -238,7 +239,7 @@ async fn reconnects_across_a_broker_restart_without_losing_or_duplicating_a_send
     let inbox_dir = tempfile::tempdir().unwrap();
     let mut inbox = Inbox::open(&inbox_dir.path().join("i.db")).unwrap();
     assert_eq!(
-        messaging::receive(&b_key, &push, &mut inbox)
+        messaging::receive(&mut Keyring::new(b_key.clone()), &push, &mut inbox)
             .unwrap()
             .unwrap()
             .text
@@ -276,7 +277,7 @@ async fn multicast_falls_back_to_per_peer_messages_on_a_v1_only_broker() {
 
     let report = messaging::send_text(
         &a,
-        &a_key,
+        &mut Keyring::new(a_key.clone()),
         &m.id,
         &Target::Broadcast,
         "to whoever is online",
@@ -295,7 +296,7 @@ async fn multicast_falls_back_to_per_peer_messages_on_a_v1_only_broker() {
     let push = next(&mut brx).await;
     let inbox_dir = tempfile::tempdir().unwrap();
     let mut inbox = Inbox::open(&inbox_dir.path().join("i.db")).unwrap();
-    let rec = messaging::receive(&b_key, &push, &mut inbox)
+    let rec = messaging::receive(&mut Keyring::new(b_key.clone()), &push, &mut inbox)
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -305,7 +306,7 @@ async fn multicast_falls_back_to_per_peer_messages_on_a_v1_only_broker() {
     // Direct messages still work as usual.
     let r = messaging::send_text(
         &a,
-        &a_key,
+        &mut Keyring::new(a_key.clone()),
         &m.id,
         &Target::Key(m.members[2].1.public()),
         "queued for later",
