@@ -349,14 +349,7 @@ async fn reader(
                 }
             }
             BrokerFrame::Push(push) if push.subtype.is_none() => {
-                let incoming = Incoming {
-                    sender_pubkey: &push.sender_pubkey,
-                    mesh_id: &push.mesh_id,
-                    target_spec: push.target_spec.as_deref(),
-                    nonce: &push.nonce,
-                    ciphertext: &push.ciphertext,
-                    sealed_key: push.sealed_key.as_deref(),
-                };
+                let incoming = Incoming::from(&push);
                 match ring.open(&incoming) {
                     Opened::Verified(env) => {
                         let mut parts = env.body.splitn(4, ':');

@@ -85,6 +85,19 @@ pub struct Incoming<'a> {
     pub sealed_key: Option<&'a str>,
 }
 
+impl<'a> From<&'a claudemesh_proto::frames::Push> for Incoming<'a> {
+    fn from(push: &'a claudemesh_proto::frames::Push) -> Self {
+        Self {
+            sender_pubkey: &push.sender_pubkey,
+            mesh_id: &push.mesh_id,
+            target_spec: push.target_spec.as_deref(),
+            nonce: &push.nonce,
+            ciphertext: &push.ciphertext,
+            sealed_key: push.sealed_key.as_deref(),
+        }
+    }
+}
+
 /// The outcome of [`open`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opened {

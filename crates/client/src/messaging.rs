@@ -288,14 +288,7 @@ pub fn receive(
             .unwrap_or_default();
         (Kind::System, Some(format!("{ev}: {who}")), None, None)
     } else {
-        let incoming = Incoming {
-            sender_pubkey: &push.sender_pubkey,
-            mesh_id: &push.mesh_id,
-            target_spec: push.target_spec.as_deref(),
-            nonce: &push.nonce,
-            ciphertext: &push.ciphertext,
-            sealed_key: push.sealed_key.as_deref(),
-        };
+        let incoming = Incoming::from(push);
         match ring.open(&incoming) {
             Opened::Verified(env) => (Kind::Verified, Some(env.body), None, Some(env.id)),
             Opened::Legacy(text) => (Kind::Legacy, Some(text), None, None),
