@@ -40,8 +40,14 @@ impl PublicKey {
     /// Small-order points decompress and are therefore accepted here, but
     /// [`PublicKey::verify`] (which uses `verify_strict`) rejects every signature
     /// under them.
+    ///
+    /// Small-order ("weak") points are refused too: no signature verifies under them, and a
+    /// crypto_box to one has a predictable shared key (libsodium refuses them as well).
     pub fn from_bytes(bytes: &[u8; PUBLIC_KEY_LEN]) -> Result<Self, CryptoError> {
-        VerifyingKey::from_bytes(bytes).map_err(|_| CryptoError::BadPoint)?;
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| CryptoError::BadPoint)?;
+        if key.is_weak() {
+            return Err(CryptoError::BadPoint);
+        }
         Ok(Self(*bytes))
     }
 
@@ -416,5 +422,18 @@ mod tests {
         assert_eq!(x[31] & 0xc0, 0x40);
         let derived = crypto_box::SecretKey::from_bytes(*x).public_key();
         assert_eq!(derived.as_bytes(), &sk.public().to_x25519());
+    }
+
+    #[test]
+    fn small_order_points_are_refused() {
+        // The identity point (y = 1) and the all-zero encoding are small-order.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert_eq!(PublicKey::from_bytes(&identity), Err(CryptoError::BadPoint));
+        assert_eq!(
+            PublicKey::from_bytes(&[0u8; 32]),
+            Err(CryptoError::BadPoint)
+        );
+        assert!(PublicKey::from_bytes(SecretKey::generate().public().as_bytes()).is_ok());
     }
 }
