@@ -556,3 +556,31 @@ async fn hello_cannot_claim_another_members_key_as_session_key() {
     // Bob is unaffected.
     V1Client::connect(&b.ws(), &bob).await;
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_dropped_and_not_listed() {
+    let b = TestBroker::start_with(|c| {
+        c.timings.ping_interval = Duration::from_millis(100);
+        c.timings.dead_after = Duration::from_millis(600);
+    })
+    .await;
+    let (_m, alice, bob, _c) = trio(&b, "dead").await;
+    let mut a = V1Client::connect(&b.ws(), &alice).await;
+    // Alice keeps reading (tungstenite answers pings as it reads); bob never reads again,
+    // so he never answers a ping.
+    let _silent_bob = V1Client::connect(&b.ws(), &bob).await;
+    assert_eq!(a.peers().await.len(), 2);
+    let mut gone = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if a.peers().await.len() == 1 {
+            gone = true;
+            break;
+        }
+    }
+    assert!(
+        gone,
+        "a socket silent past dead_after is terminated and its peer no longer listed"
+    );
+    assert!(metrics(&b).await.contains("broker_connections_active 1"));
+}
