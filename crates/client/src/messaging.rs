@@ -112,24 +112,26 @@ fn frame(
     }
 }
 
-/// A v1 body: the text itself inside crypto_box, no envelope (for v1 clients).
-async fn send_legacy(
+/// Seal `text` for one key and send it: in our envelope, or (`legacy`) as a plain v1 body
+/// inside crypto_box for a peer known to run a v1 client.
+async fn send_direct(
     conn: &Connection,
     ring: &mut Keyring,
     to: &PublicKey,
+    mesh_id: &str,
     text: &str,
     priority: Priority,
+    legacy: bool,
 ) -> Result<(String, u32), SendError> {
-    let sealed = ring.seal_legacy(to, text.as_bytes());
+    let id = new_id();
+    let sealed = if legacy {
+        ring.seal_legacy(to, text.as_bytes())
+    } else {
+        ring.seal_direct(to, mesh_id, &id, now_ms(), text)
+    };
     send_one(
         conn,
-        frame(
-            to.to_hex(),
-            priority,
-            sealed.nonce,
-            sealed.ciphertext,
-            &new_id(),
-        ),
+        frame(to.to_hex(), priority, sealed.nonce, sealed.ciphertext, &id),
     )
     .await
 }
@@ -147,21 +149,9 @@ pub async fn send_text(
     let id = new_id();
     let my_key = ring.my_key().to_owned();
     match target {
-        Target::LegacyKey(to) => {
-            let (mid, n) = send_legacy(conn, ring, to, text, priority).await?;
-            Ok(SendReport {
-                message_ids: vec![mid],
-                recipients: n,
-                delivery: Delivery::Direct,
-            })
-        }
-        Target::Key(to) => {
-            let sealed = ring.seal_direct(to, mesh_id, &id, now_ms(), text);
-            let (mid, n) = send_one(
-                conn,
-                frame(to.to_hex(), priority, sealed.nonce, sealed.ciphertext, &id),
-            )
-            .await?;
+        Target::Key(to) | Target::LegacyKey(to) => {
+            let legacy = matches!(target, Target::LegacyKey(_));
+            let (mid, n) = send_direct(conn, ring, to, mesh_id, text, priority, legacy).await?;
             Ok(SendReport {
                 message_ids: vec![mid],
                 recipients: n,
@@ -212,7 +202,7 @@ pub async fn send_text(
                 total += n;
             }
             for to in &legacy {
-                let (mid, n) = send_legacy(conn, ring, to, text, priority).await?;
+                let (mid, n) = send_direct(conn, ring, to, mesh_id, text, priority, true).await?;
                 ids.push(mid);
                 total += n;
             }
@@ -244,19 +234,7 @@ pub async fn send_text(
             }
             let mut ids = Vec::new();
             for to in &peers {
-                let sub_id = new_id();
-                let sealed = ring.seal_direct(to, mesh_id, &sub_id, now_ms(), text);
-                let (mid, _) = send_one(
-                    conn,
-                    frame(
-                        to.to_hex(),
-                        priority,
-                        sealed.nonce,
-                        sealed.ciphertext,
-                        &sub_id,
-                    ),
-                )
-                .await?;
+                let (mid, _) = send_direct(conn, ring, to, mesh_id, text, priority, false).await?;
                 ids.push(mid);
             }
             let n = u32::try_from(ids.len()).unwrap_or(u32::MAX);
