@@ -59,13 +59,15 @@ impl Default for RateLimits {
                 burst: 20.0,
             },
         );
-        by_type.insert(
-            "list_members".to_owned(),
-            Rate {
-                per_sec: 5.0,
-                burst: 20.0,
-            },
-        );
+        for kind in ["list_members", "message_status"] {
+            by_type.insert(
+                kind.to_owned(),
+                Rate {
+                    per_sec: 5.0,
+                    burst: 20.0,
+                },
+            );
+        }
         Self {
             default: Rate {
                 per_sec: 20.0,

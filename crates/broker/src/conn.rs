@@ -199,13 +199,9 @@ impl Connection {
 
     fn render(&mut self, out: Outbound) -> Message {
         match out {
-            Outbound::Frame(f) => {
-                if matches!(
-                    *f,
-                    BrokerFrame::Ack(_) | BrokerFrame::PeersList(_) | BrokerFrame::MembersList(_)
-                ) {
-                    self.awaiting = self.awaiting.saturating_sub(1);
-                }
+            Outbound::Frame(f) => text(&f),
+            Outbound::Reply(f) => {
+                self.awaiting = self.awaiting.saturating_sub(1);
                 text(&f)
             }
             Outbound::Deliver(d) => {
@@ -330,7 +326,10 @@ impl Connection {
                 }
                 if matches!(
                     frame,
-                    ClientFrame::Send(_) | ClientFrame::ListPeers(_) | ClientFrame::ListMembers(_)
+                    ClientFrame::Send(_)
+                        | ClientFrame::ListPeers(_)
+                        | ClientFrame::ListMembers(_)
+                        | ClientFrame::MessageStatus(_)
                 ) {
                     self.awaiting += 1;
                 }

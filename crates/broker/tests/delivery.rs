@@ -584,3 +584,77 @@ async fn a_peer_that_stops_answering_pings_is_dropped_and_not_listed() {
     );
     assert!(metrics(&b).await.contains("broker_connections_active 1"));
 }
+
+async fn message_status(c: &mut V1Client, id: &str, req: &str) -> Value {
+    c.send(json!({ "type": "message_status", "messageId": id, "_reqId": req }))
+        .await;
+    loop {
+        let v = c.recv().await;
+        if v["_reqId"] == req {
+            return v;
+        }
+    }
+}
+
+/// Extension `message-status`: per recipient queued → delivered → acked, visible only to
+/// the sender (and its member's other connections); anyone else gets `not_found`.
+#[tokio::test]
+async fn message_status_reports_each_recipient_and_only_to_the_sender() {
+    let b = TestBroker::start().await;
+    let (_m, alice, bob, carol) = trio(&b, "status").await;
+    let mut a = V1Client::connect(&b.ws(), &alice).await;
+    let ack = a
+        .send_dm(&alice.ident.sk, &bob.ident.pk, "are you there?", "now")
+        .await;
+    let id = ack["messageId"].as_str().unwrap().to_owned();
+    let v = message_status(&mut a, &id, "q1").await;
+    assert_eq!(v["type"], "message_status", "{v}");
+    assert_eq!(v["targetSpec"], bob.ident.pk);
+    let r = &v["recipients"][0];
+    assert_eq!(
+        (r["pubkey"].as_str(), r["state"].as_str()),
+        (Some(bob.ident.pk.as_str()), Some("queued"))
+    );
+    assert_eq!(r["displayName"], "bob");
+
+    let mut bc = V1Client::connect(&b.ws(), &bob).await;
+    let push = bc.next_push(WAIT).await.unwrap();
+    assert_eq!(
+        message_status(&mut a, &id, "q2").await["recipients"][0]["state"],
+        "delivered"
+    );
+    bc.ack(&push).await;
+    bc.peers().await; // the ack is processed
+    let v = message_status(&mut a, &id, "q3").await;
+    assert_eq!(v["recipients"][0]["state"], "acked", "{v}");
+    assert!(v["recipients"][0]["ackedAt"].is_string());
+
+    // Neither the recipient nor a third member may ask; an unknown id looks the same.
+    for c in [&mut bc, &mut V1Client::connect(&b.ws(), &carol).await] {
+        let v = message_status(c, &id, "q4").await;
+        assert_eq!(
+            (v["type"].as_str(), v["code"].as_str()),
+            (Some("error"), Some("not_found")),
+            "{v}"
+        );
+    }
+    a.send(json!({ "type": "message_status", "messageId": "0".repeat(32), "_reqId": "q5" }))
+        .await;
+    assert_eq!(a.recv_type("error").await["code"], "not_found");
+}
+
+#[tokio::test]
+async fn message_status_is_unknown_to_a_v1_only_broker() {
+    let b = TestBroker::start_with(|c| c.v1_only = true).await;
+    let (_m, alice, _bob, _c) = trio(&b, "v1status").await;
+    let mut a = V1Client::connect(&b.ws(), &alice).await;
+    a.send(json!({ "type": "message_status", "messageId": "x", "_reqId": "s1" }))
+        .await;
+    let e = a.recv_type("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["_reqId"].as_str()),
+        (Some("unknown_message_type"), Some("s1"))
+    );
+    // The connection's request budget was given back: it keeps working.
+    assert!(!a.peers().await.is_empty());
+}

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use claudemesh_broker::{Broker, BrokerConfig};
 use claudemesh_store::{
-    Inserted, InviteRow, MemberRow, MeshRow, MessageRow, PeerRow, PendingDelivery, Result,
-    SqliteStore, Store, StoreError,
+    Inserted, InviteRow, MemberRow, MeshRow, MessageDeliveries, MessageRow, PeerRow,
+    PendingDelivery, Result, SqliteStore, Store, StoreError,
 };
 use common::*;
 use serde_json::{Value, json};
@@ -130,6 +130,15 @@ impl Store for Faulty {
         now: i64,
     ) -> Result<Vec<PendingDelivery>> {
         self.inner.pending(mesh, to, after, limit, now)
+    }
+    fn message_deliveries(
+        &mut self,
+        mesh: &str,
+        id: &str,
+        limit: usize,
+    ) -> Result<Option<MessageDeliveries>> {
+        self.check()?;
+        self.inner.message_deliveries(mesh, id, limit)
     }
     fn queue_depth(&mut self, now: i64) -> Result<i64> {
         self.inner.queue_depth(now)

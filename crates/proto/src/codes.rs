@@ -68,4 +68,6 @@ pub mod cap {
     pub const LEASES: &str = "leases";
     /// The signed HTTP mesh/invite/member administration API.
     pub const MESH_ADMIN: &str = "mesh-admin";
+    /// `message_status` → per-recipient delivery state (queued / delivered / acked).
+    pub const MESSAGE_STATUS: &str = "message-status";
 }

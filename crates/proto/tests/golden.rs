@@ -451,3 +451,31 @@ fn members_list() {
     assert_eq!((session.kind.as_str(), session.online), ("session", false));
     assert_eq!(session.member_pubkey, ALICE);
 }
+
+#[test]
+fn message_status_request_and_reply() {
+    let f = client(
+        r#"{"type":"message_status","messageId":"9f1c2b7a4d3e5f60718293a4b5c6d7e8","_reqId":"st-1"}"#,
+    );
+    assert_eq!(f.kind(), "message_status");
+    assert_eq!(f.req_id(), Some(&ReqId::Str("st-1".into())));
+    let BrokerFrame::MessageStatus(m) = broker(include_str!("golden/message_status.json")) else {
+        panic!("not a message_status")
+    };
+    assert_eq!(m.target_spec, "@backend");
+    let states: Vec<DeliveryState> = m.recipients.iter().map(|r| r.state).collect();
+    assert_eq!(
+        states,
+        [
+            DeliveryState::Acked,
+            DeliveryState::Delivered,
+            DeliveryState::Queued
+        ]
+    );
+    assert_eq!(m.recipients[0].display_name.as_deref(), Some(BOB_NAME));
+    assert_eq!(m.recipients[1].pubkey, CAROL_SESSION);
+    assert_eq!(m.recipients[2].pubkey, ALICE);
+    assert!(m.recipients[2].display_name.is_none());
+}
+
+const BOB_NAME: &str = "bob";

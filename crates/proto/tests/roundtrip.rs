@@ -224,6 +224,9 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         (text(), req_id())
             .prop_map(|(name, req_id)| ClientFrame::LeaveGroup(LeaveGroup { name, req_id })),
         req_id().prop_map(|req_id| ClientFrame::ListMembers(Request { req_id })),
+        (text(), req_id()).prop_map(|(message_id, req_id)| {
+            ClientFrame::MessageStatus(MessageStatusRequest { message_id, req_id })
+        }),
         // `Unknown` goes out as `{"type":"unknown"}`, which parses back as `Unknown`.
         Just(ClientFrame::Unknown),
     ]
@@ -351,6 +354,23 @@ fn peer() -> impl Strategy<Value = PeerInfo> {
         )
 }
 
+fn recipient_status() -> impl Strategy<Value = RecipientStatus> {
+    let state = prop_oneof![
+        Just(DeliveryState::Queued),
+        Just(DeliveryState::Delivered),
+        Just(DeliveryState::Acked),
+        Just(DeliveryState::Expired),
+    ];
+    (text(), opt_text(), state, opt_text()).prop_map(|(pubkey, display_name, state, acked_at)| {
+        RecipientStatus {
+            pubkey,
+            display_name,
+            state,
+            acked_at,
+        }
+    })
+}
+
 fn member() -> impl Strategy<Value = MemberInfo> {
     (
         text(),
@@ -399,6 +419,24 @@ fn broker_frame() -> impl Strategy<Value = BrokerFrame> {
         (vec(member(), 0..3), req_id()).prop_map(|(members, req_id)| BrokerFrame::MembersList(
             MembersList { members, req_id }
         )),
+        (
+            text(),
+            text(),
+            text(),
+            vec(recipient_status(), 0..3),
+            req_id()
+        )
+            .prop_map(
+                |(message_id, target_spec, created_at, recipients, req_id)| {
+                    BrokerFrame::MessageStatus(MessageStatusReply {
+                        message_id,
+                        target_spec,
+                        created_at,
+                        recipients,
+                        req_id,
+                    })
+                }
+            ),
     ]
 }
 

@@ -114,6 +114,14 @@ pub trait Store: Send + 'static {
         limit: usize,
         now: i64,
     ) -> Result<Vec<PendingDelivery>>;
+    /// The message with this broker id in this mesh and its deliveries in `seq` order
+    /// (at most `limit`), or `None` if there is no such message (never sent or purged).
+    fn message_deliveries(
+        &mut self,
+        mesh_id: &str,
+        message_id: &str,
+        limit: usize,
+    ) -> Result<Option<MessageDeliveries>>;
     /// Number of unacked, unexpired deliveries (the `broker_queue_depth` gauge).
     fn queue_depth(&mut self, now: i64) -> Result<i64>;
     /// Delete expired messages, deliveries and replay records. Returns rows removed.

@@ -83,3 +83,19 @@ pub struct PendingDelivery {
     pub sealed_key: Option<String>,
     pub message: MessageRow,
 }
+
+/// One recipient's delivery of a message, as `message-status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    pub seq: i64,
+    pub recipient: String,
+    pub expires_at: i64,
+    pub acked_at: Option<i64>,
+}
+
+/// A message and every delivery it still has (expired ones may have been purged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageDeliveries {
+    pub message: MessageRow,
+    pub deliveries: Vec<DeliveryRecord>,
+}

@@ -282,6 +282,83 @@ pub fn batched_acks(store: &mut dyn Store) {
     assert_eq!(left, ["b1"]);
 }
 
+/// `message_deliveries` finds exactly one message's deliveries, among many messages with
+/// one or several recipients, after purges, and honours the limit and the mesh.
+pub fn message_deliveries(store: &mut dyn Store) {
+    seed(store);
+    let keys: Vec<String> = ["b", "c", "d"].iter().map(|k| k.repeat(64)).collect();
+    let mut expected = Vec::new();
+    for i in 0..40_i64 {
+        let Inserted::New(rowid) = store
+            .insert_message(&message(&format!("s{i}"), None, 100 + i))
+            .unwrap()
+        else {
+            panic!("new")
+        };
+        // Messages alternate between one and three recipients.
+        let n = if i % 2 == 0 { 1 } else { 3 };
+        let seqs: Vec<i64> = keys[..n]
+            .iter()
+            .map(|k| {
+                store
+                    .insert_delivery("m1", rowid, k, None, 100 + i)
+                    .unwrap()
+            })
+            .collect();
+        expected.push(seqs);
+    }
+    store.commit().unwrap();
+    store.ack_deliveries(&[expected[7][1]], 55).unwrap();
+    store.commit().unwrap();
+    for (i, seqs) in expected.iter().enumerate() {
+        let found = store
+            .message_deliveries("m1", &format!("s{i}"), 100)
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.message.message_id, format!("s{i}"));
+        let got: Vec<i64> = found.deliveries.iter().map(|d| d.seq).collect();
+        assert_eq!(&got, seqs, "deliveries of s{i}");
+        assert_eq!(found.deliveries[0].recipient, keys[0]);
+    }
+    let seven = store.message_deliveries("m1", "s7", 100).unwrap().unwrap();
+    let acked: Vec<Option<i64>> = seven.deliveries.iter().map(|d| d.acked_at).collect();
+    assert_eq!(acked, [None, Some(55), None]);
+    assert_eq!(
+        store
+            .message_deliveries("m1", "s7", 2)
+            .unwrap()
+            .unwrap()
+            .deliveries
+            .len(),
+        2,
+        "limit"
+    );
+    assert!(
+        store
+            .message_deliveries("m1", "nope", 10)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store.message_deliveries("m2", "s3", 10).unwrap().is_none(),
+        "another mesh's id"
+    );
+    // After the first 10 messages expire, the rest are still found exactly.
+    store.purge_expired(110).unwrap();
+    store.commit().unwrap();
+    assert!(store.message_deliveries("m1", "s3", 10).unwrap().is_none());
+    let late = store.message_deliveries("m1", "s39", 10).unwrap().unwrap();
+    let got: Vec<i64> = late.deliveries.iter().map(|d| d.seq).collect();
+    assert_eq!(got, expected[39]);
+}
+
+#[test]
+fn sqlite_reports_message_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    message_deliveries(&mut store);
+}
+
 #[test]
 fn sqlite_batches_acks() {
     let dir = tempfile::tempdir().unwrap();

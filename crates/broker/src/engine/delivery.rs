@@ -12,13 +12,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use claudemesh_proto::codes;
-use claudemesh_proto::frames::{Ack, BrokerFrame, ClientAck, Priority, Send, Target};
+use claudemesh_proto::frames::{
+    Ack, BrokerFrame, ClientAck, DeliveryState, ErrorFrame, MessageStatusReply,
+    MessageStatusRequest, Priority, RecipientStatus, Send, Target,
+};
 use claudemesh_proto::limits;
 use claudemesh_store::{Inserted, MessageRow, PendingDelivery};
 
 use super::{ConnId, Effect, Engine, Outbound, TimerKind};
 use crate::metrics::Metrics;
-use crate::time::now_ms;
+use crate::time::{iso8601, now_ms};
 
 /// A fresh broker message id: 128 random bits as 32 hex characters.
 pub(super) fn hex_id() -> String {
@@ -418,5 +421,86 @@ impl Engine {
             }
         }
         self.pump(mesh_id, key);
+    }
+
+    /// `message_status`: where each recipient's copy of a message stands. Only the
+    /// sender, or another connection of the sender's member, may ask; for anyone else the
+    /// message does not exist (`not_found`), so ids reveal nothing.
+    pub(super) fn message_status(
+        &mut self,
+        conn: ConnId,
+        mesh_id: &str,
+        asker: &str,
+        req: MessageStatusRequest,
+    ) {
+        let MessageStatusRequest { message_id, req_id } = req;
+        let found =
+            match self
+                .store
+                .message_deliveries(mesh_id, &message_id, limits::MAX_SEALED_KEYS)
+            {
+                Ok(found) => found,
+                Err(e) => {
+                    // A read failed: answer, but do not fail the batch's writes for it.
+                    tracing::warn!(error = %e, "reading a message's deliveries failed");
+                    let err = ErrorFrame::new(codes::UNAVAILABLE, "storage is unavailable");
+                    return self.reply(conn, BrokerFrame::Error(err.with_req_id(req_id)));
+                }
+            };
+        let Some(mesh) = self.dir.mesh(mesh_id) else {
+            return;
+        };
+        let asker_member = mesh
+            .presences
+            .get(asker)
+            .map(|p| p.member_pubkey.as_str())
+            .unwrap_or(asker);
+        let Some(found) = found.filter(|f| {
+            f.message.sender_pubkey == asker || f.message.sender_member_pubkey == asker_member
+        }) else {
+            let err = ErrorFrame::new(codes::NOT_FOUND, "no message with this id was sent by you");
+            return self.reply(conn, BrokerFrame::Error(err.with_req_id(req_id)));
+        };
+        let now = now_ms();
+        let recipients = found
+            .deliveries
+            .into_iter()
+            .map(|d| {
+                let presence = mesh.presences.get(&d.recipient);
+                let inflight = presence
+                    .and_then(|p| p.mailbox.as_ref())
+                    .is_some_and(|mb| mb.inflight.contains_key(&d.seq));
+                // Acks of this batch are written just before its commit.
+                let acked_now = self.pending_acks.contains(&d.seq);
+                let state = match d.acked_at {
+                    Some(_) => DeliveryState::Acked,
+                    None if acked_now => DeliveryState::Acked,
+                    None if inflight => DeliveryState::Delivered,
+                    None if d.expires_at <= now => DeliveryState::Expired,
+                    None => DeliveryState::Queued,
+                };
+                let display_name = presence
+                    .map(|p| p.display_name.clone())
+                    .or_else(|| mesh.peers.get(&d.recipient).map(|p| p.display_name.clone()))
+                    .or_else(|| {
+                        mesh.member_by_key(&d.recipient)
+                            .map(|m| m.display_name.clone())
+                    });
+                RecipientStatus {
+                    pubkey: d.recipient,
+                    display_name,
+                    state,
+                    acked_at: d.acked_at.or(acked_now.then_some(now)).map(iso8601),
+                }
+            })
+            .collect();
+        let reply = MessageStatusReply {
+            message_id,
+            target_spec: found.message.target_spec,
+            created_at: iso8601(found.message.created_at),
+            recipients,
+            req_id,
+        };
+        self.reply(conn, BrokerFrame::MessageStatus(reply));
     }
 }

@@ -22,7 +22,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use claudemesh_proto::frames::{BrokerFrame, ClientFrame, ErrorFrame};
+use claudemesh_proto::frames::{
+    BrokerFrame, ClientFrame, ErrorFrame, MessageStatusRequest, Request,
+};
 use claudemesh_proto::http::JoinRequest;
 use claudemesh_store::Store;
 use tokio::sync::{mpsc, oneshot};
@@ -50,6 +52,9 @@ pub type ConnId = u64;
 pub enum Outbound {
     /// Boxed so a channel slot is pointer-sized (frames are large enums).
     Frame(Box<BrokerFrame>),
+    /// The answer to a counted request (`send`, `list_peers`, `list_members`,
+    /// `message_status`): writing it frees one slot of the connection's request budget.
+    Reply(Box<BrokerFrame>),
     /// A delivery; the connection task renders the `push` JSON.
     Deliver(Arc<Delivery>),
 }
@@ -354,14 +359,19 @@ impl Engine {
             ClientFrame::Send(send) => self.send(conn, &mesh, &key, send),
             ClientFrame::ClientAck(ack) => self.client_ack(&mesh, &key, &ack),
             ClientFrame::ListPeers(req) => self.list_peers(conn, &mesh, req.req_id),
-            ClientFrame::ListMembers(req) if self.v1_only => {
+            // Extensions a v1-only broker does not offer.
+            ClientFrame::ListMembers(Request { req_id })
+            | ClientFrame::MessageStatus(MessageStatusRequest { req_id, .. })
+                if self.v1_only =>
+            {
                 let err = ErrorFrame::new(
                     claudemesh_proto::codes::UNKNOWN_MESSAGE_TYPE,
                     "unknown message type",
                 );
-                self.out(conn, BrokerFrame::Error(err.with_req_id(req.req_id)));
+                self.reply(conn, BrokerFrame::Error(err.with_req_id(req_id)));
             }
             ClientFrame::ListMembers(req) => self.list_members(conn, &mesh, req.req_id),
+            ClientFrame::MessageStatus(req) => self.message_status(conn, &mesh, &key, req),
             ClientFrame::SetStatus(s) => self.set_status(&mesh, &key, s.status),
             ClientFrame::SetSummary(s) => self.set_summary(conn, &mesh, &key, s.summary),
             ClientFrame::JoinGroup(g) => self.join_group(conn, &mesh, &key, g),
@@ -388,6 +398,14 @@ impl Engine {
         self.effects.push(Effect::Out {
             conn,
             out: Outbound::Frame(Box::new(frame)),
+        });
+    }
+
+    /// Answer a counted request (see [`Outbound::Reply`]).
+    fn reply(&mut self, conn: ConnId, frame: BrokerFrame) {
+        self.effects.push(Effect::Out {
+            conn,
+            out: Outbound::Reply(Box::new(frame)),
         });
     }
 
@@ -429,7 +447,7 @@ impl Engine {
                         ack.recipients = None;
                         ack.error = Some(claudemesh_proto::codes::UNAVAILABLE.to_owned());
                     }
-                    self.deliver_now(conn, Outbound::Frame(Box::new(BrokerFrame::Ack(ack))));
+                    self.deliver_now(conn, Outbound::Reply(Box::new(BrokerFrame::Ack(ack))));
                 }
                 Effect::Reply(f) => f(committed),
                 Effect::Close { kill, code, reason } if committed => kill.kill(code, &reason),

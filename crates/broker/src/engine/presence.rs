@@ -32,6 +32,7 @@ pub fn capabilities() -> Vec<String> {
         cap::OFFLINE_QUEUE,
         cap::LEASES,
         cap::MESH_ADMIN,
+        cap::MESSAGE_STATUS,
     ]
     .iter()
     .map(|s| (*s).to_owned())
@@ -415,7 +416,7 @@ impl Engine {
                 model: p.info.model.clone(),
             })
             .collect();
-        self.out(conn, BrokerFrame::PeersList(PeersList { peers, req_id }));
+        self.reply(conn, BrokerFrame::PeersList(PeersList { peers, req_id }));
     }
 
     pub(super) fn list_members(&mut self, conn: ConnId, mesh_id: &str, req_id: Option<ReqId>) {
@@ -469,7 +470,7 @@ impl Engine {
             });
         }
         members.sort_by(|a, b| a.pubkey.cmp(&b.pubkey));
-        self.out(
+        self.reply(
             conn,
             BrokerFrame::MembersList(MembersList { members, req_id }),
         );

@@ -15,6 +15,8 @@ pub enum BrokerFrame {
     Error(ErrorFrame),
     /// Extension `list-members`.
     MembersList(MembersList),
+    /// Extension `message-status`: the reply to a `message_status` request.
+    MessageStatus(MessageStatusReply),
 }
 
 /// Reply to a successful `hello` / `session_hello`.
@@ -189,6 +191,60 @@ pub struct MemberInfo {
     /// Whether this identity has ever connected (if not, its client's abilities are unknown).
     #[serde(default)]
     pub seen: bool,
+}
+
+/// Extension `message-status`: per-recipient delivery state of one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageStatusReply {
+    pub message_id: String,
+    /// The `targetSpec` it was sent to.
+    pub target_spec: String,
+    /// ISO 8601 (UTC, milliseconds).
+    pub created_at: String,
+    pub recipients: Vec<RecipientStatus>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// One recipient's copy of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecipientStatus {
+    /// The key the delivery is addressed to (member or session key).
+    pub pubkey: String,
+    /// The recipient's display name, when the broker knows the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    pub state: DeliveryState,
+    /// When the recipient acknowledged it (ISO 8601), for `acked`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_at: Option<String>,
+}
+
+/// Where one delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// Stored durably, not pushed to the recipient yet (offline, held by status, or queued).
+    Queued,
+    /// Pushed to the recipient's live connection; its `client_ack` has not arrived.
+    Delivered,
+    /// The recipient's client acknowledged it.
+    Acked,
+    /// Its 7-day TTL ran out before the recipient acknowledged it.
+    Expired,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Queued => "queued",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Acked => "acked",
+            DeliveryState::Expired => "expired",
+        }
+    }
 }
 
 /// An error reply. Never contains internals.

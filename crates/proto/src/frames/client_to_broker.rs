@@ -22,6 +22,8 @@ pub enum ClientFrame {
     LeaveGroup(LeaveGroup),
     /// Extension `list-members`.
     ListMembers(Request),
+    /// Extension `message-status`.
+    MessageStatus(MessageStatusRequest),
     #[serde(other)]
     Unknown,
 }
@@ -40,6 +42,7 @@ impl ClientFrame {
             ClientFrame::JoinGroup(_) => "join_group",
             ClientFrame::LeaveGroup(_) => "leave_group",
             ClientFrame::ListMembers(_) => "list_members",
+            ClientFrame::MessageStatus(_) => "message_status",
             ClientFrame::Unknown => "unknown",
         }
     }
@@ -56,6 +59,7 @@ impl ClientFrame {
             ClientFrame::SetSummary(f) => f.req_id.as_ref(),
             ClientFrame::JoinGroup(f) => f.req_id.as_ref(),
             ClientFrame::LeaveGroup(f) => f.req_id.as_ref(),
+            ClientFrame::MessageStatus(f) => f.req_id.as_ref(),
             ClientFrame::Unknown => None,
         }
     }
@@ -214,6 +218,17 @@ pub struct JoinGroup {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaveGroup {
     pub name: String,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// Extension `message-status`: where each recipient's copy of a message the asker sent
+/// stands. Answered with [`super::MessageStatusReply`], or `error` `not_found`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageStatusRequest {
+    /// The broker message id from the send's `ack`.
+    pub message_id: String,
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<ReqId>,
 }

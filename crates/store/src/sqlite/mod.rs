@@ -9,8 +9,8 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    Inserted, InviteRow, MemberRow, MeshRow, MessageRow, PeerRow, PendingDelivery, Result, Store,
-    StoreError,
+    DeliveryRecord, Inserted, InviteRow, MemberRow, MeshRow, MessageDeliveries, MessageRow,
+    PeerRow, PendingDelivery, Result, Store, StoreError,
 };
 
 /// SQLite-backed [`Store`].
@@ -104,6 +104,40 @@ fn last_expired(conn: &Connection, table: &str, key: &str, now: i64) -> Result<O
                 lo = k + 1;
             }
             _ => hi = mid - 1,
+        }
+    }
+    Ok(best)
+}
+
+/// The smallest `seq` whose delivery belongs to message `rowid` or a later one. A
+/// message's deliveries are inserted together, right after the message, so
+/// `message_rowid` never decreases as `seq` grows: a binary search on the primary key
+/// finds them without an index on `message_rowid` (which would cost every insert).
+fn first_delivery_of(conn: &Connection, rowid: i64) -> Result<Option<i64>> {
+    let bounds: (Option<i64>, Option<i64>) = conn
+        .prepare_cached("SELECT MIN(seq), MAX(seq) FROM deliveries")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (Some(mut lo), Some(mut hi)) = bounds else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, message_rowid FROM deliveries WHERE seq >= ?1 ORDER BY seq LIMIT 1",
+    )?;
+    let mut best = None;
+    while lo <= hi {
+        let mid = lo + (hi - lo) / 2;
+        match stmt
+            .query_row(params![mid], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .optional()?
+        {
+            Some((seq, of)) if of >= rowid => {
+                best = Some(seq);
+                hi = mid - 1;
+            }
+            Some((seq, _)) => lo = seq + 1,
+            None => hi = mid - 1,
         }
     }
     Ok(best)
@@ -451,6 +485,54 @@ impl Store for SqliteStore {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn message_deliveries(
+        &mut self,
+        mesh_id: &str,
+        message_id: &str,
+        limit: usize,
+    ) -> Result<Option<MessageDeliveries>> {
+        let conn = self.tx()?;
+        let found = conn
+            .prepare_cached(
+                "SELECT rowid, message_id, mesh_id, sender_pubkey, sender_member_pubkey, sender_name,
+                        target_spec, priority, nonce, ciphertext, client_message_id, created_at, expires_at
+                 FROM messages WHERE message_id = ?1 AND mesh_id = ?2",
+            )?
+            .query_row(params![message_id, mesh_id], |r| {
+                Ok((r.get::<_, i64>(0)?, message_from_row(r, 1)?))
+            })
+            .optional()?;
+        let Some((rowid, message)) = found else {
+            return Ok(None);
+        };
+        let mut deliveries = Vec::new();
+        if let Some(first) = first_delivery_of(conn, rowid)? {
+            // The message's deliveries are contiguous from `first`: read until another
+            // message's row (or the limit), never the rest of the table.
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, recipient, expires_at, acked_at, message_rowid FROM deliveries
+                 WHERE seq >= ?1 ORDER BY seq",
+            )?;
+            let mut rows = stmt.query(params![first])?;
+            while deliveries.len() < limit {
+                let Some(r) = rows.next()? else { break };
+                if r.get::<_, i64>(4)? != rowid {
+                    break;
+                }
+                deliveries.push(DeliveryRecord {
+                    seq: r.get(0)?,
+                    recipient: r.get(1)?,
+                    expires_at: r.get(2)?,
+                    acked_at: r.get(3)?,
+                });
+            }
+        }
+        Ok(Some(MessageDeliveries {
+            message,
+            deliveries,
+        }))
     }
 
     fn queue_depth(&mut self, now: i64) -> Result<i64> {
