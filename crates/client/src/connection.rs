@@ -5,20 +5,27 @@
 //!
 //! Sends that were not acked when the connection dropped are sent again after the
 //! reconnect with the same `client_message_id`, which the broker treats as the same
-//! message: a blip neither loses nor duplicates a send. Pushes are handed to the caller
-//! through a bounded channel; the caller decrypts, records and acks them.
+//! message: a blip neither loses nor duplicates a send. Status, summary and groups set
+//! through the handle are re-applied after every reconnect (a broker restart forgets
+//! them), so a long-lived peer looks the same before and after. Pushes are handed to the
+//! caller through a bounded channel; the caller decrypts, records and acks them.
+//!
+//! [`Connection::connect`] fails if the first connection fails (one-shot commands);
+//! [`Connection::spawn`] returns at once and keeps trying in the background (the MCP
+//! server, which must start even while the broker is down).
 //!
 //! What it must not do: decrypt, decide what to show, or print anything.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use claudemesh_crypto::SecretKey;
 use claudemesh_proto::canonical;
 use claudemesh_proto::frames::{
     Ack, Attestation, BrokerFrame, ClientAck, ClientFrame, GroupRef, Hello, HelloAck, JoinGroup,
-    LeaveGroup, MemberInfo, PeerInfo, PresenceInfo, Push, ReqId, Request, Send, SessionHello,
-    SetStatus, SetSummary, Status,
+    LeaveGroup, MemberInfo, MessageStatusReply, MessageStatusRequest, PeerInfo, PresenceInfo, Push,
+    ReqId, Request, Send, SessionHello, SetStatus, SetSummary, Status,
 };
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -49,6 +56,9 @@ pub enum ConnectError {
     /// The broker does not offer what this call needs (a v1-only broker).
     #[error("the broker does not support {0}")]
     Unsupported(&'static str),
+    /// The broker answered the request with an error (`code` as in PROTOCOL.md).
+    #[error("the broker answered {code}: {message}")]
+    Rejected { code: String, message: String },
 }
 
 /// Who this connection speaks for.
@@ -113,7 +123,11 @@ enum Cmd {
 pub struct Connection {
     cmd: mpsc::Sender<Cmd>,
     state: watch::Receiver<State>,
-    hello: HelloAck,
+    /// The `hello_ack` of the newest connection.
+    hello: watch::Receiver<Option<HelloAck>>,
+    /// Why the last connection attempt failed, while reconnecting.
+    last_error: Arc<Mutex<Option<String>>>,
+    url: String,
 }
 
 fn now_ms() -> i64 {
@@ -232,46 +246,115 @@ async fn open(opts: &ConnectOptions) -> Result<(Ws, HelloAck), ConnectError> {
 
 impl Connection {
     /// Connect and authenticate. Returns the handle and the stream of pushes (deliveries
-    /// and system events) for the caller to decrypt, record and ack.
+    /// and system events) for the caller to decrypt, record and ack. Fails if this first
+    /// connection fails.
     pub async fn connect(
         opts: ConnectOptions,
     ) -> Result<(Self, mpsc::Receiver<Push>), ConnectError> {
         let (ws, hello) = open(&opts).await?;
+        Ok(Self::start(opts, Some((ws, hello))))
+    }
+
+    /// Start connecting in the background and return at once: the handle reports
+    /// [`State::Connecting`] until the broker answers, retrying with backoff for as long as
+    /// it is unreachable. A refusal (revoked, removed…) ends in [`State::Failed`].
+    pub fn spawn(opts: ConnectOptions) -> (Self, mpsc::Receiver<Push>) {
+        Self::start(opts, None)
+    }
+
+    fn start(opts: ConnectOptions, first: Option<(Ws, HelloAck)>) -> (Self, mpsc::Receiver<Push>) {
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (push_tx, push_rx) = mpsc::channel(PUSH_BUFFER);
-        let (state_tx, state_rx) = watch::channel(State::Connected {
-            capabilities: hello.capabilities.clone(),
-        });
+        let state = match &first {
+            Some((_, hello)) => State::Connected {
+                capabilities: hello.capabilities.clone(),
+            },
+            None => State::Connecting,
+        };
+        let (state_tx, state_rx) = watch::channel(state);
+        let (ws, hello) = first.map_or((None, None), |(ws, hello)| (Some(ws), Some(hello)));
+        let (hello_tx, hello_rx) = watch::channel(hello);
+        let last_error = Arc::new(Mutex::new(None));
+        let url = opts.url.clone();
         let task = Task {
+            groups: opts.presence.groups.clone(),
             opts,
             cmd_rx,
             push_tx,
             state_tx,
+            hello_tx,
+            last_error: last_error.clone(),
             pending_sends: BTreeMap::new(),
             pending_requests: HashMap::new(),
             seq: 0,
+            status: None,
+            summary: None,
         };
         tokio::spawn(task.run(ws));
-        Ok((
+        (
             Self {
                 cmd: cmd_tx,
                 state: state_rx,
-                hello,
+                hello: hello_rx,
+                last_error,
+                url,
             },
             push_rx,
-        ))
+        )
     }
 
-    /// The broker's `hello_ack` for the first connection.
-    pub fn hello(&self) -> &HelloAck {
-        &self.hello
+    /// The broker's `hello_ack` for the newest connection (`None` before the first).
+    pub fn hello(&self) -> Option<HelloAck> {
+        self.hello.borrow().clone()
+    }
+
+    /// Why the last connection attempt failed, while the handle is reconnecting.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Wait until the connection is up, at most `wait`. Errors say why it is not: still
+    /// unreachable (with the last reason), or refused for good.
+    pub async fn wait_connected(&self, wait: Duration) -> Result<(), ConnectError> {
+        let mut state = self.state.clone();
+        let settled = tokio::time::timeout(wait, async {
+            loop {
+                match &*state.borrow_and_update() {
+                    State::Connected { .. } => return Ok(()),
+                    State::Failed(reason) => {
+                        return Err(ConnectError::Refused {
+                            code: "failed".into(),
+                            message: reason.clone(),
+                        });
+                    }
+                    State::Connecting => {}
+                }
+                if state.changed().await.is_err() {
+                    return Err(ConnectError::Closed);
+                }
+            }
+        })
+        .await;
+        match settled {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::Unreachable {
+                url: self.url.clone(),
+                reason: self
+                    .last_error()
+                    .unwrap_or_else(|| "still connecting".into()),
+            }),
+        }
     }
 
     /// Whether the broker announced `cap` (current connection).
     pub fn has_capability(&self, cap: &str) -> bool {
         match &*self.state.borrow() {
             State::Connected { capabilities } => capabilities.iter().any(|c| c == cap),
-            _ => self.hello.capabilities.iter().any(|c| c == cap),
+            _ => self
+                .hello
+                .borrow()
+                .as_ref()
+                .is_some_and(|h| h.capabilities.iter().any(|c| c == cap)),
         }
     }
 
@@ -332,6 +415,31 @@ impl Connection {
         {
             BrokerFrame::MembersList(m) => Ok(m.members),
             BrokerFrame::Error(e) => Err(ConnectError::Refused {
+                code: e.code,
+                message: e.message,
+            }),
+            _ => Err(ConnectError::Closed),
+        }
+    }
+
+    /// Where each recipient's copy of a message this identity sent stands (extension
+    /// `message-status`).
+    pub async fn message_status(
+        &self,
+        message_id: &str,
+    ) -> Result<MessageStatusReply, ConnectError> {
+        if !self.has_capability(claudemesh_proto::codes::cap::MESSAGE_STATUS) {
+            return Err(ConnectError::Unsupported("message_status"));
+        }
+        match self
+            .request(ClientFrame::MessageStatus(MessageStatusRequest {
+                message_id: message_id.to_owned(),
+                req_id: None,
+            }))
+            .await?
+        {
+            BrokerFrame::MessageStatus(m) => Ok(m),
+            BrokerFrame::Error(e) => Err(ConnectError::Rejected {
                 code: e.code,
                 message: e.message,
             }),
@@ -405,10 +513,17 @@ struct Task {
     cmd_rx: mpsc::Receiver<Cmd>,
     push_tx: mpsc::Sender<Push>,
     state_tx: watch::Sender<State>,
+    hello_tx: watch::Sender<Option<HelloAck>>,
+    last_error: Arc<Mutex<Option<String>>>,
     /// Unacked sends by id, in send order; re-sent after a reconnect.
     pending_sends: BTreeMap<u64, (Send, oneshot::Sender<Ack>)>,
     pending_requests: HashMap<String, oneshot::Sender<BrokerFrame>>,
     seq: u64,
+    /// What the handle set, re-applied after a reconnect; `None` = never set.
+    status: Option<Status>,
+    summary: Option<Option<String>>,
+    /// The groups the handle joined, carried by every later hello.
+    groups: Option<Vec<GroupRef>>,
 }
 
 enum Exit {
@@ -417,12 +532,21 @@ enum Exit {
 }
 
 impl Task {
-    async fn run(mut self, mut ws: Ws) {
+    async fn run(mut self, mut ws: Option<Ws>) {
         let mut backoff = Duration::from_millis(100);
+        // A spawned handle tries at once; a reconnect after a drop waits first.
+        let mut wait_first = false;
         loop {
-            match self.serve(&mut ws).await {
+            let Some(mut socket) = ws.take() else {
+                match self.reconnect(&mut backoff, wait_first).await {
+                    Some(socket) => ws = Some(socket),
+                    None => return,
+                }
+                continue;
+            };
+            match self.serve(&mut socket).await {
                 Exit::Closed => {
-                    let _ = ws.close(None).await;
+                    let _ = socket.close(None).await;
                     return;
                 }
                 Exit::Dropped if !self.opts.reconnect => {
@@ -435,46 +559,123 @@ impl Task {
             }
             self.pending_requests.clear(); // their callers see Closed and may retry
             let _ = self.state_tx.send(State::Connecting);
-            loop {
+            wait_first = true;
+        }
+    }
+
+    /// Connect with jittered exponential backoff until it works (then re-apply state and
+    /// re-send unacked sends), the broker refuses the identity, or every handle is gone.
+    async fn reconnect(&mut self, backoff: &mut Duration, mut wait: bool) -> Option<Ws> {
+        loop {
+            if wait {
                 let jitter = Duration::from_millis(
                     rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1),
                 );
-                tokio::time::sleep(backoff + jitter).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                match open(&self.opts).await {
-                    Ok((new_ws, ack)) => {
-                        ws = new_ws;
-                        backoff = Duration::from_millis(100);
-                        let _ = self.state_tx.send(State::Connected {
-                            capabilities: ack.capabilities,
-                        });
-                        break;
-                    }
-                    Err(ConnectError::Refused { code, message }) => {
-                        tracing::warn!(%code, "broker refused the identity; not reconnecting");
-                        let _ = self
-                            .state_tx
-                            .send(State::Failed(format!("{code}: {message}")));
-                        return;
-                    }
-                    Err(e) => tracing::debug!(error = %e, "reconnect failed"),
-                }
-                if self.cmd_rx.is_closed() {
-                    return;
-                }
+                tokio::time::sleep(*backoff + jitter).await;
+                *backoff = (*backoff * 2).min(Duration::from_secs(10));
             }
-            // Same client_message_id → the broker answers with the original message.
-            let resend: Vec<Send> = self
-                .pending_sends
-                .values()
-                .map(|(f, _)| f.clone())
-                .collect();
-            for frame in resend {
-                if ws.send(text(&ClientFrame::Send(frame))).await.is_err() {
-                    break;
+            wait = true;
+            if self.cmd_rx.is_closed() {
+                return None;
+            }
+            match open(&self.opts).await {
+                Ok((mut ws, ack)) => {
+                    *backoff = Duration::from_millis(100);
+                    if let Ok(mut e) = self.last_error.lock() {
+                        *e = None;
+                    }
+                    if self.restore(&mut ws, &ack).await.is_err() {
+                        continue;
+                    }
+                    let _ = self.state_tx.send(State::Connected {
+                        capabilities: ack.capabilities.clone(),
+                    });
+                    let _ = self.hello_tx.send(Some(ack));
+                    return Some(ws);
+                }
+                Err(ConnectError::Refused { code, message }) => {
+                    tracing::warn!(%code, "broker refused the identity; not reconnecting");
+                    let _ = self
+                        .state_tx
+                        .send(State::Failed(format!("{code}: {message}")));
+                    return None;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "connect failed");
+                    let reason = match e {
+                        ConnectError::Unreachable { reason, .. } => reason,
+                        other => other.to_string(),
+                    };
+                    if let Ok(mut last) = self.last_error.lock() {
+                        *last = Some(reason);
+                    }
                 }
             }
         }
+    }
+
+    /// After a reconnect: put back the status and summary the broker forgot (a restart
+    /// loses them; a re-attach within grace keeps them, which `hello_ack` reports), then
+    /// re-send unacked sends. Same client_message_id → the broker answers with the
+    /// original message.
+    async fn restore(&mut self, ws: &mut Ws, ack: &HelloAck) -> Result<(), ()> {
+        let mut frames = Vec::new();
+        if let Some(status) = self.status.filter(|s| ack.status != Some(*s)) {
+            frames.push(ClientFrame::SetStatus(SetStatus {
+                status,
+                req_id: None,
+            }));
+        }
+        if let Some(summary) = self.summary.clone().filter(|s| ack.summary != *s) {
+            frames.push(ClientFrame::SetSummary(SetSummary {
+                summary,
+                req_id: None,
+            }));
+        }
+        frames.extend(
+            self.pending_sends
+                .values()
+                .map(|(f, _)| ClientFrame::Send(f.clone())),
+        );
+        for frame in frames {
+            ws.send(text(&frame)).await.map_err(|_| ())?;
+        }
+        Ok(())
+    }
+
+    /// Remember what a fire-and-forget frame changes, so a reconnect can restore it.
+    fn remember(&mut self, frame: &ClientFrame) {
+        match frame {
+            ClientFrame::SetStatus(s) => self.status = Some(s.status),
+            ClientFrame::SetSummary(s) => {
+                self.summary = Some(s.summary.clone().filter(|t| !t.is_empty()));
+            }
+            ClientFrame::JoinGroup(g) => {
+                let groups = self.current_groups();
+                groups.retain(|x| x.name != g.name);
+                groups.push(GroupRef {
+                    name: g.name.clone(),
+                    role: g.role.clone(),
+                });
+                self.opts.presence.groups = self.groups.clone();
+            }
+            ClientFrame::LeaveGroup(g) => {
+                self.current_groups().retain(|x| x.name != g.name);
+                self.opts.presence.groups = self.groups.clone();
+            }
+            _ => {}
+        }
+    }
+
+    /// The groups as the broker last reported them, unless the handle changed them since.
+    fn current_groups(&mut self) -> &mut Vec<GroupRef> {
+        let reported = self
+            .hello_tx
+            .borrow()
+            .as_ref()
+            .and_then(|h| h.groups.clone());
+        self.groups
+            .get_or_insert_with(|| reported.unwrap_or_default())
     }
 
     /// Serve one connection until it drops or the handle closes it.
@@ -497,13 +698,19 @@ impl Task {
                         Some(Cmd::Request(mut frame, reply)) => {
                             self.seq += 1;
                             let id = format!("r{}", self.seq);
-                            if let ClientFrame::ListPeers(r) | ClientFrame::ListMembers(r) = &mut frame {
-                                r.req_id = Some(ReqId::Str(id.clone()));
+                            let req_id = Some(ReqId::Str(id.clone()));
+                            match &mut frame {
+                                ClientFrame::ListPeers(r) | ClientFrame::ListMembers(r) => r.req_id = req_id,
+                                ClientFrame::MessageStatus(r) => r.req_id = req_id,
+                                _ => {}
                             }
                             self.pending_requests.insert(id, reply);
                             frame
                         }
-                        Some(Cmd::Notify(frame)) => frame,
+                        Some(Cmd::Notify(frame)) => {
+                            self.remember(&frame);
+                            frame
+                        }
                     };
                     if ws.send(text(&frame)).await.is_err() {
                         return Exit::Dropped;
@@ -538,6 +745,7 @@ impl Task {
             }
             BrokerFrame::PeersList(ref p) => self.reply(p.req_id.clone(), frame),
             BrokerFrame::MembersList(ref m) => self.reply(m.req_id.clone(), frame),
+            BrokerFrame::MessageStatus(ref m) => self.reply(m.req_id.clone(), frame),
             BrokerFrame::Error(ref e) => self.reply(e.req_id.clone(), frame),
             BrokerFrame::HelloAck(_) => {}
         }

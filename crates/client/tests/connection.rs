@@ -18,7 +18,7 @@ use claudemesh_client::inbox::{Inbox, Kind};
 use claudemesh_client::{ConnectOptions, Connection, Delivery, Identity, State, Target, messaging};
 use claudemesh_crypto::SecretKey;
 use claudemesh_proto::canonical::{self, AdminAction};
-use claudemesh_proto::frames::{PresenceInfo, Priority, Push};
+use claudemesh_proto::frames::{PresenceInfo, Priority, Push, Status};
 use claudemesh_proto::invite::{InvitePayload, InviteRole};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -152,7 +152,7 @@ async fn session_identity_and_e2e_with_dedupe() {
     let m = mesh(&b, 2).await;
     let session = SecretKey::generate();
     let (a, _arx, a_key) = connect(&b.ws_url(), &m, 0, Some(session.clone()), false).await;
-    assert_eq!(a.hello().presence_id, session.public().to_hex());
+    assert_eq!(a.hello().unwrap().presence_id, session.public().to_hex());
     let (bc, mut brx, b_key) = connect(&b.ws_url(), &m, 1, None, false).await;
     let peers = bc.peers().await.unwrap();
     assert!(
@@ -269,7 +269,7 @@ async fn multicast_falls_back_to_per_peer_messages_on_a_v1_only_broker() {
     let m = mesh(&b, 3).await;
     let (a, _arx, a_key) = connect(&b.ws_url(), &m, 0, None, false).await;
     assert!(
-        a.hello().capabilities.is_empty(),
+        a.hello().unwrap().capabilities.is_empty(),
         "a v1 broker announces nothing"
     );
     assert!(a.members().await.is_err(), "list_members is unavailable");
@@ -315,4 +315,82 @@ async fn multicast_falls_back_to_per_peer_messages_on_a_v1_only_broker() {
     .await
     .unwrap();
     assert_eq!(r.recipients, 1);
+}
+
+/// A spawned handle starts while the broker is down, connects when it comes up, and
+/// after a broker restart puts back the status, summary and groups it had set.
+#[tokio::test]
+async fn spawned_connection_waits_for_the_broker_and_restores_its_presence() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::spawn(BrokerConfig::for_tests(dir.path().into()))
+        .await
+        .unwrap();
+    let (addr, url) = (b.addr(), b.ws_url());
+    let m = mesh(&b, 2).await;
+    b.shutdown().await;
+
+    let session = SecretKey::generate();
+    let (member_id, key) = m.members[0].clone();
+    let (a, _arx) = Connection::spawn(ConnectOptions {
+        url: url.clone(),
+        identity: Identity {
+            mesh_id: m.id.clone(),
+            member_id,
+            member_key: key,
+            session_key: Some(session.clone()),
+        },
+        presence: PresenceInfo {
+            display_name: Some("m0/repo".into()),
+            session_id: "spawned".into(),
+            ..PresenceInfo::default()
+        },
+        reconnect: true,
+    });
+    assert_eq!(a.state(), State::Connecting);
+    assert!(a.hello().is_none());
+    let err = a
+        .wait_connected(Duration::from_millis(400))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("refused") || err.to_string().contains("connect"),
+        "{err}"
+    );
+
+    let restart = |dir: &std::path::Path| {
+        let mut config = BrokerConfig::for_tests(dir.into());
+        config.listen = addr;
+        Broker::spawn(config)
+    };
+    let b = restart(dir.path()).await.unwrap();
+    a.wait_connected(Duration::from_secs(20)).await.unwrap();
+    a.set_status(Status::Dnd).await.unwrap();
+    a.set_summary(Some("fixing the stripe bug".into()))
+        .await
+        .unwrap();
+    a.join_group("backend", None).await.unwrap();
+    a.sync().await.unwrap();
+
+    b.shutdown().await;
+    let b = restart(dir.path()).await.unwrap();
+    let (bc, _brx, _) = connect(&url, &m, 1, None, false).await;
+    let me = session.public().to_hex();
+    let mut seen = None;
+    for _ in 0..100 {
+        let peers = bc.peers().await.unwrap();
+        if let Some(p) = peers.into_iter().find(|p| p.pubkey == me) {
+            if p.status == Status::Dnd && p.summary.is_some() {
+                seen = Some(p);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = seen.expect("the session came back with its status and summary");
+    assert_eq!(p.summary.as_deref(), Some("fixing the stripe bug"));
+    assert_eq!(
+        p.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(),
+        ["backend"]
+    );
+    b.shutdown().await;
 }
