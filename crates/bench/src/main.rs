@@ -118,30 +118,29 @@ fn progress(
 /// Integer fields (counts) stay integers.
 fn medians(runs: &[serde_json::Value]) -> serde_json::Value {
     let mut out = runs.first().cloned().unwrap_or_default();
-    if runs.len() > 1 {
-        if let Some(o) = out.as_object_mut() {
-            for (k, v) in o.iter_mut() {
-                let values: Vec<&serde_json::Value> =
-                    runs.iter().filter_map(|r| r.get(k)).collect();
-                if values.len() != runs.len() || !v.is_number() {
-                    continue;
-                }
-                let mid = values.len() / 2;
-                if let Some(mut ints) = values
-                    .iter()
-                    .map(|x| x.as_u64())
-                    .collect::<Option<Vec<u64>>>()
-                {
-                    ints.sort_unstable();
-                    *v = json!(ints.get(mid).copied().unwrap_or_default());
-                } else if let Some(mut xs) = values
-                    .iter()
-                    .map(|x| x.as_f64())
-                    .collect::<Option<Vec<f64>>>()
-                {
-                    xs.sort_by(f64::total_cmp);
-                    *v = json!(xs.get(mid).copied().unwrap_or_default());
-                }
+    if runs.len() > 1
+        && let Some(o) = out.as_object_mut()
+    {
+        for (k, v) in o.iter_mut() {
+            let values: Vec<&serde_json::Value> = runs.iter().filter_map(|r| r.get(k)).collect();
+            if values.len() != runs.len() || !v.is_number() {
+                continue;
+            }
+            let mid = values.len() / 2;
+            if let Some(mut ints) = values
+                .iter()
+                .map(|x| x.as_u64())
+                .collect::<Option<Vec<u64>>>()
+            {
+                ints.sort_unstable();
+                *v = json!(ints.get(mid).copied().unwrap_or_default());
+            } else if let Some(mut xs) = values
+                .iter()
+                .map(|x| x.as_f64())
+                .collect::<Option<Vec<f64>>>()
+            {
+                xs.sort_by(f64::total_cmp);
+                *v = json!(xs.get(mid).copied().unwrap_or_default());
             }
         }
     }

@@ -752,10 +752,10 @@ impl Task {
     }
 
     fn reply(&mut self, req_id: Option<ReqId>, frame: BrokerFrame) {
-        if let Some(ReqId::Str(id)) = req_id {
-            if let Some(tx) = self.pending_requests.remove(&id) {
-                let _ = tx.send(frame);
-            }
+        if let Some(ReqId::Str(id)) = req_id
+            && let Some(tx) = self.pending_requests.remove(&id)
+        {
+            let _ = tx.send(frame);
         }
     }
 }

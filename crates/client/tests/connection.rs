@@ -378,11 +378,12 @@ async fn spawned_connection_waits_for_the_broker_and_restores_its_presence() {
     let mut seen = None;
     for _ in 0..100 {
         let peers = bc.peers().await.unwrap();
-        if let Some(p) = peers.into_iter().find(|p| p.pubkey == me) {
-            if p.status == Status::Dnd && p.summary.is_some() {
-                seen = Some(p);
-                break;
-            }
+        if let Some(p) = peers.into_iter().find(|p| p.pubkey == me)
+            && p.status == Status::Dnd
+            && p.summary.is_some()
+        {
+            seen = Some(p);
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -98,16 +98,16 @@ impl Engine {
                 Rejection::new(codes::BAD_SESSION_PUBKEY, "sessionPubkey is a member key"),
             );
         }
-        if let Some(p) = mesh.peers.get(&hello.key) {
-            if p.member_id != member.id {
-                return self.reject(
-                    reply,
-                    Rejection::new(
-                        codes::BAD_SESSION_PUBKEY,
-                        "sessionPubkey belongs to another member",
-                    ),
-                );
-            }
+        if let Some(p) = mesh.peers.get(&hello.key)
+            && p.member_id != member.id
+        {
+            return self.reject(
+                reply,
+                Rejection::new(
+                    codes::BAD_SESSION_PUBKEY,
+                    "sessionPubkey belongs to another member",
+                ),
+            );
         }
         match self.store.remember_signature(
             &hello.signature,
