@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{self, merge, post, signed};
 use crate::config::{Config, ConfigDir, MeshEntry, http_base};
-use crate::resolve::{Candidate, resolve};
+use crate::resolve::{self, Candidate, resolve};
 use crate::{Cli, Command, InviteCommand, MeshCommand, StatusCommand};
 
 fn now_ms() -> i64 {
@@ -32,7 +32,8 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn out(json: bool, value: &Value, text: impl FnOnce() -> String) {
+/// Print `value` (with `--json`) or the text, as one write to stdout.
+pub(crate) fn out(json: bool, value: &Value, text: impl FnOnce() -> String) {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
     let line = if json { value.to_string() } else { text() };
@@ -197,6 +198,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(StatusCommand::Set { status }) => status_set(&ctx, &status).await,
         Command::Summary { text } => summary(&ctx, &text).await,
         Command::Verify { peer } => verify(&ctx, &peer).await,
+        Command::Install { print } => crate::install::install(ctx.json, print),
+        Command::Uninstall { print } => crate::install::uninstall(ctx.json, print),
+        Command::Launch { args } => crate::install::launch(&args),
+        Command::Mcp => crate::mcp::run(ctx.dir, ctx.config, ctx.mesh).await,
+        Command::Doctor => crate::doctor::doctor(&ctx.dir, &ctx.config, ctx.json).await,
+        // Handled in main before any config is read.
+        Command::Hook { .. } => Ok(()),
     }
 }
 
@@ -713,35 +721,7 @@ async fn connect(entry: &MeshEntry) -> anyhow::Result<Live> {
 
 /// Everyone this connection can address, itself excluded.
 async fn candidates(live: &Live) -> anyhow::Result<Vec<Candidate>> {
-    let me = live.key.public().to_hex();
-    let list = if live.conn.has_capability(cap::LIST_MEMBERS) {
-        live.conn
-            .members()
-            .await?
-            .into_iter()
-            .map(|m| Candidate {
-                name: m.display_name,
-                key: m.pubkey,
-                member_key: m.member_pubkey,
-                kind: m.kind,
-                modern: m.e2e_multicast || !m.seen,
-            })
-            .collect::<Vec<_>>()
-    } else {
-        live.conn
-            .peers()
-            .await?
-            .into_iter()
-            .map(|p| Candidate {
-                name: p.display_name,
-                key: p.pubkey,
-                member_key: p.member_pubkey,
-                kind: p.role,
-                modern: true,
-            })
-            .collect()
-    };
-    Ok(list.into_iter().filter(|c| c.key != me).collect())
+    resolve::candidates(&live.conn, &live.key.public().to_hex()).await
 }
 
 async fn peers(ctx: &Ctx) -> anyhow::Result<()> {
@@ -855,10 +835,10 @@ async fn inbox(ctx: &Ctx, wait: Option<u64>, all: bool) -> anyhow::Result<()> {
                 if push.sender_name.is_none() {
                     push.sender_name = names.get(&push.sender_pubkey).cloned();
                 }
-                if let Some(rec) = messaging::receive(&mut ring, &push, &mut store)? {
-                    if rec.kind != Kind::Rejected {
-                        fresh += 1;
-                    }
+                if let Some(rec) = messaging::receive(&mut ring, &push, &mut store)?
+                    && rec.kind != Kind::Rejected
+                {
+                    fresh += 1;
                 }
                 live.conn.ack(&push.message_id).await?;
             }

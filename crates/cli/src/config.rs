@@ -1,6 +1,8 @@
 //! The local identity store: `CLAUDEMESH_CONFIG_DIR` (default `~/.claudemesh`), mode 0700,
 //! holding `config.json` (mode 0600, written atomically: temp file, fsync, rename) with one
-//! entry per joined mesh and which one is current, and `inbox.db` (the local inbox).
+//! entry per joined mesh and which one is current, `inbox.db` (the CLI's local inbox),
+//! `sessions/` (one directory per Claude Code session, see `mcp::session`) and `run/`
+//! (the sockets through which hooks reach their session's MCP server).
 //!
 //! Secret keys live only here. Nothing in this module prints them; `MeshEntry`'s `Debug`
 //! omits the key.
@@ -129,6 +131,12 @@ pub struct ConfigDir {
 }
 
 impl ConfigDir {
+    /// A configuration directory at `path`.
+    #[cfg(test)]
+    pub fn at(path: PathBuf) -> Self {
+        Self { path }
+    }
+
     /// `CLAUDEMESH_CONFIG_DIR`, else `~/.claudemesh`.
     pub fn from_env() -> anyhow::Result<Self> {
         if let Some(dir) = std::env::var_os("CLAUDEMESH_CONFIG_DIR").filter(|d| !d.is_empty()) {
@@ -155,6 +163,23 @@ impl ConfigDir {
         self.path.join("inbox.db")
     }
 
+    /// One directory per Claude Code session.
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.path.join("sessions")
+    }
+
+    /// Unix sockets of running MCP servers, one per Claude Code process.
+    pub fn run_dir(&self) -> PathBuf {
+        self.path.join("run")
+    }
+
+    /// Create `dir` (and this config directory) with mode 0700.
+    pub fn ensure_private_dir(&self, dir: &Path) -> anyhow::Result<()> {
+        self.ensure()?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        set_mode(dir, 0o700)
+    }
+
     /// Create the directory (0700) if needed.
     pub fn ensure(&self) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.path)
@@ -178,22 +203,7 @@ impl ConfigDir {
     /// Write atomically: a 0600 temp file in the same directory, fsync, rename, fsync dir.
     pub fn save(&self, config: &Config) -> anyhow::Result<()> {
         self.ensure()?;
-        let file = self.config_file();
-        let tmp = self
-            .path
-            .join(format!(".config.json.{}.tmp", std::process::id()));
-        let bytes = serde_json::to_vec_pretty(config)?;
-        {
-            let mut f = open_private(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &file)
-            .with_context(|| format!("cannot replace {}", file.display()))?;
-        if let Ok(dir) = std::fs::File::open(&self.path) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        write_private(&self.config_file(), &serde_json::to_vec_pretty(config)?)
     }
 
     /// Permission problems worth fixing (for `doctor` and a warning on use).
@@ -203,21 +213,48 @@ impl ConfigDir {
             (self.path.clone(), 0o700),
             (self.config_file(), 0o600),
             (self.inbox_file(), 0o600),
+            (self.sessions_dir(), 0o700),
+            (self.run_dir(), 0o700),
         ] {
-            if let Some(mode) = mode_of(&path) {
-                if mode & 0o077 != 0 {
-                    out.push(format!(
-                        "{} is mode {:o}; run: chmod {:o} {}",
-                        path.display(),
-                        mode & 0o777,
-                        want,
-                        path.display()
-                    ));
-                }
+            if let Some(mode) = mode_of(&path)
+                && mode & 0o077 != 0
+            {
+                out.push(format!(
+                    "{} is mode {:o}; run: chmod {:o} {}",
+                    path.display(),
+                    mode & 0o777,
+                    want,
+                    path.display()
+                ));
             }
         }
         out
     }
+}
+
+/// Replace `file` atomically with `bytes`, mode 0600: a temp file beside it, fsync,
+/// rename, fsync the directory.
+pub fn write_private(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    {
+        let mut f = open_private(&tmp)?;
+        f.write_all(bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, file).with_context(|| format!("cannot replace {}", file.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 #[cfg(unix)]

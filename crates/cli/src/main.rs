@@ -1,12 +1,19 @@
-//! `claudemesh`: the command line. Arguments are parsed here into a [`Command`]; each
-//! command lives in `commands`. `main` turns any error into one actionable line on
-//! stderr and a non-zero exit code — never a panic or a backtrace. Data goes to stdout
-//! (a table, or JSON with `--json`); logs go to stderr and are off unless
-//! `CLAUDEMESH_LOG` is set.
+//! `claudemesh`: the command line. Arguments are parsed here into a [`Command`]; mesh
+//! and messaging commands live in `commands`, the Claude Code integration in `mcp` (the
+//! MCP server), `hook`, `install`, `claude` and `doctor`. `main` turns any error into one
+//! actionable line on stderr and a non-zero exit code — never a panic or a backtrace.
+//! Data goes to stdout (a table, or JSON with `--json`); logs go to stderr and are off
+//! unless `CLAUDEMESH_LOG` is set (the MCP server logs warnings by default, since its
+//! stdout is the protocol).
 
 mod api;
+mod claude;
 mod commands;
 mod config;
+mod doctor;
+mod hook;
+mod install;
+mod mcp;
 mod resolve;
 
 use std::process::ExitCode;
@@ -92,6 +99,34 @@ pub enum Command {
     Summary { text: String },
     /// Show the safety number you share with a peer; compare it out of band.
     Verify { peer: String },
+    /// Register the MCP server and status hooks with Claude Code for this user.
+    Install {
+        /// Only print what would be done.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Remove exactly what `install` added.
+    Uninstall {
+        /// Only print what would be done.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Start `claude` with live message push (development channels) for claudemesh.
+    Launch {
+        /// Arguments passed on to claude (after --).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The stdio MCP server Claude Code starts (one per session).
+    Mcp,
+    /// Check config, keys, brokers, clock, membership and the Claude Code setup.
+    Doctor,
+    /// Claude Code hook entry point (installed by `install`).
+    #[command(hide = true)]
+    Hook {
+        #[arg(value_parser = ["prompt-submit", "stop"])]
+        event: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,10 +172,17 @@ pub enum StatusCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Ok(filter) = std::env::var("CLAUDEMESH_LOG") {
+    if let Command::Hook { event } = &cli.command {
+        // Hooks must be fast: no runtime, no config, always exit 0.
+        hook::run(event);
+        return ExitCode::SUCCESS;
+    }
+    let default_filter = matches!(cli.command, Command::Mcp).then(|| "warn".to_owned());
+    if let Some(filter) = std::env::var("CLAUDEMESH_LOG").ok().or(default_filter) {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_writer(std::io::stderr)
+            .with_ansi(false)
             .init();
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()

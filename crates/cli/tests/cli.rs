@@ -11,117 +11,18 @@
     clippy::indexing_slicing
 )]
 
-use std::process::Output;
+mod common;
+
+use common::*;
+
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use claudemesh_broker::{Broker, BrokerConfig, BrokerHandle};
 use claudemesh_crypto::{PublicKey, SecretKey, box_open, box_seal, random_nonce};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-
-struct User {
-    dir: tempfile::TempDir,
-}
-
-impl User {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    async fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_claudemesh"));
-        cmd.args(args)
-            .env("CLAUDEMESH_CONFIG_DIR", self.dir.path().join("cfg"))
-            .env_remove("CLAUDEMESH_LOG")
-            .env("USER", "tester");
-        tokio::time::timeout(Duration::from_secs(60), cmd.output())
-            .await
-            .expect("claudemesh hung")
-            .unwrap()
-    }
-
-    /// Run, require success, return stdout.
-    async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        );
-        assert!(
-            out.status.success(),
-            "claudemesh {args:?} failed:\nstdout: {stdout}\nstderr: {stderr}"
-        );
-        stdout.into_owned()
-    }
-
-    async fn json(&self, args: &[&str]) -> Value {
-        let mut with = args.to_vec();
-        with.push("--json");
-        let text = self.ok(&with).await;
-        serde_json::from_str(text.trim())
-            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {text}"))
-    }
-
-    /// Run, require failure with exactly one line on stderr (no panic, no backtrace); return it.
-    async fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            !out.status.success(),
-            "claudemesh {args:?} should have failed; stdout: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let lines: Vec<&str> = stderr.lines().filter(|l| !l.contains("warning:")).collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "one actionable line expected, got: {stderr}"
-        );
-        assert!(
-            !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
-            "{stderr}"
-        );
-        lines[0].to_owned()
-    }
-}
-
-async fn broker() -> (BrokerHandle, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Broker::spawn(BrokerConfig::for_tests(dir.path().to_path_buf()))
-        .await
-        .unwrap();
-    (b, dir)
-}
-
-/// Owner creates a mesh; alice and bob join with their own invites.
-async fn mesh(b: &BrokerHandle) -> (User, User, User) {
-    let owner = User::new();
-    let created = owner
-        .json(&[
-            "mesh",
-            "create",
-            "Acme Payments",
-            "--broker",
-            &b.ws_url(),
-            "--as",
-            "olivia",
-        ])
-        .await;
-    assert_eq!(created["slug"], "acme-payments");
-    let (alice, bob) = (User::new(), User::new());
-    for (user, name) in [(&alice, "alice"), (&bob, "bob")] {
-        let link = owner.ok(&["invite"]).await.trim().to_owned();
-        assert!(link.starts_with("ic://join/"), "{link}");
-        let joined = user.json(&["join", &link, "--name", name]).await;
-        assert_eq!(joined["role"], "member");
-    }
-    (owner, alice, bob)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_dm_by_name_broadcast_verify_and_whoami() {
@@ -186,7 +87,7 @@ async fn offline_dm_by_name_broadcast_verify_and_whoami() {
         owner.json(&["inbox"]).await[0]["text"],
         "who has seen the flaky checkout test?"
     );
-    let db = rusqlite_dump(&broker_dir.path().join("claudemesh.db"));
+    let db = stored_bodies(&broker_dir.path().join("claudemesh.db"));
     assert!(
         !db.contains("flaky checkout") && !db.contains("stripe webhook"),
         "plaintext reached the broker"
@@ -210,35 +111,6 @@ async fn offline_dm_by_name_broadcast_verify_and_whoami() {
     let members = owner.json(&["members"]).await;
     assert_eq!(members.as_array().unwrap().len(), 3);
     b.shutdown().await;
-}
-
-/// Every stored message body and nonce as the broker holds it, plus their base64 decodings.
-/// Panics if nothing is stored, so the plaintext check cannot pass vacuously.
-fn rusqlite_dump(path: &std::path::Path) -> String {
-    let db = rusqlite::Connection::open(path).unwrap();
-    let mut stmt = db
-        .prepare("SELECT nonce, ciphertext FROM messages")
-        .unwrap();
-    let rows: Vec<(String, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    assert!(
-        rows.len() >= 2,
-        "expected the DM and the broadcast to be stored, found {}",
-        rows.len()
-    );
-    let mut text = String::new();
-    for (nonce, ct) in rows {
-        for field in [nonce, ct] {
-            text.push_str(&field);
-            if let Ok(bytes) = B64.decode(&field) {
-                text.push_str(&String::from_utf8_lossy(&bytes));
-            }
-        }
-    }
-    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,148 @@
+//! The MCP server's end of the hook socket (see `crate::hook`): one listener per Claude
+//! Code process at `CONFIG_DIR/run/<claude pid>.sock`, mode 0600 in a 0700 directory.
+//! A connection is served only if the peer process (`SO_PEERCRED`) runs as this user
+//! and, where `/proc` tells, descends from this session's Claude Code process, so one
+//! session's hooks can never drive another session's peer.
+//!
+//! Requests are served one at a time with short timeouts; a hook that stalls is cut off.
+
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::peer::Peer;
+use crate::config::ConfigDir;
+use crate::hook::{HookReply, HookRequest, MAX_REQUEST, descends_from, socket_path};
+
+/// How long one hook request may take, end to end.
+const REQUEST_WAIT: Duration = Duration::from_secs(3);
+
+/// The bound socket; removed from disk when dropped, unless another server has
+/// replaced it since.
+pub struct HookSocket {
+    pub listener: UnixListener,
+    pub path: PathBuf,
+    uid: u32,
+    inode: u64,
+}
+
+impl Drop for HookSocket {
+    fn drop(&mut self) {
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Bind this session's socket, replacing a stale one.
+pub fn bind(config: &ConfigDir, claude_pid: u32) -> anyhow::Result<HookSocket> {
+    config.ensure_private_dir(&config.run_dir())?;
+    let path = socket_path(config, claude_pid);
+    match std::fs::remove_file(&path) {
+        Ok(()) => tracing::info!(path = %path.display(), "replaced an earlier hook socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let meta = std::fs::metadata(&path)?;
+    Ok(HookSocket {
+        listener,
+        path,
+        uid: meta.uid(),
+        inode: meta.ino(),
+    })
+}
+
+/// Whether the connecting process may act for this session.
+fn authorized(stream: &UnixStream, uid: u32, claude_pid: u32) -> bool {
+    let Ok(cred) = stream.peer_cred() else {
+        return false;
+    };
+    if cred.uid() != uid {
+        return false;
+    }
+    if !Path::new("/proc/self/stat").exists() {
+        return true; // no process tree to check here; the 0600 socket still limits it to this user
+    }
+    cred.pid()
+        .and_then(|p| u32::try_from(p).ok())
+        .is_some_and(|p| descends_from(p, claude_pid))
+}
+
+/// Serve hook requests until the task is cancelled.
+pub async fn serve(socket: HookSocket, peer: Arc<Peer>, claude_pid: u32) {
+    loop {
+        let stream = match socket.listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "hook socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if !authorized(&stream, socket.uid, claude_pid) {
+            tracing::warn!("refused a hook connection from outside this session");
+            continue;
+        }
+        if tokio::time::timeout(REQUEST_WAIT, handle(stream, &peer))
+            .await
+            .is_err()
+        {
+            tracing::warn!("a hook request timed out");
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, peer: &Peer) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    if BufReader::new(read.take(MAX_REQUEST))
+        .read_line(&mut line)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let reply = match serde_json::from_str::<HookRequest>(&line) {
+        Ok(req) => match req.event.as_str() {
+            "prompt-submit" => HookReply {
+                ok: true,
+                context: Some(peer.prompt_submitted().await),
+                ..HookReply::default()
+            },
+            "stop" => {
+                peer.stopped().await;
+                HookReply {
+                    ok: true,
+                    ..HookReply::default()
+                }
+            }
+            "ping" => HookReply {
+                ok: true,
+                status: std::iter::once(format!("session {}", peer.display_name))
+                    .chain(peer.connection_report())
+                    .collect(),
+                ..HookReply::default()
+            },
+            other => HookReply {
+                error: Some(format!("unknown hook event '{other}'")),
+                ..HookReply::default()
+            },
+        },
+        Err(_) => HookReply {
+            error: Some("unreadable hook request".into()),
+            ..HookReply::default()
+        },
+    };
+    if let Ok(mut bytes) = serde_json::to_vec(&reply) {
+        bytes.push(b'\n');
+        let _ = write.write_all(&bytes).await;
+    }
+}
