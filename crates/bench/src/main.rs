@@ -4,9 +4,11 @@
 //! endpoints, opens N WebSockets, and sends end-to-end encrypted messages that every
 //! recipient decrypts, verifies, dedupes and acks. It reports send→ack and send→push
 //! latency, delivered / lost / duplicate counts, throughput, the broker's peak RSS and
-//! open fds, and an fsync probe of the data directory before and after.
+//! open fds, and an fsync probe of the data directory before and after. The `hooks`
+//! scenario times Claude Code's hooks against a real `claudemesh mcp` session instead.
 
 mod broker;
+mod hooks;
 mod run;
 mod setup;
 
@@ -30,6 +32,9 @@ enum Scenario {
     IdleConnections,
     /// One peer broadcasts --messages sealed multicast messages to all the others.
     Fanout,
+    /// Time --messages runs of each Claude Code hook against a live session server,
+    /// against `claudemesh --version` as the process-start baseline.
+    Hooks,
 }
 
 #[derive(Debug, Parser)]
@@ -62,6 +67,9 @@ struct Args {
     /// The broker binary to start (default: next to this binary).
     #[arg(long)]
     broker_bin: Option<std::path::PathBuf>,
+    /// The `claudemesh` CLI for the hooks scenario (default: next to this binary).
+    #[arg(long)]
+    claudemesh_bin: Option<std::path::PathBuf>,
     /// Database URL for the started broker (default: SQLite in a temp dir).
     #[arg(long)]
     database_url: Option<String>,
@@ -193,6 +201,9 @@ async fn one_run(args: &Args) -> anyhow::Result<serde_json::Value> {
 
     let mut report = match args.scenario {
         Scenario::IdleConnections => idle_connections(args, &broker).await?,
+        Scenario::Hooks => tokio::task::block_in_place(|| {
+            hooks::run(&broker, args.claudemesh_bin.clone(), args.messages.max(1))
+        })?,
         scenario => messaging(args, &broker, scenario).await?,
     };
     sampler.stop();
@@ -256,7 +267,7 @@ async fn messaging(
         ),
         Scenario::IdleLatency => (2, 1, run::Pattern::Direct, Some(1)),
         Scenario::Fanout => (args.peers.max(2), 1, run::Pattern::Broadcast, None),
-        Scenario::IdleConnections => unreachable_scenario()?,
+        Scenario::IdleConnections | Scenario::Hooks => unreachable_scenario()?,
     };
     let enrolled = setup::enroll(&broker.http_url, &broker.ws_url, peers)
         .await
@@ -320,7 +331,7 @@ async fn messaging(
 }
 
 fn unreachable_scenario() -> anyhow::Result<(usize, usize, run::Pattern, Option<usize>)> {
-    anyhow::bail!("idle-connections is not a messaging scenario")
+    anyhow::bail!("idle-connections and hooks are not messaging scenarios")
 }
 
 async fn idle_connections(

@@ -94,3 +94,30 @@ async fn tiny_burst_fanout_and_latency_count_correctly() {
     );
     b.shutdown().await;
 }
+
+/// The hooks scenario runs the real CLI: a session server and hook processes. Needs the
+/// `claudemesh` binary next to the bench (`cargo test --workspace` builds both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_scenario_times_real_hook_processes() {
+    let cli =
+        std::path::Path::new(env!("CARGO_BIN_EXE_claudemesh-bench")).with_file_name("claudemesh");
+    assert!(
+        cli.exists(),
+        "{} is missing: run the workspace tests (cargo test --workspace builds it)",
+        cli.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::spawn(BrokerConfig::for_tests(dir.path().into()))
+        .await
+        .unwrap();
+    let r = bench(&b.ws_url(), &["--scenario", "hooks", "--messages", "5"]).await;
+    assert_eq!(r["hook_runs"], 5, "{r}");
+    for key in [
+        "process_start_p50_ms",
+        "hook_prompt_submit_p50_ms",
+        "hook_prompt_submit_p99_ms",
+        "hook_stop_p50_ms",
+    ] {
+        assert!(r[key].as_f64().is_some_and(|ms| ms > 0.0), "{key} in {r}");
+    }
+}
