@@ -124,12 +124,13 @@ pub fn run(broker: &Broker, bin: Option<PathBuf>, n: usize) -> anyhow::Result<se
                 bail!("claudemesh mcp exited");
             }
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if v["id"] == 2 {
-                if v["result"]["isError"] == true {
-                    bail!(
-                        "the session is not connected: {}",
-                        v["result"]["content"][0]["text"]
-                    );
+            if v.get("id") == Some(&json!(2)) {
+                if v.pointer("/result/isError") == Some(&json!(true)) {
+                    let why = v
+                        .pointer("/result/content/0/text")
+                        .cloned()
+                        .unwrap_or_default();
+                    bail!("the session is not connected: {why}");
                 }
                 break;
             }
