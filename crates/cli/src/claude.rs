@@ -76,6 +76,15 @@ pub fn read_json(path: &Path) -> anyhow::Result<Option<Value>> {
 /// Returns the backup's path, if there was an old file.
 pub fn write_json(path: &Path, value: &Value) -> anyhow::Result<Option<PathBuf>> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    // A symlinked file (dotfiles kept in a repo) is written where it points.
+    let resolved;
+    let path = if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        resolved = std::fs::canonicalize(path)
+            .with_context(|| format!("{} is a broken symlink", path.display()))?;
+        resolved.as_path()
+    } else {
+        path
+    };
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -217,28 +226,24 @@ pub fn registered(claude_json: &Value) -> Option<&Value> {
     claude_json.get("mcpServers")?.get(SERVER_NAME)
 }
 
-fn object(v: &mut Value) -> &mut Map<String, Value> {
-    if !v.is_object() {
-        *v = Value::Object(Map::new());
-    }
-    match v {
-        Value::Object(m) => m,
-        _ => unreachable!("made an object just above"),
-    }
+/// `v` as an object, or an error naming `what` (never silently replaced).
+fn object<'a>(v: &'a mut Value, what: &str) -> anyhow::Result<&'a mut Map<String, Value>> {
+    v.as_object_mut()
+        .ok_or_else(|| anyhow!("`{what}` is not a JSON object; fix it first — nothing was changed"))
 }
 
 /// Put the claudemesh entry into `mcpServers`. Returns whether anything changed.
-pub fn merge_server(claude_json: &mut Value, entry: &Value) -> bool {
+pub fn merge_server(claude_json: &mut Value, entry: &Value) -> anyhow::Result<bool> {
+    let root = object(claude_json, "the file")?;
     let servers = object(
-        object(claude_json)
-            .entry("mcpServers")
-            .or_insert_with(|| json!({})),
-    );
+        root.entry("mcpServers").or_insert_with(|| json!({})),
+        "mcpServers",
+    )?;
     if servers.get(SERVER_NAME) == Some(entry) {
-        return false;
+        return Ok(false);
     }
     servers.insert(SERVER_NAME.into(), entry.clone());
-    true
+    Ok(true)
 }
 
 /// Remove claudemesh's `mcpServers` entry (and `mcpServers` if that leaves it empty).
@@ -281,19 +286,19 @@ fn strip_hooks(groups: &mut Vec<Value>, keep: Option<&str>) -> bool {
 
 /// Add the claudemesh hooks to `settings` (replacing claudemesh hooks of an older path).
 /// Returns whether anything changed.
-pub fn merge_hooks(settings: &mut Value, plan: &Plan) -> bool {
-    let hooks = object(object(settings).entry("hooks").or_insert_with(|| json!({})));
+pub fn merge_hooks(settings: &mut Value, plan: &Plan) -> anyhow::Result<bool> {
+    let root = object(settings, "the file")?;
+    let hooks = object(root.entry("hooks").or_insert_with(|| json!({})), "hooks")?;
     let mut changed = false;
     for (event, arg) in HOOKS {
         let command = plan.hook_command(arg);
-        let groups = hooks.entry(event).or_insert_with(|| json!([]));
-        if !groups.is_array() {
-            *groups = json!([]);
-            changed = true;
-        }
-        let Some(groups) = groups.as_array_mut() else {
-            continue;
-        };
+        let groups = hooks
+            .entry(event)
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+            .ok_or_else(|| {
+                anyhow!("`hooks.{event}` is not a JSON array; fix it first — nothing was changed")
+            })?;
         changed |= strip_hooks(groups, Some(&command));
         let present = groups.iter().any(|g| {
             g.get("hooks").and_then(Value::as_array).is_some_and(|hs| {
@@ -308,7 +313,7 @@ pub fn merge_hooks(settings: &mut Value, plan: &Plan) -> bool {
             changed = true;
         }
     }
-    changed
+    Ok(changed)
 }
 
 /// Remove every claudemesh hook, and the containers that leaves empty.
@@ -411,9 +416,9 @@ mod tests {
             }
         });
         let original = settings.clone();
-        assert!(merge_hooks(&mut settings, &p));
+        assert!(merge_hooks(&mut settings, &p).unwrap());
         assert!(
-            !merge_hooks(&mut settings, &p),
+            !merge_hooks(&mut settings, &p).unwrap(),
             "second install changes nothing"
         );
         assert_eq!(installed_hooks(&settings).len(), 2);
@@ -423,7 +428,7 @@ mod tests {
             exe: PathBuf::from("/usr/bin/claudemesh"),
             config_dir: None,
         };
-        assert!(merge_hooks(&mut settings, &moved));
+        assert!(merge_hooks(&mut settings, &moved).unwrap());
         assert_eq!(installed_hooks(&settings).len(), 2);
         assert!(remove_hooks(&mut settings));
         assert!(!remove_hooks(&mut settings));
@@ -431,8 +436,8 @@ mod tests {
 
         let mut claude = json!({"numStartups": 3, "mcpServers": {"other": {"command": "x"}}});
         let original = claude.clone();
-        assert!(merge_server(&mut claude, &p.mcp_entry()));
-        assert!(!merge_server(&mut claude, &p.mcp_entry()));
+        assert!(merge_server(&mut claude, &p.mcp_entry()).unwrap());
+        assert!(!merge_server(&mut claude, &p.mcp_entry()).unwrap());
         assert!(is_our_server(registered(&claude).unwrap()));
         assert!(remove_server(&mut claude));
         assert_eq!(claude, original);
@@ -446,12 +451,16 @@ mod tests {
     fn empty_files_gain_only_our_entries_and_lose_them_again() {
         let p = plan();
         let mut settings = json!({});
-        merge_hooks(&mut settings, &p);
+        merge_hooks(&mut settings, &p).unwrap();
         remove_hooks(&mut settings);
         assert_eq!(settings, json!({}));
         let mut claude = json!({});
-        merge_server(&mut claude, &p.mcp_entry());
+        merge_server(&mut claude, &p.mcp_entry()).unwrap();
         remove_server(&mut claude);
         assert_eq!(claude, json!({}));
+        // Unexpected shapes are refused, not replaced.
+        assert!(merge_hooks(&mut json!({"hooks": []}), &p).is_err());
+        assert!(merge_hooks(&mut json!({"hooks": {"Stop": {}}}), &p).is_err());
+        assert!(merge_server(&mut json!({"mcpServers": 3}), &p.mcp_entry()).is_err());
     }
 }

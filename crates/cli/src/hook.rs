@@ -61,10 +61,16 @@ pub fn parent_of(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Whether `ancestor` is `pid` or one of its ancestors.
+/// How far up a hook's Claude Code process may be: Claude runs hooks through `sh -c`
+/// (the hook is 2 levels down) and its Bash tool runs `doctor` the same way. A Claude
+/// session started from another session's Bash tool is 4 levels below that outer one,
+/// so its hooks can never reach the outer session.
+pub const MAX_DEPTH: usize = 3;
+
+/// Whether `ancestor` is `pid` or one of its `MAX_DEPTH` nearest ancestors.
 pub fn descends_from(pid: u32, ancestor: u32) -> bool {
     let mut current = pid;
-    for _ in 0..64 {
+    for _ in 0..=MAX_DEPTH {
         if current == ancestor {
             return true;
         }
@@ -76,19 +82,18 @@ pub fn descends_from(pid: u32, ancestor: u32) -> bool {
     false
 }
 
-/// This hook's session socket: `CLAUDE_PID`'s, else the nearest ancestor that has one.
+/// This hook's session socket: `CLAUDE_PID`'s (Claude Code sets it), else — for an
+/// older Claude Code — the nearest of `MAX_DEPTH` ancestors that has one.
 fn find_socket(config: &ConfigDir) -> Option<PathBuf> {
     if let Some(pid) = std::env::var("CLAUDE_PID")
         .ok()
         .and_then(|p| p.trim().parse::<u32>().ok())
     {
         let path = socket_path(config, pid);
-        if path.exists() {
-            return Some(path);
-        }
+        return path.exists().then_some(path);
     }
     let mut pid = std::process::id();
-    for _ in 0..32 {
+    for _ in 0..MAX_DEPTH {
         pid = parent_of(pid).filter(|p| *p > 1)?;
         let path = socket_path(config, pid);
         if path.exists() {

@@ -107,7 +107,7 @@ fn change_registration(
     home: &ClaudeHome,
     print: bool,
     calls: &[Vec<String>],
-    edit: impl FnOnce(&mut Value) -> bool,
+    edit: impl FnOnce(&mut Value) -> anyhow::Result<bool>,
     what: &str,
     steps: &mut Vec<Step>,
 ) -> anyhow::Result<()> {
@@ -139,7 +139,7 @@ fn change_registration(
     }
     // Read afresh: a failed `claude mcp` call may have changed the file.
     let mut file = load(&home.claude_json())?;
-    if edit(&mut file) {
+    if edit(&mut file)? {
         let what = format!("{what} in {}", home.claude_json().display());
         save(print, &home.claude_json(), &file, what, steps)?;
     }
@@ -154,6 +154,12 @@ pub fn install(json: bool, print: bool) -> anyhow::Result<()> {
     // 1. The MCP server, for this user.
     let entry = plan.mcp_entry();
     let current = claude::registered(&load(&home.claude_json())?).cloned();
+    if current.as_ref().is_some_and(|c| !claude::is_our_server(c)) {
+        bail!(
+            "{} already has an MCP server named '{SERVER_NAME}' that is not claudemesh; remove or rename it first (nothing was changed)",
+            home.claude_json().display()
+        );
+    }
     if current.as_ref() != Some(&entry) {
         let mut calls = Vec::new();
         if current.is_some() {
@@ -182,7 +188,7 @@ pub fn install(json: bool, print: bool) -> anyhow::Result<()> {
 
     // 2. The hooks.
     let mut settings = load(&home.settings())?;
-    if claude::merge_hooks(&mut settings, &plan) {
+    if claude::merge_hooks(&mut settings, &plan)? {
         let what = format!(
             "add hooks to {}: UserPromptSubmit → `{}`, Stop → `{}`",
             home.settings().display(),
@@ -217,7 +223,7 @@ pub fn uninstall(json: bool, print: bool) -> anyhow::Result<()> {
             &home,
             print,
             &calls,
-            claude::remove_server,
+            |f| Ok(claude::remove_server(f)),
             &what,
             &mut steps,
         )?;
@@ -259,7 +265,8 @@ pub fn launch(args: &[String]) -> anyhow::Result<()> {
         .arg("--dangerously-load-development-channels")
         .arg(format!("server:{SERVER_NAME}"))
         .args(args)
-        .env("CLAUDEMESH_CHANNELS", "on")
+        // exec keeps this pid: the session's MCP server sees it as its Claude process.
+        .env("CLAUDEMESH_LAUNCH_PID", std::process::id().to_string())
         .exec();
     Err(anyhow!("cannot start {}: {err}", claude_bin.display()))
 }

@@ -292,12 +292,23 @@ fn the_claude_cli_is_used_when_it_is_on_path() {
 #[test]
 fn launch_starts_claude_with_channels_for_claudemesh() {
     let home = Home::new();
-    home.fake_claude("echo \"$CLAUDEMESH_CHANNELS $@\"");
+    home.fake_claude("echo \"$CLAUDEMESH_LAUNCH_PID $$ $@\"");
     let out = home.run(&["launch", "--", "--model", "opus"]);
     assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = printed.split_whitespace().collect();
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "on --dangerously-load-development-channels server:claudemesh --model opus"
+        words[0], words[1],
+        "claude runs in launch's own process: {printed}"
+    );
+    assert_eq!(
+        words[2..],
+        [
+            "--dangerously-load-development-channels",
+            "server:claudemesh",
+            "--model",
+            "opus"
+        ]
     );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("claudemesh install"),

@@ -21,12 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use claudemesh_crypto::SecretKey;
-use claudemesh_proto::canonical;
 use claudemesh_proto::frames::{
     Ack, Attestation, BrokerFrame, ClientAck, ClientFrame, GroupRef, Hello, HelloAck, JoinGroup,
     LeaveGroup, MemberInfo, MessageStatusReply, MessageStatusRequest, PeerInfo, PresenceInfo, Push,
     ReqId, Request, Send, SessionHello, SetStatus, SetSummary, Status,
 };
+use claudemesh_proto::{canonical, codes};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -396,7 +396,7 @@ impl Connection {
             .await?
         {
             BrokerFrame::PeersList(p) => Ok(p.peers),
-            BrokerFrame::Error(e) => Err(ConnectError::Refused {
+            BrokerFrame::Error(e) => Err(ConnectError::Rejected {
                 code: e.code,
                 message: e.message,
             }),
@@ -414,7 +414,7 @@ impl Connection {
             .await?
         {
             BrokerFrame::MembersList(m) => Ok(m.members),
-            BrokerFrame::Error(e) => Err(ConnectError::Refused {
+            BrokerFrame::Error(e) => Err(ConnectError::Rejected {
                 code: e.code,
                 message: e.message,
             }),
@@ -531,6 +531,20 @@ enum Exit {
     Dropped,
 }
 
+/// Hello refusals that no retry can fix: the identity itself is not (or no longer)
+/// accepted. Anything else — storage trouble on the broker, clock skew after a laptop
+/// wakes, a field the broker refused — is retried with backoff, and reported meanwhile.
+const FINAL_REFUSALS: &[&str] = &[
+    codes::UNAUTHORIZED,
+    codes::REVOKED,
+    codes::BAD_SIGNATURE,
+    codes::ATTESTATION_MISMATCH,
+    codes::BAD_SESSION_PUBKEY,
+    codes::PARENT_MEMBER_ID_MISMATCH,
+];
+/// A connection that lasted this long resets the reconnect backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
 impl Task {
     async fn run(mut self, mut ws: Option<Ws>) {
         let mut backoff = Duration::from_millis(100);
@@ -544,6 +558,7 @@ impl Task {
                 }
                 continue;
             };
+            let since = tokio::time::Instant::now();
             match self.serve(&mut socket).await {
                 Exit::Closed => {
                     let _ = socket.close(None).await;
@@ -557,6 +572,10 @@ impl Task {
                 }
                 Exit::Dropped => {}
             }
+            // A broker that drops us right after the hello must not be hammered.
+            if since.elapsed() >= STABLE_AFTER {
+                backoff = Duration::from_millis(100);
+            }
             self.pending_requests.clear(); // their callers see Closed and may retry
             let _ = self.state_tx.send(State::Connecting);
             wait_first = true;
@@ -564,23 +583,37 @@ impl Task {
     }
 
     /// Connect with jittered exponential backoff until it works (then re-apply state and
-    /// re-send unacked sends), the broker refuses the identity, or every handle is gone.
+    /// re-send unacked sends), the broker refuses the identity for good, or the handle
+    /// closes. Commands keep being taken meanwhile (see [`Task::absorb`]), so nothing
+    /// piles up and `close` is honoured at once.
     async fn reconnect(&mut self, backoff: &mut Duration, mut wait: bool) -> Option<Ws> {
         loop {
             if wait {
                 let jitter = Duration::from_millis(
                     rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1),
                 );
-                tokio::time::sleep(*backoff + jitter).await;
+                let sleep = tokio::time::sleep(*backoff + jitter);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        () = &mut sleep => break,
+                        cmd = self.cmd_rx.recv() => if !self.absorb(cmd) { return None },
+                    }
+                }
                 *backoff = (*backoff * 2).min(Duration::from_secs(10));
             }
             wait = true;
-            if self.cmd_rx.is_closed() {
-                return None;
-            }
-            match open(&self.opts).await {
+            let opts = self.opts.clone();
+            let attempt = open(&opts);
+            tokio::pin!(attempt);
+            let result = loop {
+                tokio::select! {
+                    r = &mut attempt => break r,
+                    cmd = self.cmd_rx.recv() => if !self.absorb(cmd) { return None },
+                }
+            };
+            match result {
                 Ok((mut ws, ack)) => {
-                    *backoff = Duration::from_millis(100);
                     if let Ok(mut e) = self.last_error.lock() {
                         *e = None;
                     }
@@ -593,7 +626,9 @@ impl Task {
                     let _ = self.hello_tx.send(Some(ack));
                     return Some(ws);
                 }
-                Err(ConnectError::Refused { code, message }) => {
+                Err(ConnectError::Refused { code, message })
+                    if FINAL_REFUSALS.contains(&code.as_str()) =>
+                {
                     tracing::warn!(%code, "broker refused the identity; not reconnecting");
                     let _ = self
                         .state_tx
@@ -612,6 +647,39 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// A command that arrives while disconnected: sends wait for the next connection (in
+    /// `pending_sends`), requests fail at once, presence changes are remembered and
+    /// applied by [`Task::restore`] (acks are dropped: unacked deliveries come again).
+    /// Returns false when the handle closed.
+    fn absorb(&mut self, cmd: Option<Cmd>) -> bool {
+        match cmd {
+            None | Some(Cmd::Close) => false,
+            Some(Cmd::Send(frame, reply)) => {
+                self.track_send(frame, reply);
+                true
+            }
+            Some(Cmd::Request(_, reply)) => {
+                drop(reply); // the caller sees Closed
+                true
+            }
+            Some(Cmd::Notify(frame)) => {
+                self.remember(&frame);
+                true
+            }
+        }
+    }
+
+    /// Give a send its id and idempotency key and keep it until its ack.
+    fn track_send(&mut self, mut frame: Send, reply: oneshot::Sender<Ack>) -> Send {
+        self.seq += 1;
+        frame.id = Some(format!("s{}", self.seq));
+        if frame.client_message_id.is_none() {
+            frame.client_message_id = Some(format!("{:032x}", rand::random::<u128>()));
+        }
+        self.pending_sends.insert(self.seq, (frame.clone(), reply));
+        frame
     }
 
     /// After a reconnect: put back the status and summary the broker forgot (a restart
@@ -685,16 +753,7 @@ impl Task {
                 cmd = self.cmd_rx.recv() => {
                     let frame = match cmd {
                         None | Some(Cmd::Close) => return Exit::Closed,
-                        Some(Cmd::Send(mut frame, reply)) => {
-                            self.seq += 1;
-                            let id = format!("s{}", self.seq);
-                            frame.id = Some(id);
-                            if frame.client_message_id.is_none() {
-                                frame.client_message_id = Some(format!("{:032x}", rand::random::<u128>()));
-                            }
-                            self.pending_sends.insert(self.seq, (frame.clone(), reply));
-                            ClientFrame::Send(frame)
-                        }
+                        Some(Cmd::Send(frame, reply)) => ClientFrame::Send(self.track_send(frame, reply)),
                         Some(Cmd::Request(mut frame, reply)) => {
                             self.seq += 1;
                             let id = format!("r{}", self.seq);

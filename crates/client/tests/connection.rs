@@ -348,6 +348,20 @@ async fn spawned_connection_waits_for_the_broker_and_restores_its_presence() {
     });
     assert_eq!(a.state(), State::Connecting);
     assert!(a.hello().is_none());
+    // Commands keep being taken while disconnected: far more than the command queue holds
+    // complete at once, and only the last status counts.
+    tokio::time::timeout(Duration::from_secs(2), async {
+        for i in 0..600 {
+            let s = if i % 2 == 0 {
+                Status::Working
+            } else {
+                Status::Idle
+            };
+            a.set_status(s).await.unwrap();
+        }
+    })
+    .await
+    .expect("status updates piled up while disconnected");
     let err = a
         .wait_connected(Duration::from_millis(400))
         .await
@@ -388,10 +402,45 @@ async fn spawned_connection_waits_for_the_broker_and_restores_its_presence() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let p = seen.expect("the session came back with its status and summary");
+    assert_eq!(p.status, Status::Dnd, "the last status set wins");
     assert_eq!(p.summary.as_deref(), Some("fixing the stripe bug"));
     assert_eq!(
         p.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(),
         ["backend"]
     );
+    b.shutdown().await;
+}
+
+/// A hello the broker refuses for a field (not for the identity) is retried, not final:
+/// the handle keeps reporting why, and a `close` still ends it at once.
+#[tokio::test]
+async fn a_refused_field_is_retried_not_final() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::spawn(BrokerConfig::for_tests(dir.path().into()))
+        .await
+        .unwrap();
+    let m = mesh(&b, 1).await;
+    let (member_id, key) = m.members[0].clone();
+    let (a, _rx) = Connection::spawn(ConnectOptions {
+        url: b.ws_url(),
+        identity: Identity {
+            mesh_id: m.id.clone(),
+            member_id,
+            member_key: key,
+            session_key: Some(SecretKey::generate()),
+        },
+        presence: PresenceInfo {
+            session_id: "long".into(),
+            cwd: "d/".repeat(400), // over the broker's 512-byte limit
+            ..PresenceInfo::default()
+        },
+        reconnect: true,
+    });
+    let err = a.wait_connected(Duration::from_secs(2)).await.unwrap_err();
+    assert!(err.to_string().contains("malformed"), "{err}");
+    assert_eq!(a.state(), State::Connecting, "still retrying");
+    tokio::time::timeout(Duration::from_secs(2), a.close())
+        .await
+        .expect("close is honoured while reconnecting");
     b.shutdown().await;
 }

@@ -448,7 +448,8 @@ impl Engine {
                 }
             };
         let Some(mesh) = self.dir.mesh(mesh_id) else {
-            return;
+            let err = ErrorFrame::new(codes::NOT_FOUND, "no message with this id was sent by you");
+            return self.reply(conn, BrokerFrame::Error(err.with_req_id(req_id)));
         };
         let asker_member = mesh
             .presences

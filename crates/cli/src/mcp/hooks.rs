@@ -1,8 +1,9 @@
 //! The MCP server's end of the hook socket (see `crate::hook`): one listener per Claude
 //! Code process at `CONFIG_DIR/run/<claude pid>.sock`, mode 0600 in a 0700 directory.
 //! A connection is served only if the peer process (`SO_PEERCRED`) runs as this user
-//! and, where `/proc` tells, descends from this session's Claude Code process, so one
-//! session's hooks can never drive another session's peer.
+//! and, where `/proc` tells, descends from this session's Claude Code process at most
+//! `MAX_DEPTH` levels down, so one session's hooks — a nested session's included — can
+//! never drive another session's peer.
 //!
 //! Requests are served one at a time with short timeouts; a hook that stalls is cut off.
 
@@ -110,13 +111,19 @@ async fn handle(stream: UnixStream, peer: &Peer) {
     {
         return;
     }
+    // Messages the reply shows are marked read only once the reply is written.
+    let mut shown = Vec::new();
     let reply = match serde_json::from_str::<HookRequest>(&line) {
         Ok(req) => match req.event.as_str() {
-            "prompt-submit" => HookReply {
-                ok: true,
-                context: Some(peer.prompt_submitted().await),
-                ..HookReply::default()
-            },
+            "prompt-submit" => {
+                let (context, ids) = peer.prompt_submitted().await;
+                shown = ids;
+                HookReply {
+                    ok: true,
+                    context: Some(context),
+                    ..HookReply::default()
+                }
+            }
             "stop" => {
                 peer.stopped().await;
                 HookReply {
@@ -141,8 +148,12 @@ async fn handle(stream: UnixStream, peer: &Peer) {
             ..HookReply::default()
         },
     };
-    if let Ok(mut bytes) = serde_json::to_vec(&reply) {
-        bytes.push(b'\n');
-        let _ = write.write_all(&bytes).await;
+    let Ok(mut bytes) = serde_json::to_vec(&reply) else {
+        return;
+    };
+    bytes.push(b'\n');
+    let written = write.write_all(&bytes).await.is_ok() && write.flush().await.is_ok();
+    if written && !shown.is_empty() {
+        peer.mark_read(&shown);
     }
 }

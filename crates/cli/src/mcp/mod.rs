@@ -51,6 +51,16 @@ fn project_dir() -> String {
         .unwrap_or_default()
 }
 
+/// `text` cut to at most `max` bytes at a character boundary: the broker refuses a hello
+/// whose presence fields are longer, and a refused hello would keep the session offline.
+fn fit(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default().to_owned()
+}
+
 fn hostname() -> Option<String> {
     std::fs::read_to_string("/etc/hostname")
         .ok()
@@ -60,14 +70,23 @@ fn hostname() -> Option<String> {
 }
 
 /// Whether Claude Code shows channel notifications in this session:
-/// `CLAUDEMESH_CHANNELS=on|off` (set by `claudemesh launch`), else whether the Claude
-/// process was started with `--dangerously-load-development-channels server:…claudemesh…`.
+/// `CLAUDEMESH_CHANNELS=on|off` if set (for a `claude` started by hand with the flag
+/// where `/proc` cannot tell); else whether this Claude process is the one
+/// `claudemesh launch` started (`CLAUDEMESH_LAUNCH_PID`, which a nested `claude` inherits
+/// but does not match); else whether its command line has
+/// `--dangerously-load-development-channels server:…claudemesh…`.
 /// When off, messages wait for the prompt hook and `check_messages` instead.
 pub fn channels_enabled(claude_pid: u32) -> bool {
     match std::env::var("CLAUDEMESH_CHANNELS").ok().as_deref() {
         Some("on" | "1" | "true") => return true,
         Some("off" | "0" | "false") => return false,
         _ => {}
+    }
+    let launched = std::env::var("CLAUDEMESH_LAUNCH_PID")
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok());
+    if launched == Some(claude_pid) {
+        return true;
     }
     let Ok(raw) = std::fs::read(format!("/proc/{claude_pid}/cmdline")) else {
         return false;
@@ -123,16 +142,19 @@ pub async fn run(dir: ConfigDir, config: Config, only_mesh: Option<String>) -> a
         .unwrap_or_default();
     for entry in &entries {
         let session_key = session.key_for(&entry.mesh_id)?;
-        let display_name = format!("{}/{repo}", entry.display_name);
+        let max = claudemesh_proto::limits::MAX_SHORT_TEXT_BYTES;
+        let display_name = fit(&format!("{}/{repo}", entry.display_name), max);
+        let mut groups = session.groups();
+        groups.truncate(claudemesh_proto::limits::MAX_GROUPS);
         let presence = PresenceInfo {
             display_name: Some(display_name),
-            session_id: session.name.clone(),
+            session_id: fit(&session.name, max),
             pid: i64::from(claude),
-            cwd: project.clone(),
-            hostname: hostname(),
+            cwd: fit(&project, max),
+            hostname: hostname().map(|h| fit(&h, max)),
             peer_type: Some("ai".into()),
             channel: Some("claude-code".into()),
-            groups: Some(session.groups()),
+            groups: Some(groups),
             capabilities: Some(vec![cap::E2E_MULTICAST.into(), cap::LIST_MEMBERS.into()]),
             ..PresenceInfo::default()
         };
@@ -189,6 +211,7 @@ pub async fn run(dir: ConfigDir, config: Config, only_mesh: Option<String>) -> a
         .context("the MCP client did not initialize")?;
     tasks.spawn(server::write_notices(
         running.peer().clone(),
+        peer.clone(),
         initialized,
         notice_rx,
     ));

@@ -107,26 +107,33 @@ impl ServerHandler for Handler {
     }
 }
 
-/// Write each notice as a channel notification, once the client has said `initialized`.
+/// Write each notice as a channel notification, once the client has said `initialized`,
+/// and tell the peer which were written (read now) and which were not (still unread).
 /// Ends when the notices end or the client is gone.
 pub async fn write_notices(
     client: McpPeer<RoleServer>,
+    peer: Arc<Peer>,
     mut initialized: watch::Receiver<bool>,
     mut notices: mpsc::Receiver<Notice>,
 ) {
-    if initialized.wait_for(|done| *done).await.is_err() {
-        return;
-    }
-    while let Some(notice) = notices.recv().await {
-        let params = serde_json::json!({ "content": notice.content, "meta": notice.meta });
-        let n = CustomNotification::new(CHANNEL_METHOD, Some(params));
-        if let Err(e) = client
-            .send_notification(ServerNotification::CustomNotification(n))
-            .await
-        {
-            tracing::warn!(error = %e, "the MCP client is gone; stopping notifications");
-            return;
+    if initialized.wait_for(|done| *done).await.is_ok() {
+        while let Some(notice) = notices.recv().await {
+            let params = serde_json::json!({ "content": notice.content, "meta": notice.meta });
+            let n = CustomNotification::new(CHANNEL_METHOD, Some(params));
+            let sent = client
+                .send_notification(ServerNotification::CustomNotification(n))
+                .await;
+            peer.notified(&notice.message_id, sent.is_ok());
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "the MCP client is gone; stopping notifications");
+                break;
+            }
         }
+    }
+    // Whatever was not written stays unread for the hook and check_messages.
+    notices.close();
+    while let Ok(notice) = notices.try_recv() {
+        peer.notified(&notice.message_id, false);
     }
 }
 

@@ -118,11 +118,29 @@ pub fn session_name() -> String {
 
 impl Session {
     /// Open (creating if needed) the session `name` under `config`. If another live
-    /// process holds it, a separate identity `name-p<pid>` is used instead.
+    /// process still holds it after a few seconds, a separate identity `name-p<pid>` is
+    /// used instead.
     pub fn open(config: &ConfigDir, name: &str) -> anyhow::Result<Self> {
+        Self::open_waiting(config, name, std::time::Duration::from_secs(3))
+    }
+
+    fn open_waiting(
+        config: &ConfigDir,
+        name: &str,
+        wait: std::time::Duration,
+    ) -> anyhow::Result<Self> {
         let root = config.sessions_dir();
         config.ensure_private_dir(&root)?;
         prune(&root, name);
+        // A session restarted with /mcp may start before the old process has exited:
+        // give it a moment to let go before falling back to an identity of its own.
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline {
+            if let Some(s) = Self::open_exact(config, &root, name)? {
+                return Ok(s);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         match Self::open_exact(config, &root, name)? {
             Some(s) => Ok(s),
             None => {
@@ -282,7 +300,7 @@ mod tests {
         assert_ne!(s.key_for("mesh2").unwrap().public(), k1, "one key per mesh");
         s.remember(Some("doing x".into()), vec![]).unwrap();
         // The lock is held: another opener gets a distinct identity.
-        let other = Session::open(&config, "named-t").unwrap();
+        let other = Session::open_waiting(&config, "named-t", std::time::Duration::ZERO).unwrap();
         assert_ne!(other.name, "named-t");
         drop(other);
         drop(s);
