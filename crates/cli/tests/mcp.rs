@@ -755,3 +755,60 @@ async fn the_hook_socket_refuses_processes_outside_the_session() {
     let _ = stranger.wait();
     b.shutdown().await;
 }
+
+/// Against a broker that speaks only v1: the session still talks (direct messages are
+/// end-to-end encrypted as always), and message_status says what it cannot report.
+/// Without any mesh joined, the server still starts and every tool says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_only_broker_and_an_identity_without_meshes() {
+    let (b, _dir) = broker_with(|c| c.v1_only = true).await;
+    let (_owner, alice, bob) = mesh(&b).await;
+    let mut a = Mcp::start(
+        &alice,
+        &[
+            ("CLAUDEMESH_SESSION", "v1-a"),
+            ("CLAUDEMESH_CHANNELS", "on"),
+            ("CLAUDE_PROJECT_DIR", "/tmp/work/api"),
+        ],
+    )
+    .await;
+    let mut bo = Mcp::start(
+        &bob,
+        &[
+            ("CLAUDEMESH_SESSION", "v1-b"),
+            ("CLAUDE_PROJECT_DIR", "/tmp/work/web"),
+        ],
+    )
+    .await;
+    a.initialize("2025-11-25").await;
+    bo.initialize("2025-11-25").await;
+    bo.until("list_peers", json!({}), |t| t.contains("alice/api"))
+        .await;
+    bo.ok(
+        "send_message",
+        json!({"to": "alice/api", "message": "over a v1 broker", "priority": "now"}),
+    )
+    .await;
+    let push = a.channel(WAIT).await.unwrap();
+    assert_eq!(
+        (push["content"].as_str(), push["meta"]["verified"].as_str()),
+        (Some("over a v1 broker"), Some("true"))
+    );
+    let status = bo.ok("message_status", json!({})).await;
+    assert!(
+        status.contains("does not report delivery status"),
+        "{status}"
+    );
+    a.stop().await;
+    bo.stop().await;
+    b.shutdown().await;
+
+    let nobody = User::new();
+    let mut n = Mcp::start(&nobody, &[("CLAUDEMESH_SESSION", "none")]).await;
+    let init = n.initialize("2025-11-25").await;
+    assert_eq!(init["protocolVersion"], "2025-11-25");
+    let (text, is_error) = n.call("list_peers", json!({})).await;
+    assert!(is_error && text.contains("claudemesh join"), "{text}");
+    n.assert_stdout_is_only_jsonrpc();
+    n.stop().await;
+}

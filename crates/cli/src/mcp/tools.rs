@@ -54,7 +54,7 @@ pub fn list() -> Vec<Tool> {
         ),
         tool(
             "check_messages",
-            "Show messages from peers that have not been shown yet, including low-priority ones. Use it when told messages are waiting, or before finishing a task that others may have written about.",
+            "Show messages from peers that have not been shown yet, including low-priority ones. Use it when told messages are waiting, or before finishing a task that others may have written about. While this session is working, only priority-now messages arrive; the rest come when the turn ends.",
             json!({"type": "object", "properties": {}, "additionalProperties": false}),
             false,
         ),
