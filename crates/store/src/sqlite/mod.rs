@@ -77,10 +77,19 @@ fn message_from_row(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<Me
     })
 }
 
-/// The largest key of `table` whose row has expired at `now`, assuming `expires_at` grows
-/// with the key (it does: a constant TTL after a timestamp taken in commit order). O(log n)
-/// primary-key lookups. `table` and `key` are constants of this module, never input.
-fn last_expired(conn: &Connection, table: &str, key: &str, now: i64) -> Result<Option<i64>> {
+/// The smallest `key` of `table` whose `column` is above `threshold`, for a `column`
+/// that never decreases as the key grows: O(log n) primary-key lookups, no index on
+/// `column`. Two columns qualify: `expires_at` (a constant TTL after a timestamp taken
+/// in commit order) and `deliveries.message_rowid` (a message's deliveries are inserted
+/// together, right after the message). `table`, `key` and `column` are constants of this
+/// module, never input.
+fn first_key_above(
+    conn: &Connection,
+    table: &str,
+    key: &str,
+    column: &str,
+    threshold: i64,
+) -> Result<Option<i64>> {
     let bounds: (Option<i64>, Option<i64>) = conn
         .prepare_cached(&format!("SELECT MIN({key}), MAX({key}) FROM {table}"))?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -88,7 +97,7 @@ fn last_expired(conn: &Connection, table: &str, key: &str, now: i64) -> Result<O
         return Ok(None);
     };
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {key}, expires_at FROM {table} WHERE {key} >= ?1 ORDER BY {key} LIMIT 1"
+        "SELECT {key}, {column} FROM {table} WHERE {key} >= ?1 ORDER BY {key} LIMIT 1"
     ))?;
     let mut best = None;
     while lo <= hi {
@@ -99,44 +108,11 @@ fn last_expired(conn: &Connection, table: &str, key: &str, now: i64) -> Result<O
             })
             .optional()?
         {
-            Some((k, expires_at)) if expires_at <= now => {
+            Some((k, value)) if value > threshold => {
                 best = Some(k);
-                lo = k + 1;
-            }
-            _ => hi = mid - 1,
-        }
-    }
-    Ok(best)
-}
-
-/// The smallest `seq` whose delivery belongs to message `rowid` or a later one. A
-/// message's deliveries are inserted together, right after the message, so
-/// `message_rowid` never decreases as `seq` grows: a binary search on the primary key
-/// finds them without an index on `message_rowid` (which would cost every insert).
-fn first_delivery_of(conn: &Connection, rowid: i64) -> Result<Option<i64>> {
-    let bounds: (Option<i64>, Option<i64>) = conn
-        .prepare_cached("SELECT MIN(seq), MAX(seq) FROM deliveries")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let (Some(mut lo), Some(mut hi)) = bounds else {
-        return Ok(None);
-    };
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, message_rowid FROM deliveries WHERE seq >= ?1 ORDER BY seq LIMIT 1",
-    )?;
-    let mut best = None;
-    while lo <= hi {
-        let mid = lo + (hi - lo) / 2;
-        match stmt
-            .query_row(params![mid], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-            })
-            .optional()?
-        {
-            Some((seq, of)) if of >= rowid => {
-                best = Some(seq);
                 hi = mid - 1;
             }
-            Some((seq, _)) => lo = seq + 1,
+            Some((k, _)) => lo = k + 1,
             None => hi = mid - 1,
         }
     }
@@ -508,7 +484,8 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         let mut deliveries = Vec::new();
-        if let Some(first) = first_delivery_of(conn, rowid)? {
+        if let Some(first) = first_key_above(conn, "deliveries", "seq", "message_rowid", rowid - 1)?
+        {
             // The message's deliveries are contiguous from `first`: read until another
             // message's row (or the limit), never the rest of the table.
             let mut stmt = conn.prepare_cached(
@@ -551,11 +528,11 @@ impl Store for SqliteStore {
         // so the expired rows are a prefix of each table: found by binary search on the
         // primary key and deleted as a range, with no expiry index to maintain on insert.
         for (table, key) in [("deliveries", "seq"), ("messages", "rowid")] {
-            if let Some(last) = last_expired(conn, table, key, now)? {
-                n += conn
-                    .prepare_cached(&format!("DELETE FROM {table} WHERE {key} <= ?1"))?
-                    .execute(params![last])?;
-            }
+            // Everything before the first unexpired row has expired.
+            let keep_from = first_key_above(conn, table, key, "expires_at", now)?;
+            n += conn
+                .prepare_cached(&format!("DELETE FROM {table} WHERE {key} < ?1"))?
+                .execute(params![keep_from.unwrap_or(i64::MAX)])?;
         }
         n += conn
             .prepare_cached("DELETE FROM seen_signatures WHERE expires_at <= ?1")?
