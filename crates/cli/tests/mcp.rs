@@ -812,3 +812,103 @@ async fn a_v1_only_broker_and_an_identity_without_meshes() {
     n.assert_stdout_is_only_jsonrpc();
     n.stop().await;
 }
+
+/// A member of two meshes: one session serves both; names resolve in the mesh that has
+/// them, `*` goes to the current mesh unless `mesh` says otherwise, and a message says
+/// which mesh it came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_session_in_two_meshes() {
+    let (b, _dir) = broker().await;
+    let (_owner, alice, bob) = mesh(&b).await;
+    // bob creates a second mesh and invites alice; it becomes alice's current mesh.
+    bob.ok(&[
+        "mesh",
+        "create",
+        "Side Project",
+        "--broker",
+        &b.ws_url(),
+        "--as",
+        "bob",
+    ])
+    .await;
+    let link = bob
+        .ok(&["invite", "--mesh", "side-project"])
+        .await
+        .trim()
+        .to_owned();
+    alice.ok(&["join", &link, "--name", "alice"]).await;
+    let carol = User::new();
+    let link = bob
+        .ok(&["invite", "--mesh", "side-project"])
+        .await
+        .trim()
+        .to_owned();
+    carol.ok(&["join", &link, "--name", "carol"]).await;
+
+    let mut a = Mcp::start(
+        &alice,
+        &[
+            ("CLAUDEMESH_SESSION", "two"),
+            ("CLAUDEMESH_CHANNELS", "on"),
+            ("CLAUDE_PROJECT_DIR", "/tmp/work/api"),
+        ],
+    )
+    .await;
+    a.initialize("2025-11-25").await;
+    let peers = a
+        .until("list_peers", json!({}), |t| {
+            t.matches("(this session)").count() == 2
+        })
+        .await;
+    assert!(
+        peers.contains("Mesh 'side-project'") && peers.contains("Mesh 'acme-payments'"),
+        "{peers}"
+    );
+
+    // carol is only in side-project; olivia only in acme-payments.
+    let sent = a
+        .ok(
+            "send_message",
+            json!({"to": "carol", "message": "hi carol"}),
+        )
+        .await;
+    assert!(sent.contains("in mesh 'side-project'"), "{sent}");
+    let sent = a
+        .ok(
+            "send_message",
+            json!({"to": "olivia", "message": "hi olivia"}),
+        )
+        .await;
+    assert!(sent.contains("in mesh 'acme-payments'"), "{sent}");
+    // bob is in both: ambiguous without a mesh.
+    let (err, is_error) = a
+        .call("send_message", json!({"to": "bob", "message": "which?"}))
+        .await;
+    assert!(is_error && err.contains("several meshes"), "{err}");
+    let sent = a
+        .ok(
+            "send_message",
+            json!({"to": "*", "message": "everyone in acme", "mesh": "acme-payments"}),
+        )
+        .await;
+    assert!(sent.contains("in mesh 'acme-payments'"), "{sent}");
+    let got = carol.json(&["inbox"]).await;
+    assert_eq!(got[0]["text"], "hi carol", "{got}");
+
+    carol
+        .ok(&[
+            "send",
+            "alice/api",
+            "from the side project",
+            "--priority",
+            "now",
+        ])
+        .await;
+    let push = a.channel(WAIT).await.unwrap();
+    assert_eq!(
+        (push["content"].as_str(), push["meta"]["mesh"].as_str()),
+        (Some("from the side project"), Some("side-project"))
+    );
+    a.stop().await;
+    b.shutdown().await;
+}
