@@ -19,19 +19,35 @@ pub struct Broker {
     pub data_dir: Option<tempfile::TempDir>,
 }
 
+/// The program `explicit`, else `name` next to this binary; an error says how to get it.
+pub fn program(
+    explicit: Option<PathBuf>,
+    name: &str,
+    package: &str,
+    flag: &str,
+) -> anyhow::Result<PathBuf> {
+    let bin = match explicit {
+        Some(b) => b,
+        None => std::env::current_exe()?.with_file_name(name),
+    };
+    if !bin.exists() {
+        bail!(
+            "{} not found; build it (cargo build --release -p {package}) or pass {flag}",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 impl Broker {
     /// Start `claudemesh-broker` (next to this binary unless `bin` is given) on a free port.
     pub fn spawn(bin: Option<PathBuf>, database_url: Option<&str>) -> anyhow::Result<Self> {
-        let bin = match bin {
-            Some(b) => b,
-            None => std::env::current_exe()?.with_file_name("claudemesh-broker"),
-        };
-        if !bin.exists() {
-            bail!(
-                "{} not found; build it (cargo build --release -p claudemesh-broker) or pass --broker-bin",
-                bin.display()
-            );
-        }
+        let bin = program(
+            bin,
+            "claudemesh-broker",
+            "claudemesh-broker",
+            "--broker-bin",
+        )?;
         let dir = tempfile::tempdir()?;
         let mut cmd = Command::new(&bin);
         cmd.args(["--listen", "127.0.0.1:0", "--no-rate-limits", "--data-dir"])

@@ -15,20 +15,6 @@ use serde_json::json;
 
 use crate::broker::Broker;
 
-fn claudemesh_bin(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    let bin = match explicit {
-        Some(b) => b,
-        None => std::env::current_exe()?.with_file_name("claudemesh"),
-    };
-    if !bin.exists() {
-        bail!(
-            "{} not found; build it (cargo build --release -p claudemesh-cli) or pass --claudemesh-bin",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
 /// Run `bin args` with this config dir, feeding `stdin`; the wall time from spawn to exit.
 fn timed(bin: &Path, config: &Path, args: &[&str], stdin: &[u8]) -> anyhow::Result<Duration> {
     let start = Instant::now();
@@ -68,7 +54,7 @@ fn series(
 }
 
 pub fn run(broker: &Broker, bin: Option<PathBuf>, n: usize) -> anyhow::Result<serde_json::Value> {
-    let bin = claudemesh_bin(bin)?;
+    let bin = crate::broker::program(bin, "claudemesh", "claudemesh-cli", "--claudemesh-bin")?;
     let home = tempfile::tempdir()?;
     let config = home.path().join("cfg");
     let created = Command::new(&bin)
