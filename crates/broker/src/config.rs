@@ -59,7 +59,16 @@ impl Default for RateLimits {
                 burst: 20.0,
             },
         );
-        for kind in ["list_members", "message_status"] {
+        // Hellos per member, shared by all its sessions: a restart of every session at
+        // once fits the burst; minting identities in a loop does not.
+        by_type.insert(
+            "hello".to_owned(),
+            Rate {
+                per_sec: 1.0,
+                burst: 30.0,
+            },
+        );
+        for kind in ["list_members", "message_status", "retire_sessions"] {
             by_type.insert(
                 kind.to_owned(),
                 Rate {
@@ -95,6 +104,8 @@ pub struct Timings {
     pub hello_deadline: Duration,
     /// How often expired messages and replay records are purged.
     pub purge_interval: Duration,
+    /// A session identity offline this long retires (swept with the purge).
+    pub session_retention: Duration,
 }
 
 impl Default for Timings {
@@ -106,6 +117,7 @@ impl Default for Timings {
             dead_after: limits::DEAD_SOCKET_AFTER,
             hello_deadline: limits::HELLO_DEADLINE,
             purge_interval: Duration::from_secs(600),
+            session_retention: limits::SESSION_RETENTION,
         }
     }
 }
@@ -129,6 +141,9 @@ pub struct BrokerConfig {
     pub inflight_window: usize,
     /// Most connections served at once.
     pub max_connections: usize,
+    /// Session identities per member that are not retired (live or resumable); past it
+    /// the oldest offline one retires, and a hello is refused when all of them are live.
+    pub sessions_per_member: usize,
     /// Compatibility mode: announce no extensions and behave as a plain v1 broker
     /// (no `list_members`, `sealedKeys` ignored). For testing clients against v1.
     pub v1_only: bool,
@@ -152,6 +167,7 @@ impl BrokerConfig {
             outbound_buffer: 1_024,
             inflight_window: 256,
             max_connections: 10_000,
+            sessions_per_member: limits::MAX_SESSIONS_PER_MEMBER,
             v1_only: false,
         }
     }

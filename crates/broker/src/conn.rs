@@ -56,6 +56,8 @@ struct Connection {
     last_heard: Instant,
     /// Forwarded requests whose reply has not been written yet.
     awaiting: usize,
+    /// The client sent a close frame: it left on purpose.
+    client_closed: bool,
 }
 
 fn text(frame: &BrokerFrame) -> Message {
@@ -109,6 +111,7 @@ impl Connection {
             attached: None,
             last_heard: Instant::now(),
             awaiting: 0,
+            client_closed: false,
         }
     }
 
@@ -184,6 +187,7 @@ impl Connection {
                 .engine
                 .send(Command::Detach {
                     conn: self.handle.id,
+                    left: self.client_closed,
                 })
                 .await;
         }
@@ -262,7 +266,12 @@ impl Connection {
                     .await;
             }
             Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
-            Message::Close(_) => return Flow::Close(close::NORMAL, String::new()),
+            Message::Close(_) => {
+                // A close frame is a deliberate goodbye (a dropped network sends none):
+                // the presence ends at once instead of waiting out the grace period.
+                self.client_closed = true;
+                return Flow::Close(close::NORMAL, String::new());
+            }
         };
         let raw_req_id = || {
             serde_json::from_str::<serde_json::Value>(text.as_str())
@@ -330,6 +339,7 @@ impl Connection {
                         | ClientFrame::ListPeers(_)
                         | ClientFrame::ListMembers(_)
                         | ClientFrame::MessageStatus(_)
+                        | ClientFrame::RetireSessions(_)
                 ) {
                     self.awaiting += 1;
                 }
@@ -355,6 +365,18 @@ impl Connection {
         req_id: Option<ReqId>,
     ) -> Flow {
         let result = match verified {
+            Ok(hello)
+                if !self
+                    .shared
+                    .rate_limiter
+                    .allow(&hello.mesh_id, &hello.member_id, "hello") =>
+            {
+                Metrics::inc(&self.shared.metrics.rate_limited_total);
+                Err(Rejection::new(
+                    codes::RATE_LIMITED,
+                    "too many hellos from this member; retry in a few seconds",
+                ))
+            }
             Ok(hello) => {
                 let (reply, rx) = oneshot::channel();
                 let cmd = Command::Attach {

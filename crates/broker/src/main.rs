@@ -47,6 +47,14 @@ struct Args {
     /// Behave as a plain v1 broker: announce no extensions (for testing old clients).
     #[arg(long)]
     v1_only: bool,
+    /// Session identities one member may keep (live or resumable); past it the one
+    /// offline longest retires.
+    #[arg(long, default_value_t = claudemesh_proto::limits::MAX_SESSIONS_PER_MEMBER, env = "CLAUDEMESH_SESSIONS_PER_MEMBER")]
+    sessions_per_member: usize,
+    /// A session identity offline for this many hours retires (stops receiving
+    /// messages; its queued copies are dropped).
+    #[arg(long, default_value_t = 72, env = "CLAUDEMESH_SESSION_RETENTION_HOURS")]
+    session_retention_hours: u64,
 }
 
 fn parse_rate(spec: &str) -> anyhow::Result<(String, Rate)> {
@@ -94,6 +102,13 @@ fn config(args: Args) -> anyhow::Result<BrokerConfig> {
     }
     config.rate_limits.enabled = !args.no_rate_limits;
     config.v1_only = args.v1_only;
+    anyhow::ensure!(
+        args.sessions_per_member >= 1,
+        "--sessions-per-member must be at least 1"
+    );
+    config.sessions_per_member = args.sessions_per_member;
+    config.timings.session_retention =
+        std::time::Duration::from_secs(args.session_retention_hours.saturating_mul(3600));
     Ok(config)
 }
 

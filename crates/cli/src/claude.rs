@@ -17,7 +17,11 @@ use serde_json::{Map, Value, json};
 /// The MCP server's name in Claude Code (`server:claudemesh` for channels).
 pub const SERVER_NAME: &str = "claudemesh";
 /// The hooks claudemesh installs: Claude Code event → `claudemesh hook` argument.
-pub const HOOKS: [(&str, &str); 2] = [("UserPromptSubmit", "prompt-submit"), ("Stop", "stop")];
+pub const HOOKS: [(&str, &str); 3] = [
+    ("SessionStart", "session-start"),
+    ("UserPromptSubmit", "prompt-submit"),
+    ("Stop", "stop"),
+];
 /// Seconds Claude Code waits for a hook (ours answer in milliseconds).
 const HOOK_TIMEOUT_S: u64 = 10;
 
@@ -172,7 +176,7 @@ impl Plan {
         })
     }
 
-    /// The shell command of the hook for `event` (`prompt-submit` or `stop`).
+    /// The shell command of the hook for `event` (`session-start`, `prompt-submit` or `stop`).
     pub fn hook_command(&self, event: &str) -> String {
         let exe = shell_quote(&self.exe.display().to_string());
         match &self.config_dir {
@@ -421,7 +425,7 @@ mod tests {
             !merge_hooks(&mut settings, &p).unwrap(),
             "second install changes nothing"
         );
-        assert_eq!(installed_hooks(&settings).len(), 2);
+        assert_eq!(installed_hooks(&settings).len(), HOOKS.len());
         assert_eq!(settings["hooks"]["Stop"].as_array().unwrap().len(), 2);
         // A moved binary replaces the old hook instead of adding a second one.
         let moved = Plan {
@@ -429,7 +433,7 @@ mod tests {
             config_dir: None,
         };
         assert!(merge_hooks(&mut settings, &moved).unwrap());
-        assert_eq!(installed_hooks(&settings).len(), 2);
+        assert_eq!(installed_hooks(&settings).len(), HOOKS.len());
         assert!(remove_hooks(&mut settings));
         assert!(!remove_hooks(&mut settings));
         assert_eq!(settings, original);

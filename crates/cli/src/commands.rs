@@ -40,7 +40,7 @@ pub(crate) fn out(json: bool, value: &Value, text: impl FnOnce() -> String) {
     let _ = writeln!(stdout, "{line}");
 }
 
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -65,7 +65,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     lines.join("\n")
 }
 
-fn short(key: &str) -> String {
+pub(crate) fn short(key: &str) -> String {
     key.get(..8).unwrap_or(key).to_owned()
 }
 
@@ -107,6 +107,11 @@ fn parse_duration(s: &str) -> anyhow::Result<i64> {
         bail!("the duration must be positive");
     }
     Ok(n * mult)
+}
+
+/// Milliseconds since the epoch as a readable UTC date.
+pub(crate) fn when_ms(ms: i64) -> String {
+    iso(ms.div_euclid(1000))
 }
 
 fn iso(secs: i64) -> String {
@@ -202,6 +207,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Uninstall { print } => crate::install::uninstall(ctx.json, print),
         Command::Launch { args } => crate::install::launch(&args),
         Command::Mcp => crate::mcp::run(ctx.dir, ctx.config, ctx.mesh).await,
+        Command::Sessions { command } => {
+            let prune = command.map(|crate::SessionsCommand::Prune { print }| print);
+            crate::sessions::run(&ctx.dir, &ctx.config, ctx.mesh.as_deref(), ctx.json, prune).await
+        }
         Command::Doctor => crate::doctor::doctor(&ctx.dir, &ctx.config, ctx.json).await,
         // Handled in main before any config is read.
         Command::Hook { .. } => Ok(()),
@@ -667,13 +676,13 @@ async fn remove(ctx: &Ctx, who: &str, mode: &str) -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------- live commands
 
-struct Live {
-    conn: Connection,
+pub(crate) struct Live {
+    pub(crate) conn: Connection,
     pushes: mpsc::Receiver<Push>,
     key: SecretKey,
 }
 
-async fn connect(entry: &MeshEntry) -> anyhow::Result<Live> {
+pub(crate) async fn connect(entry: &MeshEntry) -> anyhow::Result<Live> {
     let key = entry.key()?;
     let presence = PresenceInfo {
         display_name: Some(entry.display_name.clone()),
@@ -748,13 +757,14 @@ async fn peers(ctx: &Ctx) -> anyhow::Result<()> {
                     p.status.as_str().into(),
                     p.summary.clone().unwrap_or_default(),
                     p.role.clone(),
+                    p.reach.map_or("-", |r| r.as_str()).replace('_', " "),
                     place,
                     short(&p.pubkey),
                 ]
             })
             .collect();
         table(
-            &["NAME", "STATUS", "SUMMARY", "ROLE", "WHERE", "KEY"],
+            &["NAME", "STATUS", "SUMMARY", "ROLE", "REACH", "WHERE", "KEY"],
             &rows,
         )
     });

@@ -310,8 +310,21 @@ fn check_session(report: &mut Report, dir: &ConfigDir) {
             "this Claude Code session has no claudemesh MCP server running; check /mcp in Claude Code",
         );
     }
-    match crate::hook::ask(&socket, "ping") {
-        Ok(reply) if reply.ok => report.add(Level::Ok, "session", reply.status.join("; ")),
+    let ping = crate::hook::HookRequest {
+        event: "ping".into(),
+        ..crate::hook::HookRequest::default()
+    };
+    match crate::hook::ask(&socket, &ping) {
+        Ok(reply) if reply.ok => {
+            // Claude Code dropping channel events is worth a warning: messages still
+            // arrive, one prompt later.
+            let dropped = reply
+                .status
+                .iter()
+                .any(|l| l.contains("live push unavailable"));
+            let level = if dropped { Level::Warn } else { Level::Ok };
+            report.add(level, "session", reply.status.join("; "));
+        }
         Ok(reply) => report.add(Level::Fail, "session", reply.error.unwrap_or_default()),
         Err(e) => report.add(Level::Fail, "session", e),
     }

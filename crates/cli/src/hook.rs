@@ -1,5 +1,7 @@
-//! Claude Code hooks: `claudemesh hook prompt-submit` (UserPromptSubmit) and
-//! `claudemesh hook stop` (Stop). A hook reaches its own session's MCP server over the
+//! Claude Code hooks: `claudemesh hook session-start` (SessionStart), `claudemesh hook
+//! prompt-submit` (UserPromptSubmit) and `claudemesh hook stop` (Stop). Each forwards
+//! what the server needs from the hook input (the transcript path; whether a person
+//! typed the prompt), and its arrival is the evidence that the session is real. A hook reaches its own session's MCP server over the
 //! unix socket `CONFIG_DIR/run/<claude pid>.sock`, which that server created (0600 in a
 //! 0700 directory) and which accepts only processes of the same user descended from the
 //! same Claude Code process. There is no other endpoint, and nothing unauthenticated.
@@ -26,10 +28,39 @@ const MAX_INPUT: u64 = 1 << 20;
 pub const MAX_REQUEST: u64 = 64 * 1024;
 
 /// A hook's request to its session's MCP server (one JSON line).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct HookRequest {
-    /// `prompt-submit`, `stop` or `ping`.
+    /// `session-start`, `prompt-submit`, `stop` or `ping`.
     pub event: String,
+    /// Claude Code's transcript of the session (`transcript_path` of the hook input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript_path: Option<String>,
+    /// `prompt-submit`: a person typed the prompt (it is not a channel event).
+    #[serde(default)]
+    pub human: bool,
+}
+
+/// The fields of Claude Code's hook input that matter here.
+#[derive(Debug, Default, Deserialize)]
+struct HookInput {
+    #[serde(default)]
+    transcript_path: Option<String>,
+    #[serde(default)]
+    prompt: Option<String>,
+}
+
+impl HookInput {
+    fn request(self, event: &str) -> HookRequest {
+        let human = self
+            .prompt
+            .as_deref()
+            .is_some_and(|p| !p.trim_start().starts_with("<channel"));
+        HookRequest {
+            event: event.to_owned(),
+            transcript_path: self.transcript_path.filter(|p| !p.is_empty()),
+            human,
+        }
+    }
 }
 
 /// The server's answer (one JSON line).
@@ -104,17 +135,14 @@ fn find_socket(config: &ConfigDir) -> Option<PathBuf> {
 }
 
 /// Send one request to the server at `socket` and read its reply.
-pub fn ask(socket: &Path, event: &str) -> Result<HookReply, String> {
+pub fn ask(socket: &Path, request: &HookRequest) -> Result<HookReply, String> {
     let stream = UnixStream::connect(socket)
         .map_err(|e| format!("cannot reach the MCP server at {}: {e}", socket.display()))?;
     stream
         .set_read_timeout(Some(REPLY_WAIT))
         .and_then(|()| stream.set_write_timeout(Some(REPLY_WAIT)))
         .map_err(|e| e.to_string())?;
-    let mut line = serde_json::to_string(&HookRequest {
-        event: event.to_owned(),
-    })
-    .map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_string(request).map_err(|e| e.to_string())?;
     line.push('\n');
     (&stream)
         .write_all(line.as_bytes())
@@ -126,28 +154,31 @@ pub fn ask(socket: &Path, event: &str) -> Result<HookReply, String> {
     serde_json::from_str(&reply).map_err(|_| "the MCP server sent an unreadable reply".to_owned())
 }
 
-/// Read (and discard) the hook input Claude Code writes on stdin, so it never sees a
-/// broken pipe; give up quickly if stdin stays open.
-fn drain_stdin() {
+/// Read the hook input Claude Code writes on stdin (all of it, so it never sees a broken
+/// pipe); give up quickly if stdin stays open. Unreadable input is an empty one.
+fn read_input() -> HookInput {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().take(MAX_INPUT).read_to_end(&mut sink);
-        let _ = tx.send(());
+        let mut input = Vec::new();
+        let _ = std::io::stdin().take(MAX_INPUT).read_to_end(&mut input);
+        let _ = tx.send(input);
     });
-    let _ = rx.recv_timeout(Duration::from_millis(300));
+    rx.recv_timeout(Duration::from_millis(300))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
 }
 
 /// `claudemesh hook EVENT`. Always succeeds; see the module doc.
 pub fn run(event: &str) {
-    drain_stdin();
+    let request = read_input().request(event);
     let Ok(config) = ConfigDir::from_env() else {
         return;
     };
     let Some(socket) = find_socket(&config) else {
         return; // no claudemesh MCP server in this session: nothing to do
     };
-    match ask(&socket, event) {
+    match ask(&socket, &request) {
         Ok(reply) if !reply.ok => {
             eprintln!(
                 "claudemesh hook {event}: {}",

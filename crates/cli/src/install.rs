@@ -190,8 +190,9 @@ pub fn install(json: bool, print: bool) -> anyhow::Result<()> {
     let mut settings = load(&home.settings())?;
     if claude::merge_hooks(&mut settings, &plan)? {
         let what = format!(
-            "add hooks to {}: UserPromptSubmit → `{}`, Stop → `{}`",
+            "add hooks to {}: SessionStart → `{}`, UserPromptSubmit → `{}`, Stop → `{}`",
             home.settings().display(),
+            plan.hook_command("session-start"),
             plan.hook_command("prompt-submit"),
             plan.hook_command("stop")
         );

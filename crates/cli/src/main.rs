@@ -15,6 +15,7 @@ mod hook;
 mod install;
 mod mcp;
 mod resolve;
+mod sessions;
 
 use std::process::ExitCode;
 
@@ -119,12 +120,17 @@ pub enum Command {
     },
     /// The stdio MCP server Claude Code starts (one per session).
     Mcp,
+    /// This identity's Claude Code session identities: live, resumable or retired.
+    Sessions {
+        #[command(subcommand)]
+        command: Option<SessionsCommand>,
+    },
     /// Check config, keys, brokers, clock, membership and the Claude Code setup.
     Doctor,
     /// Claude Code hook entry point (installed by `install`).
     #[command(hide = true)]
     Hook {
-        #[arg(value_parser = ["prompt-submit", "stop"])]
+        #[arg(value_parser = ["session-start", "prompt-submit", "stop"])]
         event: String,
     },
 }
@@ -151,6 +157,16 @@ pub enum MeshCommand {
     List,
     /// Make a mesh the current one.
     Use { slug: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// Retire every session that is not running (on the broker and on this machine).
+    Prune {
+        /// Only print what would be retired.
+        #[arg(long)]
+        print: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,7 +211,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::run(cli)) {
+    let result = runtime.block_on(commands::run(cli));
+    // Do not wait for a blocking read of stdin (the MCP server's) to finish.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(10));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the outermost context and its causes, joined.

@@ -1,16 +1,23 @@
-//! Turning what a person types (`bob`, `1a2b`, `@backend`, `*`) into a target. Display
-//! names are resolved here, never by the broker; an ambiguous or unknown name is an error
-//! that lists the candidates.
+//! Turning what a person types (`bob`, `bob/checkout`, `1a2b`, `@backend`, `*`) into a
+//! target. Display names are resolved here, never by the broker; an ambiguous or unknown
+//! name is an error that lists the candidates.
 //!
-//! A name matches exactly (case-insensitive), and a member name also matches that
-//! member's sessions (`alice` matches `alice` and `alice/payments-api`). When several
-//! identities match and exactly one is online, it wins: a session that restarted a few
-//! times, or a member whose CLI is offline, does not make a live peer unreachable.
+//! Names resolve the way a person means them:
+//! - a member name (`alice`) reaches alice's one live session; several live sessions are
+//!   listed as candidates with their repos; with none live it reaches alice herself (her
+//!   member key, queued for her CLI inbox);
+//! - any other name matches display names exactly (case-insensitive); among several
+//!   matches the live one wins, and with none live the member key, else the session seen
+//!   most recently: offline sessions never make a name ambiguous (retired ones are not
+//!   even listed by the broker);
+//! - a hex prefix of at least 4 characters matches keys;
+//! - naming yourself is refused with a clear message.
 
 use anyhow::bail;
 use claudemesh_client::{Connection, Target};
 use claudemesh_crypto::PublicKey;
 use claudemesh_proto::codes::cap;
+use claudemesh_proto::frames::Reach;
 
 /// A named identity that can be addressed.
 #[derive(Debug, Clone)]
@@ -18,13 +25,26 @@ pub struct Candidate {
     pub name: String,
     pub key: String,
     pub member_key: String,
+    /// `member` or `session` (v1 brokers: the presence role).
     pub kind: String,
     /// False when the identity's client is known to speak only v1 (no envelope).
     pub modern: bool,
     pub online: bool,
+    /// How a message reaches it now, when the broker says.
+    pub reach: Option<Reach>,
+    /// When it was last connected (ISO 8601), when the broker says.
+    pub last_seen: Option<String>,
+    /// This is the identity doing the resolving.
+    pub me: bool,
 }
 
-/// Everyone `conn` can address, `me` (the connection key) excluded: every recipient
+impl Candidate {
+    fn is_session(&self) -> bool {
+        self.kind == "session"
+    }
+}
+
+/// Everyone `conn` can address, plus `me` (the connection key, marked): every recipient
 /// identity with `list-members`, else the live peers (a v1 broker).
 pub async fn candidates(conn: &Connection, me: &str) -> anyhow::Result<Vec<Candidate>> {
     let list = if conn.has_capability(cap::LIST_MEMBERS) {
@@ -32,12 +52,15 @@ pub async fn candidates(conn: &Connection, me: &str) -> anyhow::Result<Vec<Candi
             .await?
             .into_iter()
             .map(|m| Candidate {
+                me: m.pubkey == me,
                 name: m.display_name,
                 key: m.pubkey,
                 member_key: m.member_pubkey,
                 kind: m.kind,
                 modern: m.e2e_multicast || !m.seen,
                 online: m.online,
+                reach: m.reach,
+                last_seen: m.last_seen,
             })
             .collect::<Vec<_>>()
     } else {
@@ -45,16 +68,23 @@ pub async fn candidates(conn: &Connection, me: &str) -> anyhow::Result<Vec<Candi
             .await?
             .into_iter()
             .map(|p| Candidate {
+                me: p.pubkey == me,
                 name: p.display_name,
                 key: p.pubkey,
                 member_key: p.member_pubkey,
-                kind: p.role,
+                kind: if p.role == "session" {
+                    "session".into()
+                } else {
+                    p.role
+                },
                 modern: true,
                 online: true,
+                reach: p.reach,
+                last_seen: None,
             })
             .collect()
     };
-    Ok(list.into_iter().filter(|c| c.key != me).collect())
+    Ok(list)
 }
 
 fn short(key: &str) -> &str {
@@ -65,13 +95,37 @@ fn describe(c: &[&Candidate]) -> String {
     c.iter()
         .map(|c| {
             let online = if c.online { ", online" } else { "" };
-            format!("{} ({}, {}{online})", c.name, c.kind, short(&c.key))
+            let reach = c
+                .reach
+                .filter(|_| c.online)
+                .map(|r| format!(", reached {}", r.as_str().replace('_', " ")))
+                .unwrap_or_default();
+            format!("{} ({}, {}{online}{reach})", c.name, c.kind, short(&c.key))
         })
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// Resolve `to` among `candidates` (yourself excluded by the caller).
+/// Pick one of several identities that share a name: the live one; with none live the
+/// member key, else the session seen most recently. Several live ones are ambiguous.
+fn pick<'a>(matches: &[&'a Candidate]) -> Result<&'a Candidate, Vec<&'a Candidate>> {
+    let live: Vec<&Candidate> = matches.iter().copied().filter(|c| c.online).collect();
+    match live.as_slice() {
+        [one] => return Ok(one),
+        [] => {}
+        _ => return Err(live),
+    }
+    if let Some(member) = matches.iter().find(|c| !c.is_session()) {
+        return Ok(member);
+    }
+    matches
+        .iter()
+        .copied()
+        .max_by(|a, b| a.last_seen.cmp(&b.last_seen))
+        .ok_or_else(Vec::new)
+}
+
+/// Resolve `to` among `candidates` (which may include the resolver itself, marked `me`).
 pub fn resolve(to: &str, candidates: &[Candidate]) -> anyhow::Result<(Target, Option<Candidate>)> {
     match to {
         "*" | "@all" => return Ok((Target::Broadcast, None)),
@@ -83,52 +137,86 @@ pub fn resolve(to: &str, candidates: &[Candidate]) -> anyhow::Result<(Target, Op
         }
         return Ok((Target::Group(group.to_owned()), None));
     }
-    // `alice` names the member and each of her sessions (`alice/payments-api`).
-    let mut by_name: Vec<&Candidate> = candidates
+    let others: Vec<&Candidate> = candidates.iter().filter(|c| !c.me).collect();
+    let exact: Vec<&Candidate> = others
         .iter()
-        .filter(|c| {
-            c.name.eq_ignore_ascii_case(to)
-                || (!to.contains('/')
-                    && c.name
-                        .split_once('/')
-                        .is_some_and(|(member, _)| member.eq_ignore_ascii_case(to)))
-        })
+        .copied()
+        .filter(|c| c.name.eq_ignore_ascii_case(to))
         .collect();
-    if by_name.len() > 1 && by_name.iter().filter(|c| c.online).count() == 1 {
-        by_name.retain(|c| c.online);
-    }
-    let matches: Vec<&Candidate> = if by_name.is_empty() {
-        let lower = to.to_ascii_lowercase();
-        let is_hex = lower.len() >= 4 && lower.bytes().all(|b| b.is_ascii_hexdigit());
-        if is_hex {
-            candidates
-                .iter()
-                .filter(|c| c.key.starts_with(&lower))
-                .collect()
-        } else {
-            Vec::new()
-        }
+    // `alice` names the member and each of her sessions (`alice/payments-api`).
+    let sessions_of: Vec<&Candidate> = if to.contains('/') {
+        Vec::new()
     } else {
-        by_name
+        others
+            .iter()
+            .copied()
+            .filter(|c| c.is_session())
+            .filter(|c| {
+                c.name
+                    .split_once('/')
+                    .is_some_and(|(member, _)| member.eq_ignore_ascii_case(to))
+            })
+            .collect()
     };
+    let live_sessions: Vec<&Candidate> = sessions_of.iter().copied().filter(|c| c.online).collect();
+    let chosen: Result<Option<&Candidate>, Vec<&Candidate>> = match live_sessions.as_slice() {
+        [one] => Ok(Some(one)),
+        [] if !exact.is_empty() => pick(&exact).map(Some),
+        [] if !sessions_of.is_empty() => pick(&sessions_of).map(Some),
+        [] => Ok(None),
+        _ => Err(live_sessions),
+    };
+    let one = match chosen {
+        Ok(Some(one)) => one,
+        Err(many) => bail!(
+            "'{to}' is ambiguous: it matches {}; use the full name (member/repo) or a key prefix",
+            describe(&many)
+        ),
+        Ok(None) => by_prefix(to, candidates, &others)?,
+    };
+    let key = PublicKey::from_hex(&one.key)
+        .map_err(|_| anyhow::anyhow!("peer '{}' has an invalid key", one.name))?;
+    let target = if one.modern {
+        Target::Key(key)
+    } else {
+        Target::LegacyKey(key)
+    };
+    Ok((target, Some(one.clone())))
+}
+
+/// No name matched: a unique key prefix, or an error that says why.
+fn by_prefix<'a>(
+    to: &str,
+    all: &[Candidate],
+    others: &[&'a Candidate],
+) -> anyhow::Result<&'a Candidate> {
+    let lower = to.to_ascii_lowercase();
+    let is_hex = lower.len() >= 4 && lower.bytes().all(|b| b.is_ascii_hexdigit());
+    let matches: Vec<&Candidate> = if is_hex {
+        others
+            .iter()
+            .copied()
+            .filter(|c| c.key.starts_with(&lower))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let yourself = all.iter().any(|c| {
+        c.me && (c.name.eq_ignore_ascii_case(to)
+            || (is_hex && c.key.starts_with(&lower))
+            || c.name
+                .split_once('/')
+                .is_some_and(|(m, _)| m.eq_ignore_ascii_case(to)))
+    });
     match matches.as_slice() {
-        [one] => {
-            let key = PublicKey::from_hex(&one.key)
-                .map_err(|_| anyhow::anyhow!("peer '{}' has an invalid key", one.name))?;
-            let target = if one.modern {
-                Target::Key(key)
-            } else {
-                Target::LegacyKey(key)
-            };
-            Ok((target, Some((*one).clone())))
-        }
-        [] if candidates.is_empty() => {
+        [one] => Ok(one),
+        [] if yourself => bail!(
+            "'{to}' is you: a message to yourself is not sent (another of your sessions is reached by its full name, member/repo)"
+        ),
+        [] if others.is_empty() => {
             bail!("no peer matches '{to}': nobody else is in this mesh yet")
         }
-        [] => {
-            let all: Vec<&Candidate> = candidates.iter().collect();
-            bail!("no peer matches '{to}'; known peers: {}", describe(&all))
-        }
+        [] => bail!("no peer matches '{to}'; known peers: {}", describe(others)),
         many => bail!(
             "'{to}' is ambiguous: it matches {}; use a longer key prefix",
             describe(many)
@@ -140,94 +228,137 @@ pub fn resolve(to: &str, candidates: &[Candidate]) -> anyhow::Result<(Target, Op
 mod tests {
     use super::*;
 
-    fn c(name: &str, key: &str) -> Candidate {
+    fn key() -> String {
+        claudemesh_crypto::SecretKey::generate().public().to_hex()
+    }
+
+    fn cand(name: &str, kind: &str, online: bool, last_seen: &str) -> Candidate {
         Candidate {
             name: name.into(),
-            key: key.repeat(64 / key.len()),
+            key: key(),
             member_key: String::new(),
-            kind: "member".into(),
+            kind: kind.into(),
             modern: true,
-            online: false,
+            online,
+            reach: None,
+            last_seen: Some(last_seen.into()),
+            me: false,
+        }
+    }
+
+    fn to_key(r: anyhow::Result<(Target, Option<Candidate>)>) -> String {
+        match r.unwrap().0 {
+            Target::Key(k) | Target::LegacyKey(k) => k.to_hex(),
+            other => panic!("not a key: {other:?}"),
         }
     }
 
     #[test]
     fn names_prefixes_groups_and_errors() {
-        let key_a = claudemesh_crypto::SecretKey::generate().public().to_hex();
-        let key_b = claudemesh_crypto::SecretKey::generate().public().to_hex();
-        let cands = vec![
-            Candidate {
-                name: "alice".into(),
-                key: key_a.clone(),
-                member_key: key_a.clone(),
-                kind: "member".into(),
-                modern: true,
-                online: true,
-            },
-            Candidate {
-                name: "bob".into(),
-                key: key_b.clone(),
-                member_key: key_b.clone(),
-                kind: "member".into(),
-                modern: true,
-                online: true,
-            },
-            Candidate {
-                name: "bob".into(),
-                key: key_a.clone(),
-                member_key: key_a.clone(),
-                kind: "session".into(),
-                modern: true,
-                online: true,
-            },
-        ];
+        let alice = cand("alice", "member", true, "1");
+        let bob = cand("bob", "member", true, "1");
+        let bob_too = Candidate {
+            kind: "session".into(),
+            ..cand("bob", "session", true, "1")
+        };
+        let cands = vec![alice.clone(), bob.clone(), bob_too];
         assert!(matches!(resolve("*", &cands).unwrap().0, Target::Broadcast));
         assert!(matches!(resolve("@ops", &cands).unwrap().0, Target::Group(g) if g == "ops"));
+        assert_eq!(to_key(resolve("Alice", &cands)), alice.key);
+        let err = resolve("bob", &cands).unwrap_err().to_string();
         assert!(
-            matches!(resolve("Alice", &cands).unwrap().0, Target::Key(k) if k.to_hex() == key_a)
+            err.contains("ambiguous"),
+            "two live identities named bob: {err}"
         );
-        assert!(
-            resolve("bob", &cands)
-                .unwrap_err()
-                .to_string()
-                .contains("ambiguous")
-        );
-        assert!(
-            matches!(resolve(&key_b[..10], &cands).unwrap().0, Target::Key(k) if k.to_hex() == key_b)
-        );
+        assert_eq!(to_key(resolve(&bob.key[..10], &cands)), bob.key);
         let err = resolve("carol", &cands).unwrap_err().to_string();
         assert!(err.contains("alice") && err.contains("bob"), "{err}");
         assert!(resolve("@", &cands).is_err());
-        let _ = c("x", "ab");
     }
 
     #[test]
-    fn session_names_and_online_preference() {
-        let key = |_: u8| claudemesh_crypto::SecretKey::generate().public().to_hex();
-        let cand = |name: &str, online: bool| Candidate {
-            name: name.into(),
-            key: key(0),
-            member_key: String::new(),
-            kind: "session".into(),
-            modern: true,
-            online,
-        };
-        let old = cand("alice/payments", false);
-        let live = cand("alice/payments", true);
-        let other = cand("alice/frontend", false);
-        let cands = vec![old.clone(), live.clone(), other.clone()];
-        // Two identities share the exact name; the online one wins.
-        let (t, who) = resolve("alice/payments", &cands).unwrap();
-        assert!(matches!(t, Target::Key(k) if k.to_hex() == live.key));
-        assert!(who.unwrap().online);
-        // The member part matches all three; still exactly one is online.
-        assert_eq!(resolve("Alice", &cands).unwrap().1.unwrap().key, live.key);
-        // With nobody online it is ambiguous and lists them.
-        let offline = vec![old, other];
-        let err = resolve("alice", &offline).unwrap_err().to_string();
+    fn a_member_name_reaches_her_one_live_session() {
+        let member = cand("alice", "member", false, "5");
+        let live = cand("alice/payments", "session", true, "9");
+        let old = cand("alice/frontend", "session", false, "3");
+        let cands = vec![member.clone(), live.clone(), old.clone()];
+        // The exact member name does not make it ambiguous: her one live session wins.
+        assert_eq!(to_key(resolve("alice", &cands)), live.key);
+        // A full name is exact.
+        assert_eq!(to_key(resolve("alice/frontend", &cands)), old.key);
+        // Nothing live: the member key (queued for her inbox).
+        let offline = vec![member.clone(), old];
+        assert_eq!(to_key(resolve("alice", &offline)), member.key);
+    }
+
+    #[test]
+    fn several_live_sessions_are_listed_with_their_repos() {
+        let cands = vec![
+            cand("alice", "member", false, "1"),
+            cand("alice/payments", "session", true, "1"),
+            cand("alice/frontend", "session", true, "1"),
+        ];
+        let err = resolve("alice", &cands).unwrap_err().to_string();
         assert!(
-            err.contains("alice/payments") && err.contains("alice/frontend"),
+            err.contains("ambiguous")
+                && err.contains("alice/payments")
+                && err.contains("alice/frontend"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn offline_sessions_never_make_a_name_ambiguous() {
+        let older = cand(
+            "alice/payments",
+            "session",
+            false,
+            "2026-12-01T10:00:00.000Z",
+        );
+        let newer = cand(
+            "alice/payments",
+            "session",
+            false,
+            "2026-12-02T10:00:00.000Z",
+        );
+        let live = cand(
+            "alice/payments",
+            "session",
+            true,
+            "2026-11-30T10:00:00.000Z",
+        );
+        let cands = vec![older.clone(), newer.clone()];
+        assert_eq!(
+            to_key(resolve("alice/payments", &cands)),
+            newer.key,
+            "most recently seen"
+        );
+        assert_eq!(to_key(resolve("alice", &cands)), newer.key);
+        let cands = vec![older, newer, live.clone()];
+        assert_eq!(
+            to_key(resolve("alice/payments", &cands)),
+            live.key,
+            "the live one wins"
+        );
+    }
+
+    #[test]
+    fn messaging_yourself_is_refused_clearly() {
+        let me = Candidate {
+            me: true,
+            ..cand("alice/payments", "session", true, "1")
+        };
+        let member = cand("alice", "member", false, "1");
+        let bob = cand("bob", "member", true, "1");
+        let cands = vec![me.clone(), bob];
+        let err = resolve("alice/payments", &cands).unwrap_err().to_string();
+        assert!(err.contains("is you"), "{err}");
+        let err = resolve("alice", &cands).unwrap_err().to_string();
+        assert!(err.contains("is you"), "{err}");
+        let err = resolve(&me.key[..12], &cands).unwrap_err().to_string();
+        assert!(err.contains("is you"), "{err}");
+        // With her member identity there, `alice` reaches it (queued for the CLI inbox).
+        let cands = vec![me, member.clone()];
+        assert_eq!(to_key(resolve("alice", &cands)), member.key);
     }
 }

@@ -37,6 +37,11 @@ struct Mcp {
     /// Notifications read while waiting for a response.
     pending: Vec<Value>,
     next_id: i64,
+    /// The identity's config dir (for the hooks of this "Claude Code session").
+    cfg: std::path::PathBuf,
+    /// The session transcript this "Claude Code" keeps: every channel notification it
+    /// receives is recorded there at once, as Claude Code does when channels work.
+    transcript: std::path::PathBuf,
 }
 
 impl Mcp {
@@ -58,11 +63,19 @@ impl Mcp {
         let raw = Arc::new(Mutex::new(Vec::new()));
         let (tx, lines) = mpsc::unbounded_channel();
         let seen = raw.clone();
+        let transcript = user
+            .dir
+            .path()
+            .join(format!("transcript-{}.jsonl", child.id().unwrap()));
+        let record_to = transcript.clone();
         tokio::spawn(async move {
             let mut reader = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = reader.next_line().await {
                 seen.lock().unwrap().push(line.clone());
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["method"] == "notifications/claude/channel" {
+                        record_channel_event(&record_to, &v["params"]);
+                    }
                     let _ = tx.send(v);
                 }
             }
@@ -74,6 +87,8 @@ impl Mcp {
             raw,
             pending: Vec::new(),
             next_id: 1,
+            cfg: user.dir.path().join("cfg"),
+            transcript,
         }
     }
 
@@ -101,8 +116,23 @@ impl Mcp {
         }
     }
 
-    /// The handshake Claude Code performs.
+    /// The handshake Claude Code performs, then its SessionStart hook: a real session
+    /// (the test process plays the Claude Code process).
     async fn initialize(&mut self, version: &str) -> Value {
+        let result = self.handshake(version).await;
+        let input = json!({"hook_event_name": "SessionStart", "source": "startup", "transcript_path": self.transcript});
+        run_hook(
+            &self.cfg,
+            "session-start",
+            std::process::id(),
+            input.to_string().as_bytes(),
+        )
+        .await;
+        result
+    }
+
+    /// Only the handshake, as a health check (`claude mcp list`) does it.
+    async fn handshake(&mut self, version: &str) -> Value {
         let v = self
             .request(
                 "initialize",
@@ -191,6 +221,31 @@ impl Mcp {
         let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
         let _ = self.child.kill().await;
     }
+}
+
+/// What Claude Code writes to the transcript when it accepts a channel notification: a
+/// queued prompt `<channel source="claudemesh" k="v"…>content</channel>`.
+fn record_channel_event(transcript: &std::path::Path, params: &Value) {
+    use std::io::Write as _;
+    let attrs: String = params["meta"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!(" {k}=\"{}\"", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let content = format!(
+        "<channel source=\"claudemesh\"{attrs}>{}</channel>",
+        params["content"].as_str().unwrap_or_default()
+    );
+    let line = json!({"type": "queue-operation", "operation": "enqueue", "content": content});
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(transcript)
+        .unwrap();
+    writeln!(f, "{line}").unwrap();
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -548,19 +603,32 @@ async fn until_peers(user: &User, status: &str) {
 
 /// The hook command as Claude Code runs it, for session `claude_pid`.
 async fn hook(user: &User, event: &str, claude_pid: u32) -> (String, String) {
+    run_hook(
+        &user.dir.path().join("cfg"),
+        event,
+        claude_pid,
+        br#"{"session_id":"s","hook_event_name":"UserPromptSubmit","prompt":"hi","cwd":"/tmp"}"#,
+    )
+    .await
+}
+
+/// Run `claudemesh hook EVENT` with this hook input on stdin.
+async fn run_hook(
+    cfg: &std::path::Path,
+    event: &str,
+    claude_pid: u32,
+    input: &[u8],
+) -> (String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_claudemesh"));
     cmd.args(["hook", event])
-        .env("CLAUDEMESH_CONFIG_DIR", user.dir.path().join("cfg"))
+        .env("CLAUDEMESH_CONFIG_DIR", cfg)
         .env("CLAUDE_PID", claude_pid.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(br#"{"session_id":"s","hook_event_name":"UserPromptSubmit","prompt":"hi","cwd":"/tmp"}"#)
-        .await
-        .unwrap();
+    stdin.write_all(input).await.unwrap();
     drop(stdin);
     let out = tokio::time::timeout(WAIT, child.wait_with_output())
         .await

@@ -21,10 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use claudemesh_crypto::SecretKey;
+use claudemesh_proto::codes::cap;
 use claudemesh_proto::frames::{
     Ack, Attestation, BrokerFrame, ClientAck, ClientFrame, GroupRef, Hello, HelloAck, JoinGroup,
     LeaveGroup, MemberInfo, MessageStatusReply, MessageStatusRequest, PeerInfo, PresenceInfo, Push,
-    ReqId, Request, Send, SessionHello, SetStatus, SetSummary, Status,
+    Reach, ReqId, Request, RetireSessions, Send, SessionHello, SetReach, SetStatus, SetSummary,
+    Status,
 };
 use claudemesh_proto::{canonical, codes};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -502,9 +504,49 @@ impl Connection {
         self.peers().await.map(|_| ())
     }
 
-    /// Close the socket (after writing everything queued before this call).
+    /// Extension `reachability`: tell peers how messages reach this identity now. Kept
+    /// and carried by every later hello; sent only to a broker that announces it.
+    pub async fn set_reach(&self, reach: Reach) -> Result<(), ConnectError> {
+        self.notify(ClientFrame::SetReach(SetReach {
+            reach,
+            req_id: None,
+        }))
+        .await
+    }
+
+    /// Extension `session-retire`: retire these (offline) session keys of this member.
+    /// Returns the keys the broker retired now.
+    pub async fn retire_sessions(&self, pubkeys: Vec<String>) -> Result<Vec<String>, ConnectError> {
+        if !self.has_capability(claudemesh_proto::codes::cap::SESSION_RETIRE) {
+            return Err(ConnectError::Unsupported("retire_sessions"));
+        }
+        match self
+            .request(ClientFrame::RetireSessions(RetireSessions {
+                pubkeys,
+                req_id: None,
+            }))
+            .await?
+        {
+            BrokerFrame::SessionsRetired(r) => Ok(r.retired),
+            BrokerFrame::Error(e) => Err(ConnectError::Rejected {
+                code: e.code,
+                message: e.message,
+            }),
+            _ => Err(ConnectError::Closed),
+        }
+    }
+
+    /// Close the socket (after writing everything queued before this call) with a close
+    /// frame, which tells the broker this identity left on purpose (no grace period).
     pub async fn close(&self) {
         let _ = self.cmd.send(Cmd::Close).await;
+    }
+
+    /// Wait until the connection task has ended (after [`Connection::close`], the close
+    /// frame has been written by then).
+    pub async fn closed(&self) {
+        let mut state = self.state.clone();
+        while state.changed().await.is_ok() {}
     }
 }
 
@@ -561,7 +603,11 @@ impl Task {
             let since = tokio::time::Instant::now();
             match self.serve(&mut socket).await {
                 Exit::Closed => {
-                    let _ = socket.close(None).await;
+                    let bye = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+                        reason: "bye".into(),
+                    };
+                    let _ = socket.close(Some(bye)).await;
                     return;
                 }
                 Exit::Dropped if !self.opts.reconnect => {
@@ -731,8 +777,18 @@ impl Task {
                 self.current_groups().retain(|x| x.name != g.name);
                 self.opts.presence.groups = self.groups.clone();
             }
+            // Carried by the next hello, which a reconnect sends anyway.
+            ClientFrame::SetReach(r) => self.opts.presence.reach = Some(r.reach),
             _ => {}
         }
+    }
+
+    /// Whether the broker of the current connection announced `capability`.
+    fn broker_has(&self, capability: &str) -> bool {
+        self.hello_tx
+            .borrow()
+            .as_ref()
+            .is_some_and(|h| h.capabilities.iter().any(|c| c == capability))
     }
 
     /// The groups as the broker last reported them, unless the handle changed them since.
@@ -761,6 +817,7 @@ impl Task {
                             match &mut frame {
                                 ClientFrame::ListPeers(r) | ClientFrame::ListMembers(r) => r.req_id = req_id,
                                 ClientFrame::MessageStatus(r) => r.req_id = req_id,
+                                ClientFrame::RetireSessions(r) => r.req_id = req_id,
                                 _ => {}
                             }
                             self.pending_requests.insert(id, reply);
@@ -768,6 +825,9 @@ impl Task {
                         }
                         Some(Cmd::Notify(frame)) => {
                             self.remember(&frame);
+                            if matches!(frame, ClientFrame::SetReach(_)) && !self.broker_has(cap::REACHABILITY) {
+                                continue; // a broker without the extension would answer an error
+                            }
                             frame
                         }
                     };
@@ -805,6 +865,7 @@ impl Task {
             BrokerFrame::PeersList(ref p) => self.reply(p.req_id.clone(), frame),
             BrokerFrame::MembersList(ref m) => self.reply(m.req_id.clone(), frame),
             BrokerFrame::MessageStatus(ref m) => self.reply(m.req_id.clone(), frame),
+            BrokerFrame::SessionsRetired(ref r) => self.reply(r.req_id.clone(), frame),
             BrokerFrame::Error(ref e) => self.reply(e.req_id.clone(), frame),
             BrokerFrame::HelloAck(_) => {}
         }

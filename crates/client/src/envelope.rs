@@ -46,6 +46,38 @@ pub struct Envelope {
     pub ts: i64,
     /// The message text.
     pub body: String,
+    /// Causal depth (the loop guard, PROTOCOL.md §8.4): 0 for a message written after a
+    /// person's prompt, one more than the deepest peer message it answers otherwise.
+    /// Omitted when 0, so such envelopes are byte-identical to those without it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub depth: u32,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// What a message says: its text and its causal depth. A bare `&str` is depth 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Body<'a> {
+    pub text: &'a str,
+    pub depth: u32,
+}
+
+impl<'a> From<&'a str> for Body<'a> {
+    fn from(text: &'a str) -> Self {
+        Self { text, depth: 0 }
+    }
+}
+
+impl<'a> From<&'a String> for Body<'a> {
+    fn from(text: &'a String) -> Self {
+        Self {
+            text: text.as_str(),
+            depth: 0,
+        }
+    }
 }
 
 /// A sealed direct message: the `nonce` and `ciphertext` of a `send` frame.
@@ -163,7 +195,7 @@ fn envelope_json(
     mesh_id: &str,
     id: &str,
     ts: i64,
-    body: &str,
+    body: Body<'_>,
 ) -> Vec<u8> {
     let envelope = Envelope {
         v: ENVELOPE_VERSION,
@@ -172,7 +204,8 @@ fn envelope_json(
         mesh: mesh_id.to_owned(),
         id: id.to_owned(),
         ts,
-        body: body.to_owned(),
+        body: body.text.to_owned(),
+        depth: body.depth,
     };
     #[allow(clippy::expect_used)]
     // Invariant: `Envelope` holds only strings and integers and derives `Serialize`;
@@ -182,13 +215,13 @@ fn envelope_json(
 
 /// Seal a direct message from `me` to `to` (§8.1) with an envelope addressed to `to`.
 /// One-shot; a long-lived client keeps a [`Keyring`] instead.
-pub fn seal_direct(
+pub fn seal_direct<'b>(
     me: &SecretKey,
     to: &PublicKey,
     mesh_id: &str,
     id: &str,
     ts_ms: i64,
-    body: &str,
+    body: impl Into<Body<'b>>,
 ) -> SealedDirect {
     Keyring::new(me.clone()).seal_direct(to, mesh_id, id, ts_ms, body)
 }
@@ -198,14 +231,14 @@ pub fn seal_direct(
 /// recipient, me))` with a fresh nonce `n` per recipient. The envelope's `to` is
 /// `target_spec`. Duplicate recipients collapse to one entry; the caller chooses the set
 /// (PROTOCOL.md says it never includes the sender itself).
-pub fn seal_multicast(
+pub fn seal_multicast<'b>(
     me: &SecretKey,
     recipients: &[PublicKey],
     target_spec: &str,
     mesh_id: &str,
     id: &str,
     ts_ms: i64,
-    body: &str,
+    body: impl Into<Body<'b>>,
 ) -> SealedMulticast {
     Keyring::new(me.clone()).seal_multicast(recipients, target_spec, mesh_id, id, ts_ms, body)
 }
@@ -256,15 +289,22 @@ impl Keyring {
     }
 
     /// [`seal_direct`] with the cached shared key.
-    pub fn seal_direct(
+    pub fn seal_direct<'b>(
         &mut self,
         to: &PublicKey,
         mesh_id: &str,
         id: &str,
         ts_ms: i64,
-        body: &str,
+        body: impl Into<Body<'b>>,
     ) -> SealedDirect {
-        let plaintext = envelope_json(&self.me.public(), &to.to_hex(), mesh_id, id, ts_ms, body);
+        let plaintext = envelope_json(
+            &self.me.public(),
+            &to.to_hex(),
+            mesh_id,
+            id,
+            ts_ms,
+            body.into(),
+        );
         let nonce = random_nonce();
         let ciphertext = self.with(to).seal(&nonce, &plaintext);
         SealedDirect {
@@ -285,16 +325,23 @@ impl Keyring {
     }
 
     /// [`seal_multicast`] with the cached shared keys.
-    pub fn seal_multicast(
+    pub fn seal_multicast<'b>(
         &mut self,
         recipients: &[PublicKey],
         target_spec: &str,
         mesh_id: &str,
         id: &str,
         ts_ms: i64,
-        body: &str,
+        body: impl Into<Body<'b>>,
     ) -> SealedMulticast {
-        let plaintext = envelope_json(&self.me.public(), target_spec, mesh_id, id, ts_ms, body);
+        let plaintext = envelope_json(
+            &self.me.public(),
+            target_spec,
+            mesh_id,
+            id,
+            ts_ms,
+            body.into(),
+        );
         let key = random_key();
         let nonce = random_nonce();
         let ciphertext = secretbox_seal(&key, &nonce, &plaintext);

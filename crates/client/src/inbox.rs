@@ -17,7 +17,7 @@ use std::time::Duration;
 use rusqlite::{Connection, Row, params};
 
 /// The schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS messages (
     mesh_id TEXT NOT NULL, sender_pubkey TEXT NOT NULL, sender_name TEXT, target_spec TEXT,
     priority TEXT NOT NULL, created_at TEXT NOT NULL, received_at INTEGER NOT NULL,
     kind TEXT NOT NULL, text TEXT, reason TEXT, envelope_id TEXT,
-    read INTEGER NOT NULL DEFAULT 0);
+    read INTEGER NOT NULL DEFAULT 0, depth INTEGER NOT NULL DEFAULT 0);
 -- Replay dedupe: one verified record per (sender, envelope id).
 CREATE UNIQUE INDEX IF NOT EXISTS messages_verified_envelope ON messages(sender_pubkey, envelope_id)
     WHERE kind = 'verified' AND envelope_id IS NOT NULL;
@@ -33,7 +33,7 @@ CREATE INDEX IF NOT EXISTS messages_mesh_seq ON messages(mesh_id, seq);
 ";
 
 const COLUMNS: &str = "message_id, mesh_id, sender_pubkey, sender_name, target_spec, priority, \
-                       created_at, received_at, kind, text, reason, envelope_id";
+                       created_at, received_at, kind, text, reason, envelope_id, depth";
 
 /// What a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,6 +94,8 @@ pub struct Record {
     pub reason: Option<String>,
     /// The envelope's client message id (verified messages).
     pub envelope_id: Option<String>,
+    /// The envelope's causal depth (verified messages; 0 otherwise). See the loop guard.
+    pub depth: u32,
 }
 
 /// An inbox failure.
@@ -161,6 +163,7 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<Record> {
             .filter(|_| kind != Kind::Rejected),
         reason: row.get(10)?,
         envelope_id: row.get(11)?,
+        depth: row.get(12)?,
     })
 }
 
@@ -178,6 +181,10 @@ impl Inbox {
             return Err(InboxError::Corrupt(format!("schema version {version}")));
         }
         conn.execute_batch(SCHEMA)?;
+        if version == 1 {
+            // 2: the loop guard's causal depth.
+            conn.execute_batch("ALTER TABLE messages ADD COLUMN depth INTEGER NOT NULL DEFAULT 0")?;
+        }
         if version < SCHEMA_VERSION {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
@@ -196,7 +203,7 @@ impl Inbox {
         let inserted = self.conn.execute(
             &format!(
                 "INSERT OR IGNORE INTO messages ({COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ),
             params![
                 r.message_id,
@@ -211,6 +218,7 @@ impl Inbox {
                 text,
                 r.reason,
                 r.envelope_id,
+                r.depth,
             ],
         )?;
         Ok(inserted == 1)
@@ -295,6 +303,7 @@ mod tests {
             text: Some(format!("text of {id}")),
             reason: (kind == Rejected).then(|| "spoofed_sender".to_owned()),
             envelope_id: envelope_id.map(str::to_owned),
+            depth: 0,
         }
     }
 

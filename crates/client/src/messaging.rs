@@ -12,7 +12,7 @@ use claudemesh_proto::codes::cap;
 use claudemesh_proto::frames::{Priority, Push, Send};
 
 use crate::connection::{ConnectError, Connection};
-use crate::envelope::{Incoming, Keyring, Opened};
+use crate::envelope::{Body, Incoming, Keyring, Opened};
 use crate::inbox::{Inbox, InboxError, Kind, Record};
 
 /// Where a message goes (names are resolved by the caller).
@@ -119,15 +119,15 @@ async fn send_direct(
     ring: &mut Keyring,
     to: &PublicKey,
     mesh_id: &str,
-    text: &str,
+    body: Body<'_>,
     priority: Priority,
     legacy: bool,
 ) -> Result<(String, u32), SendError> {
     let id = new_id();
     let sealed = if legacy {
-        ring.seal_legacy(to, text.as_bytes())
+        ring.seal_legacy(to, body.text.as_bytes())
     } else {
-        ring.seal_direct(to, mesh_id, &id, now_ms(), text)
+        ring.seal_direct(to, mesh_id, &id, now_ms(), body)
     };
     send_one(
         conn,
@@ -136,16 +136,18 @@ async fn send_direct(
     .await
 }
 
-/// Encrypt and send `text`. `ring` holds the connection key (session key, else member
-/// key) and caches the shared key of every peer already written to.
-pub async fn send_text(
+/// Encrypt and send `body` (a `&str` is depth 0). `ring` holds the connection key
+/// (session key, else member key) and caches the shared key of every peer already
+/// written to. Plain v1 bodies (for v1 clients) cannot carry the depth.
+pub async fn send_text<'b>(
     conn: &Connection,
     ring: &mut Keyring,
     mesh_id: &str,
     target: &Target,
-    text: &str,
+    body: impl Into<Body<'b>>,
     priority: Priority,
 ) -> Result<SendReport, SendError> {
+    let text = body.into();
     let id = new_id();
     let my_key = ring.my_key().to_owned();
     match target {
@@ -257,22 +259,28 @@ pub fn receive(
     inbox: &mut Inbox,
 ) -> Result<Option<Record>, InboxError> {
     let system = push.subtype.as_deref() == Some("system");
-    let (kind, text, reason, envelope_id) = if system {
+    let (kind, text, reason, envelope_id, depth) = if system {
         let ev = push.event.clone().unwrap_or_default();
         let who = push
             .event_data
             .as_ref()
             .map(|d| d.name.clone())
             .unwrap_or_default();
-        (Kind::System, Some(format!("{ev}: {who}")), None, None)
+        (Kind::System, Some(format!("{ev}: {who}")), None, None, 0)
     } else {
         let incoming = Incoming::from(push);
         match ring.open(&incoming) {
-            Opened::Verified(env) => (Kind::Verified, Some(env.body), None, Some(env.id)),
-            Opened::Legacy(text) => (Kind::Legacy, Some(text), None, None),
+            Opened::Verified(env) => (
+                Kind::Verified,
+                Some(env.body),
+                None,
+                Some(env.id),
+                env.depth,
+            ),
+            Opened::Legacy(text) => (Kind::Legacy, Some(text), None, None, 0),
             Opened::Rejected(r) => {
                 tracing::warn!(message_id = %push.message_id, reason = %r, "rejected an inbound message");
-                (Kind::Rejected, None, Some(r.to_string()), None)
+                (Kind::Rejected, None, Some(r.to_string()), None, 0)
             }
         }
     };
@@ -289,6 +297,7 @@ pub fn receive(
         text,
         reason,
         envelope_id,
+        depth,
     };
     Ok(inbox.record(&record)?.then_some(record))
 }

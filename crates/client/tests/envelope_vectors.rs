@@ -125,6 +125,7 @@ fn direct_round_trip_verifies_every_field() {
         id: "01J-1".to_owned(),
         ts: 1_764_374_400_123,
         body: "hi bob ✓".to_owned(),
+        depth: 0,
     };
     let mut inc = direct(&a, MESH, &sealed);
     assert_eq!(open(&bob, &inc), Opened::Verified(expected.clone()));
@@ -242,6 +243,7 @@ fn envelope_naming_another_recipient_is_rejected() {
         id: "id".to_owned(),
         ts: 1,
         body: "meant for carol".to_owned(),
+        depth: 0,
     };
     let sealed = raw_box(
         &alice,
@@ -272,6 +274,44 @@ fn envelope_naming_another_recipient_is_rejected() {
         open(&bob, &direct(&a, MESH, &sealed)),
         Opened::Verified(to_bob)
     );
+}
+
+#[test]
+fn causal_depth_travels_inside_the_box_and_is_omitted_at_zero() {
+    use claudemesh_client::envelope::{Body, Keyring};
+    let (alice, bob) = (SecretKey::generate(), SecretKey::generate());
+    let a = alice.public().to_hex();
+    let mut ring = Keyring::new(alice);
+    let deep = ring.seal_direct(
+        &bob.public(),
+        MESH,
+        "d1",
+        1,
+        Body {
+            text: "again?",
+            depth: 5,
+        },
+    );
+    match open(&bob, &direct(&a, MESH, &deep)) {
+        Opened::Verified(env) => assert_eq!((env.body.as_str(), env.depth), ("again?", 5)),
+        other => panic!("{other:?}"),
+    }
+    // Depth 0 adds nothing to the plaintext: older clients see the same envelope.
+    let plain = Envelope {
+        v: 1,
+        from: a,
+        to: bob.public().to_hex(),
+        mesh: MESH.to_owned(),
+        id: "x".to_owned(),
+        ts: 1,
+        body: "b".to_owned(),
+        depth: 0,
+    };
+    let json = serde_json::to_string(&plain).unwrap();
+    assert!(!json.contains("depth"), "{json}");
+    let with: Envelope =
+        serde_json::from_str(&json.replace("\"v\":1", "\"v\":1,\"depth\":2")).unwrap();
+    assert_eq!(with.depth, 2);
 }
 
 #[test]

@@ -36,6 +36,8 @@ pub const NO_RECIPIENTS: &str = "no_recipients";
 pub const BAD_TARGET: &str = "bad_target";
 pub const INTERNAL: &str = "internal";
 pub const UNAVAILABLE: &str = "unavailable";
+/// Extension: the member already has the most live session identities it may have.
+pub const TOO_MANY_SESSIONS: &str = "too_many_sessions";
 
 // POST /join errors (WIRE-V1 §Enrollment).
 pub const INVITE_BAD_SIGNATURE: &str = "invite_bad_signature";
@@ -70,4 +72,8 @@ pub mod cap {
     pub const MESH_ADMIN: &str = "mesh-admin";
     /// `message_status` → per-recipient delivery state (queued / delivered / acked).
     pub const MESSAGE_STATUS: &str = "message-status";
+    /// `reachability` in presence (`hello.reach`, `set_reach`, `peers_list[].reach`).
+    pub const REACHABILITY: &str = "reachability";
+    /// Session identities retire (schedule, cap per member) and `retire_sessions`.
+    pub const SESSION_RETIRE: &str = "session-retire";
 }

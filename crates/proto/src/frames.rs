@@ -78,6 +78,31 @@ impl Status {
     }
 }
 
+/// Extension `reachability`: how a message reaches a peer right now. A peer's own client
+/// announces `live` or `next_prompt`; the broker reports `queued` for an identity that is
+/// not connected, and `live` for a connected one that announced nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reach {
+    /// Pushed to a running client at once (a Claude Code session with working channels,
+    /// a CLI waiting in `inbox --wait`, a bot).
+    Live,
+    /// Shown when the session's user next submits a prompt (Claude Code hooks only).
+    NextPrompt,
+    /// Not connected: stored by the broker until the identity returns.
+    Queued,
+}
+
+impl Reach {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reach::Live => "live",
+            Reach::NextPrompt => "next_prompt",
+            Reach::Queued => "queued",
+        }
+    }
+}
+
 /// A group membership as carried in `hello.groups`, `join_group` and `peers_list`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupRef {

@@ -21,8 +21,13 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEAD_SOCKET_AFTER: Duration = Duration::from_secs(75);
 /// Queued messages expire after this long (7 days).
 pub const MESSAGE_TTL_MS: i64 = 7 * 24 * 60 * 60 * 1000;
-/// A session identity that has not connected for this long no longer receives multicast.
-pub const SESSION_RETENTION_MS: i64 = MESSAGE_TTL_MS;
+/// A session identity that has not connected for this long retires (PROTOCOL.md §5.9):
+/// it stops being a recipient and its undelivered copies are dropped. Brokers may
+/// configure another value.
+pub const SESSION_RETENTION: Duration = Duration::from_secs(72 * 60 * 60);
+/// Most session identities one member may have that are not retired (live or resumable);
+/// past it the oldest offline one retires. Brokers may configure another value.
+pub const MAX_SESSIONS_PER_MEMBER: usize = 32;
 /// Longest accepted summary, in bytes.
 pub const MAX_SUMMARY_BYTES: usize = 1_024;
 /// Longest accepted display name, group name, session id, cwd or hostname, in bytes.

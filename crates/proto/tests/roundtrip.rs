@@ -19,6 +19,14 @@ use proptest::option::of;
 use proptest::prelude::*;
 use serde_json::Value;
 
+fn reach() -> impl Strategy<Value = Option<Reach>> {
+    of(prop_oneof![
+        Just(Reach::Live),
+        Just(Reach::NextPrompt),
+        Just(Reach::Queued)
+    ])
+}
+
 fn text() -> impl Strategy<Value = String> {
     // Any unicode, including control characters, quotes, backslashes and newlines.
     "(?s).{0,16}"
@@ -71,12 +79,13 @@ fn presence() -> impl Strategy<Value = PresenceInfo> {
             of(groups()),
             of(any::<u32>()),
             of(vec(text(), 0..3)),
+            reach(),
         ),
     )
         .prop_map(
             |(
                 (display_name, session_id, pid, cwd, hostname, peer_type),
-                (channel, model, groups, protocol_version, capabilities),
+                (channel, model, groups, protocol_version, capabilities, reach),
             )| PresenceInfo {
                 display_name,
                 session_id,
@@ -89,6 +98,7 @@ fn presence() -> impl Strategy<Value = PresenceInfo> {
                 groups,
                 protocol_version,
                 capabilities,
+                reach,
             },
         )
 }
@@ -227,6 +237,13 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         (text(), req_id()).prop_map(|(message_id, req_id)| {
             ClientFrame::MessageStatus(MessageStatusRequest { message_id, req_id })
         }),
+        (reach(), req_id()).prop_map(|(reach, req_id)| ClientFrame::SetReach(SetReach {
+            reach: reach.unwrap_or(Reach::Live),
+            req_id
+        })),
+        (vec(text(), 0..3), req_id()).prop_map(|(pubkeys, req_id)| ClientFrame::RetireSessions(
+            RetireSessions { pubkeys, req_id }
+        )),
         // `Unknown` goes out as `{"type":"unknown"}`, which parses back as `Unknown`.
         Just(ClientFrame::Unknown),
     ]
@@ -327,13 +344,13 @@ fn peer() -> impl Strategy<Value = PeerInfo> {
             text(),
         ),
         (text(), text(), text(), text()),
-        (opt_text(), opt_text(), opt_text(), opt_text()),
+        (opt_text(), opt_text(), opt_text(), opt_text(), reach()),
     )
         .prop_map(
             |(
                 (pubkey, member_pubkey, display_name, status, summary, groups, session_id),
                 (connected_at, cwd, role, peer_role),
-                (hostname, peer_type, channel, model),
+                (hostname, peer_type, channel, model, reach),
             )| PeerInfo {
                 pubkey,
                 member_pubkey,
@@ -350,6 +367,7 @@ fn peer() -> impl Strategy<Value = PeerInfo> {
                 peer_type,
                 channel,
                 model,
+                reach,
             },
         )
 }
@@ -381,10 +399,20 @@ fn member() -> impl Strategy<Value = MemberInfo> {
         text(),
         groups(),
         any::<bool>(),
-        any::<bool>(),
+        (any::<bool>(), reach(), opt_text()),
     )
         .prop_map(
-            |(pubkey, member_id, member_pubkey, display_name, role, kind, groups, online, e2e)| {
+            |(
+                pubkey,
+                member_id,
+                member_pubkey,
+                display_name,
+                role,
+                kind,
+                groups,
+                online,
+                (e2e, reach, last_seen),
+            )| {
                 MemberInfo {
                     pubkey,
                     member_id,
@@ -396,6 +424,8 @@ fn member() -> impl Strategy<Value = MemberInfo> {
                     online,
                     e2e_multicast: e2e,
                     seen: e2e || online,
+                    reach,
+                    last_seen,
                 }
             },
         )
@@ -437,6 +467,9 @@ fn broker_frame() -> impl Strategy<Value = BrokerFrame> {
                     })
                 }
             ),
+        (vec(text(), 0..3), req_id()).prop_map(|(retired, req_id)| {
+            BrokerFrame::SessionsRetired(SessionsRetired { retired, req_id })
+        }),
     ]
 }
 

@@ -56,6 +56,9 @@ pub struct PeerRow {
     pub last_seen: i64,
     /// The identity's client announced `e2e-multicast`.
     pub e2e_multicast: bool,
+    /// When a session identity retired (no longer a recipient; see PROTOCOL.md §5.9).
+    /// A retired session that connects again is un-retired.
+    pub retired_at: Option<i64>,
 }
 
 /// A message body, stored once however many recipients it has.

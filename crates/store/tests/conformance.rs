@@ -188,16 +188,19 @@ pub fn conformance(store: &mut dyn Store) {
         groups_json: "[]".into(),
         last_seen: 5,
         e2e_multicast: true,
+        retired_at: None,
     };
     store.upsert_peer(&peer).unwrap();
     store
         .upsert_peer(&PeerRow {
             last_seen: 6,
+            retired_at: Some(7),
             ..peer
         })
         .unwrap();
     store.commit().unwrap();
     assert_eq!(store.load_peers().unwrap()[0].last_seen, 6);
+    assert_eq!(store.load_peers().unwrap()[0].retired_at, Some(7));
     assert_eq!(store.load_members().unwrap().len(), 1);
     assert_eq!(store.load_meshes().unwrap()[0].slug, "one");
 
@@ -350,6 +353,49 @@ pub fn message_deliveries(store: &mut dyn Store) {
     let late = store.message_deliveries("m1", "s39", 10).unwrap().unwrap();
     let got: Vec<i64> = late.deliveries.iter().map(|d| d.seq).collect();
     assert_eq!(got, expected[39]);
+}
+
+/// A retired identity's unacked copies are dropped; acked ones and other recipients' stay.
+fn retirement_drops_undelivered(store: &mut dyn Store) {
+    seed(store);
+    let (bob, carol) = ("b".repeat(64), "c".repeat(64));
+    let Inserted::New(rowid) = store.insert_message(&message("r1", None, 1_000)).unwrap() else {
+        panic!("new")
+    };
+    store
+        .insert_delivery("m1", rowid, &bob, None, 1_000)
+        .unwrap();
+    store
+        .insert_delivery("m1", rowid, &carol, None, 1_000)
+        .unwrap();
+    let Inserted::New(rowid2) = store.insert_message(&message("r2", None, 1_000)).unwrap() else {
+        panic!("new")
+    };
+    store
+        .insert_delivery("m1", rowid2, &bob, None, 1_000)
+        .unwrap();
+    store.commit().unwrap();
+    assert!(store.ack_delivery("m1", &bob, "r1", 5).unwrap());
+    assert_eq!(
+        store.drop_undelivered("m1", &bob).unwrap(),
+        1,
+        "only r2 was unacked"
+    );
+    assert_eq!(
+        store.drop_undelivered("m2", &carol).unwrap(),
+        0,
+        "another mesh"
+    );
+    store.commit().unwrap();
+    assert!(store.pending("m1", &bob, 0, 10, 0).unwrap().is_empty());
+    assert_eq!(store.pending("m1", &carol, 0, 10, 0).unwrap().len(), 1);
+}
+
+#[test]
+fn sqlite_drops_a_retired_identitys_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    retirement_drops_undelivered(&mut store);
 }
 
 #[test]

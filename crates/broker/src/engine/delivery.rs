@@ -128,10 +128,10 @@ impl Engine {
             return self.refuse(conn, ack, codes::MALFORMED);
         }
         let mut recipients = match target {
-            Target::Direct(key) if mesh.is_recipient(key, now) => vec![key.to_owned()],
+            Target::Direct(key) if mesh.is_recipient(key) => vec![key.to_owned()],
             Target::Direct(_) => return self.refuse(conn, ack, codes::UNKNOWN_RECIPIENT),
-            Target::Broadcast => mesh.broadcast_recipients(sender, now),
-            Target::Group(name) => mesh.group_recipients(name, sender, now),
+            Target::Broadcast => mesh.broadcast_recipients(sender),
+            Target::Group(name) => mesh.group_recipients(name, sender),
         };
         // Extension e2e-multicast: only recipients the sender sealed a key for.
         let sealed = sealed_keys.filter(|_| target.is_multicast() && !self.v1_only);

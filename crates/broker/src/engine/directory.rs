@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use claudemesh_proto::frames::{GroupRef, PresenceInfo, Status};
-use claudemesh_proto::limits;
 use claudemesh_store::{MemberRow, MeshRow, PeerRow, Store, StoreError};
 
 use super::ConnId;
@@ -108,20 +107,19 @@ impl Mesh {
     }
 
     /// Whether `key` may receive messages: an active member's key, or a session key of an
-    /// active member that has connected within the retention period.
-    pub fn is_recipient(&self, key: &str, now: i64) -> bool {
+    /// active member that has not retired (see `sessions.rs`).
+    pub fn is_recipient(&self, key: &str) -> bool {
         if self.member_by_key(key).is_some_and(|m| m.removed.is_none()) {
             return true;
         }
         self.peers.get(key).is_some_and(|p| {
             self.active_member(&p.member_id).is_some()
-                && (self.presences.contains_key(key)
-                    || now - p.last_seen < limits::SESSION_RETENTION_MS)
+                && (self.presences.contains_key(key) || p.retired_at.is_none())
         })
     }
 
     /// Every identity a broadcast reaches (members and retained sessions), sender excluded.
-    pub fn broadcast_recipients(&self, sender: &str, now: i64) -> Vec<String> {
+    pub fn broadcast_recipients(&self, sender: &str) -> Vec<String> {
         let mut keys: Vec<String> = self
             .members
             .values()
@@ -132,7 +130,7 @@ impl Mesh {
             self.peers
                 .values()
                 .filter(|p| {
-                    p.kind == "session" && p.pubkey != sender && self.is_recipient(&p.pubkey, now)
+                    p.kind == "session" && p.pubkey != sender && self.is_recipient(&p.pubkey)
                 })
                 .map(|p| p.pubkey.clone()),
         );
@@ -142,11 +140,11 @@ impl Mesh {
     }
 
     /// Every identity in group `name` (live presences or persisted memberships), sender excluded.
-    pub fn group_recipients(&self, name: &str, sender: &str, now: i64) -> Vec<String> {
+    pub fn group_recipients(&self, name: &str, sender: &str) -> Vec<String> {
         let mut keys: Vec<String> = self
             .peers
             .values()
-            .filter(|p| p.pubkey != sender && self.is_recipient(&p.pubkey, now))
+            .filter(|p| p.pubkey != sender && self.is_recipient(&p.pubkey))
             .filter(|p| parse_groups(&p.groups_json).iter().any(|g| g.name == name))
             .map(|p| p.pubkey.clone())
             .collect();

@@ -15,6 +15,7 @@ mod admin;
 mod delivery;
 mod directory;
 mod presence;
+mod sessions;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -120,8 +121,8 @@ pub enum Command {
     },
     /// A frame from an attached connection (anything but hellos).
     Frame { conn: ConnId, frame: ClientFrame },
-    /// The connection is gone.
-    Detach { conn: ConnId },
+    /// The connection is gone; `left` when the client closed it on purpose (no grace).
+    Detach { conn: ConnId, left: bool },
     Join {
         req: JoinRequest,
         reply: oneshot::Sender<Result<claudemesh_proto::http::JoinResponse, ApiFailure>>,
@@ -222,6 +223,8 @@ pub(crate) struct Engine {
     batch_failed: bool,
     /// Acks of in-flight deliveries in this batch, written with one statement.
     pending_acks: Vec<i64>,
+    /// Non-retired session identities one member may have (see `sessions.rs`).
+    sessions_per_member: usize,
 }
 
 /// An attached connection.
@@ -262,6 +265,7 @@ impl Engine {
             queue_depth,
             batch_failed: false,
             pending_acks: Vec::new(),
+            sessions_per_member: config.sessions_per_member.max(1),
         })
     }
 
@@ -327,6 +331,7 @@ impl Engine {
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "purge failed"),
                     }
+                    self.retire_stale(ms);
                     if let Ok(depth) = self.store.queue_depth(ms) {
                         self.queue_depth = depth;
                     }
@@ -340,7 +345,7 @@ impl Engine {
         match cmd {
             Command::Attach { hello, conn, reply } => self.attach(hello, conn, reply),
             Command::Frame { conn, frame } => self.frame(conn, frame),
-            Command::Detach { conn } => self.detach(conn),
+            Command::Detach { conn, left } => self.detach(conn, left),
             Command::Join { req, reply } => self.join(req, reply),
             Command::Admin { cmd, reply } => self.admin(cmd, reply),
             Command::Health { reply } => {
@@ -376,6 +381,18 @@ impl Engine {
             ClientFrame::SetSummary(s) => self.set_summary(conn, &mesh, &key, s.summary),
             ClientFrame::JoinGroup(g) => self.join_group(conn, &mesh, &key, g),
             ClientFrame::LeaveGroup(g) => self.leave_group(&mesh, &key, &g.name),
+            ClientFrame::SetReach(r) if !self.v1_only => self.set_reach(&mesh, &key, r.reach),
+            ClientFrame::RetireSessions(r) if !self.v1_only => {
+                self.retire_sessions(conn, &mesh, &key, r);
+            }
+            ClientFrame::SetReach(_) => {}
+            ClientFrame::RetireSessions(r) => {
+                let err = ErrorFrame::new(
+                    claudemesh_proto::codes::UNKNOWN_MESSAGE_TYPE,
+                    "unknown message type",
+                );
+                self.reply(conn, BrokerFrame::Error(err.with_req_id(r.req_id)));
+            }
             ClientFrame::Hello(_) | ClientFrame::SessionHello(_) => {
                 let err = ErrorFrame::new(
                     claudemesh_proto::codes::ALREADY_AUTHENTICATED,
@@ -506,9 +523,9 @@ impl Engine {
                     .handle
                     .kill
                     .kill(claudemesh_proto::codes::close::REJECTED, "slow_consumer");
-                self.detach(conn);
+                self.detach(conn, false);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => self.detach(conn),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.detach(conn, false),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use claudemesh_proto::codes;
 use claudemesh_proto::frames::{
     BrokerFrame, ErrorFrame, EventData, GroupRef, HelloAck, JoinGroup, MemberInfo, MembersList,
-    PeerInfo, PeersList, Priority, Push, ReqId, Status, event,
+    PeerInfo, PeersList, Priority, Push, Reach, ReqId, Status, event,
 };
 use claudemesh_proto::limits;
 use claudemesh_store::PeerRow;
@@ -33,6 +33,8 @@ pub fn capabilities() -> Vec<String> {
         cap::LEASES,
         cap::MESH_ADMIN,
         cap::MESSAGE_STATUS,
+        cap::REACHABILITY,
+        cap::SESSION_RETIRE,
     ]
     .iter()
     .map(|s| (*s).to_owned())
@@ -109,6 +111,15 @@ impl Engine {
                 ),
             );
         }
+        let session_key = hello.role == Role::Session || hello.key != member.pubkey;
+        let evict = if session_key {
+            match self.sessions_to_evict(&hello.mesh_id, &member.id, &hello.key) {
+                Ok(evict) => evict,
+                Err(r) => return self.reject(reply, r),
+            }
+        } else {
+            Vec::new()
+        };
         match self.store.remember_signature(
             &hello.signature,
             hello.timestamp + 2 * limits::MAX_CLOCK_SKEW_MS,
@@ -131,6 +142,9 @@ impl Engine {
 
         let mesh_id = hello.mesh_id.clone();
         let key = hello.key.clone();
+        for old in &evict {
+            self.retire(&mesh_id, old, now);
+        }
         let e2e = hello
             .capabilities()
             .iter()
@@ -223,16 +237,12 @@ impl Engine {
             pubkey: key.clone(),
             mesh_id: mesh_id.clone(),
             member_id: member.id.clone(),
-            kind: if hello.role == Role::Session || key != member.pubkey {
-                "session"
-            } else {
-                "member"
-            }
-            .to_owned(),
+            kind: if session_key { "session" } else { "member" }.to_owned(),
             display_name: display_name.clone(),
             groups_json: groups_json(&groups),
             last_seen: now,
             e2e_multicast: e2e,
+            retired_at: None,
         };
         mesh.peers.insert(key.clone(), peer.clone());
         if let Err(e) = self.store.upsert_peer(&peer) {
@@ -294,7 +304,7 @@ impl Engine {
 
     /// A connection is gone: detach it; the presence enters its grace period if it was
     /// the last one. Unacked deliveries stay in the database for the next connection.
-    pub(super) fn detach(&mut self, conn: ConnId) {
+    pub(super) fn detach(&mut self, conn: ConnId, left: bool) {
         let Some(entry) = self.conns.remove(&conn) else {
             return;
         };
@@ -312,6 +322,10 @@ impl Engine {
             presence.mailbox = None;
             presence.epoch += 1;
             let epoch = presence.epoch;
+            if left {
+                // Closed on purpose: gone now, no grace (PROTOCOL.md §5.2).
+                return self.end_grace(&entry.mesh_id, &entry.key, epoch);
+            }
             self.timer(
                 Instant::now() + grace,
                 TimerKind::Grace {
@@ -414,6 +428,7 @@ impl Engine {
                 peer_type: p.info.peer_type.clone(),
                 channel: p.info.channel.clone(),
                 model: p.info.model.clone(),
+                reach: (!self.v1_only).then(|| p.info.reach.unwrap_or(Reach::Live)),
             })
             .collect();
         self.reply(conn, BrokerFrame::PeersList(PeersList { peers, req_id }));
@@ -423,7 +438,14 @@ impl Engine {
         let Some(mesh) = self.dir.mesh(mesh_id) else {
             return;
         };
-        let now = now_ms();
+        let reach = |key: &str| {
+            Some(
+                match mesh.presences.get(key).filter(|p| !p.conns.is_empty()) {
+                    Some(p) => p.info.reach.unwrap_or(Reach::Live),
+                    None => Reach::Queued,
+                },
+            )
+        };
         let mut members: Vec<MemberInfo> = Vec::new();
         for m in mesh.members.values().filter(|m| m.removed.is_none()) {
             let peer = mesh.peers.get(&m.pubkey);
@@ -443,12 +465,14 @@ impl Engine {
                     .is_some_and(|p| !p.conns.is_empty()),
                 e2e_multicast: peer.is_some_and(|p| p.e2e_multicast),
                 seen: peer.is_some(),
+                reach: reach(&m.pubkey),
+                last_seen: peer.map(|p| iso8601(p.last_seen)),
             });
         }
         for p in mesh
             .peers
             .values()
-            .filter(|p| p.kind == "session" && mesh.is_recipient(&p.pubkey, now))
+            .filter(|p| p.kind == "session" && mesh.is_recipient(&p.pubkey))
         {
             let Some(m) = mesh.active_member(&p.member_id) else {
                 continue;
@@ -467,6 +491,8 @@ impl Engine {
                 online: live.is_some_and(|l| !l.conns.is_empty()),
                 e2e_multicast: p.e2e_multicast,
                 seen: true,
+                reach: reach(&p.pubkey),
+                last_seen: Some(iso8601(p.last_seen)),
             });
         }
         members.sort_by(|a, b| a.pubkey.cmp(&b.pubkey));
@@ -488,6 +514,17 @@ impl Engine {
         p.status = status;
         if became_idle {
             self.pump(mesh_id, key);
+        }
+    }
+
+    /// Extension `reachability`: how messages reach this presence now.
+    pub(super) fn set_reach(&mut self, mesh_id: &str, key: &str, reach: Reach) {
+        if let Some(p) = self
+            .dir
+            .mesh_mut(mesh_id)
+            .and_then(|m| m.presences.get_mut(key))
+        {
+            p.info.reach = Some(reach);
         }
     }
 

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::peer::Peer;
+use super::peer::{HookInfo, Peer};
 use crate::config::ConfigDir;
 use crate::hook::{HookReply, HookRequest, MAX_REQUEST, descends_from, socket_path};
 
@@ -40,9 +40,39 @@ impl Drop for HookSocket {
     }
 }
 
+fn info(req: &HookRequest) -> HookInfo {
+    HookInfo {
+        transcript: req.transcript_path.as_ref().map(PathBuf::from),
+        human: req.human,
+    }
+}
+
+/// Remove sockets whose Claude Code process is gone (a server that was killed cannot
+/// remove its own). Only `<pid>.sock` names are touched.
+fn remove_stale(run_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".sock"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!(pid, "removing the socket of a session that is gone");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Bind this session's socket, replacing a stale one.
 pub fn bind(config: &ConfigDir, claude_pid: u32) -> anyhow::Result<HookSocket> {
     config.ensure_private_dir(&config.run_dir())?;
+    remove_stale(&config.run_dir());
     let path = socket_path(config, claude_pid);
     match std::fs::remove_file(&path) {
         Ok(()) => tracing::info!(path = %path.display(), "replaced an earlier hook socket"),
@@ -101,7 +131,7 @@ pub async fn serve(socket: HookSocket, peer: Arc<Peer>, claude_pid: u32) {
     }
 }
 
-async fn handle(stream: UnixStream, peer: &Peer) {
+async fn handle(stream: UnixStream, peer: &Arc<Peer>) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     if BufReader::new(read.take(MAX_REQUEST))
@@ -115,8 +145,15 @@ async fn handle(stream: UnixStream, peer: &Peer) {
     let mut shown = Vec::new();
     let reply = match serde_json::from_str::<HookRequest>(&line) {
         Ok(req) => match req.event.as_str() {
+            "session-start" => {
+                peer.session_started(&info(&req)).await;
+                HookReply {
+                    ok: true,
+                    ..HookReply::default()
+                }
+            }
             "prompt-submit" => {
-                let (context, ids) = peer.prompt_submitted().await;
+                let (context, ids) = peer.prompt_submitted(&info(&req)).await;
                 shown = ids;
                 HookReply {
                     ok: true,
@@ -125,7 +162,7 @@ async fn handle(stream: UnixStream, peer: &Peer) {
                 }
             }
             "stop" => {
-                peer.stopped().await;
+                peer.stopped(&info(&req)).await;
                 HookReply {
                     ok: true,
                     ..HookReply::default()

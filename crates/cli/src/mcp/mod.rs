@@ -15,28 +15,30 @@ mod hooks;
 mod peer;
 mod render;
 mod server;
-mod session;
+pub(crate) mod session;
+mod shown;
 mod tools;
+mod transcript;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use claudemesh_client::envelope::Keyring;
-use claudemesh_client::inbox::Inbox;
-use claudemesh_client::{ConnectOptions, Connection, Identity};
 use claudemesh_proto::codes::cap;
 use claudemesh_proto::frames::PresenceInfo;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::{Config, ConfigDir, MeshEntry};
-use peer::{Link, Peer, PeerParts};
-use session::Session;
+use peer::{Peer, Plan, fit};
+use shown::{Channels, Shown};
 
 pub use session::{claude_pid, session_name};
 
 /// Channel notifications queued for the writer before receiving waits.
 const NOTICE_BUFFER: usize = 256;
+/// Claude Code sends SIGKILL 500 ms after SIGINT; leaving takes at most this.
+const LEAVE_WAIT: Duration = Duration::from_millis(80);
 
 /// The project directory of this session: `CLAUDE_PROJECT_DIR`, else the working directory.
 fn project_dir() -> String {
@@ -51,16 +53,6 @@ fn project_dir() -> String {
         .unwrap_or_default()
 }
 
-/// `text` cut to at most `max` bytes at a character boundary: the broker refuses a hello
-/// whose presence fields are longer, and a refused hello would keep the session offline.
-fn fit(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.get(..end).unwrap_or_default().to_owned()
-}
-
 fn hostname() -> Option<String> {
     std::fs::read_to_string("/etc/hostname")
         .ok()
@@ -69,13 +61,14 @@ fn hostname() -> Option<String> {
         .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
 }
 
-/// Whether Claude Code shows channel notifications in this session:
+/// Whether Claude Code was asked to show channel notifications in this session:
 /// `CLAUDEMESH_CHANNELS=on|off` if set (for a `claude` started by hand with the flag
 /// where `/proc` cannot tell); else whether this Claude process is the one
 /// `claudemesh launch` started (`CLAUDEMESH_LAUNCH_PID`, which a nested `claude` inherits
 /// but does not match); else whether its command line has
 /// `--dangerously-load-development-channels server:…claudemesh…`.
-/// When off, messages wait for the prompt hook and `check_messages` instead.
+/// Asked is not granted: Claude Code may drop them (see `shown.rs`), which the
+/// transcript then shows.
 pub fn channels_enabled(claude_pid: u32) -> bool {
     match std::env::var("CLAUDEMESH_CHANNELS").ok().as_deref() {
         Some("on" | "1" | "true") => return true,
@@ -116,10 +109,11 @@ fn meshes(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<MeshEntry>>
     Ok(list)
 }
 
-/// Run the server until Claude Code closes stdin.
+/// Run the server until Claude Code closes stdin or signals it to stop, then leave every
+/// mesh on purpose and remove the hook socket, within Claude Code's 100 ms SIGINT window.
 pub async fn run(dir: ConfigDir, config: Config, only_mesh: Option<String>) -> anyhow::Result<()> {
     let claude = claude_pid();
-    let mut session = Session::open(&dir, &session_name())?;
+    let name = session_name();
     let project = project_dir();
     let repo = std::path::Path::new(&project)
         .file_name()
@@ -127,105 +121,83 @@ pub async fn run(dir: ConfigDir, config: Config, only_mesh: Option<String>) -> a
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "session".into());
     let entries = meshes(&config, only_mesh.as_deref())?;
-    let setup_problem = entries.is_empty().then(|| {
-        "This identity has not joined a mesh yet. The user can run `claudemesh join LINK` (or `claudemesh mesh create NAME --broker URL`) in a terminal, then restart this session's claudemesh server with /mcp.".to_owned()
-    });
-    let channels = channels_enabled(claude);
-    tracing::info!(session = %session.name, channels, meshes = entries.len(), "claudemesh MCP server starting");
+    let channels = if channels_enabled(claude) {
+        Channels::Assumed
+    } else {
+        Channels::Off
+    };
+    let max = claudemesh_proto::limits::MAX_SHORT_TEXT_BYTES;
+    let presence = PresenceInfo {
+        pid: i64::from(claude),
+        cwd: fit(&project, max),
+        hostname: hostname().map(|h| fit(&h, max)),
+        peer_type: Some("ai".into()),
+        channel: Some("claude-code".into()),
+        capabilities: Some(vec![
+            cap::E2E_MULTICAST.into(),
+            cap::LIST_MEMBERS.into(),
+            cap::REACHABILITY.into(),
+        ]),
+        ..PresenceInfo::default()
+    };
+    let resumed = session::Session::exists(&dir, &name);
+    tracing::info!(session = %name, ?channels, resumed, meshes = entries.len(), "claudemesh MCP server starting");
+
+    let (notice_tx, notice_rx) = mpsc::channel(NOTICE_BUFFER);
+    let plan = Plan {
+        dir: dir.clone(),
+        session_name: name,
+        entries,
+        presence,
+        repo,
+    };
+    let shown = Shown::new(channels, shown::max_depth_from_env());
+    let peer = Arc::new(Peer::new(plan, shown, notice_tx));
+    // A session that was a peer before (resumed, or its server restarted) is one at
+    // once, so what was queued for it flows; a new one waits for proof it is real.
+    if resumed && let Err(e) = peer.activate().await {
+        tracing::warn!(error = %e, "the session could not become a peer");
+    }
 
     let mut tasks = JoinSet::new();
-    let mut links = Vec::new();
-    let mut receivers = Vec::new();
-    let member_name = entries
-        .first()
-        .map(|e| e.display_name.clone())
-        .unwrap_or_default();
-    for entry in &entries {
-        let session_key = session.key_for(&entry.mesh_id)?;
-        let max = claudemesh_proto::limits::MAX_SHORT_TEXT_BYTES;
-        let display_name = fit(&format!("{}/{repo}", entry.display_name), max);
-        let mut groups = session.groups();
-        groups.truncate(claudemesh_proto::limits::MAX_GROUPS);
-        let presence = PresenceInfo {
-            display_name: Some(display_name),
-            session_id: fit(&session.name, max),
-            pid: i64::from(claude),
-            cwd: fit(&project, max),
-            hostname: hostname().map(|h| fit(&h, max)),
-            peer_type: Some("ai".into()),
-            channel: Some("claude-code".into()),
-            groups: Some(groups),
-            capabilities: Some(vec![cap::E2E_MULTICAST.into(), cap::LIST_MEMBERS.into()]),
-            ..PresenceInfo::default()
-        };
-        let identity = Identity {
-            mesh_id: entry.mesh_id.clone(),
-            member_id: entry.member_id.clone(),
-            member_key: entry.key()?,
-            session_key: Some(session_key.clone()),
-        };
-        let (conn, pushes) = Connection::spawn(ConnectOptions {
-            url: entry.broker_url.clone(),
-            identity,
-            presence,
-            reconnect: true,
-        });
-        if let Some(summary) = session.summary() {
-            let _ = conn.set_summary(Some(summary)).await;
+    let socket = match hooks::bind(&dir, claude) {
+        Ok(socket) => Some(socket),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "hooks cannot reach this session");
+            None
         }
-        links.push(Link::new(
-            &entry.slug,
-            &entry.mesh_id,
-            &entry.broker_url,
-            conn,
-            Keyring::new(session_key.clone()),
-        ));
-        receivers.push((pushes, Keyring::new(session_key)));
-    }
-
-    let inbox = Inbox::open(&session.inbox_file()).context("opening the session inbox")?;
-    let (notice_tx, notice_rx) = mpsc::channel(NOTICE_BUFFER);
-    let peer = Arc::new(Peer::new(PeerParts {
-        links,
-        default_link: 0,
-        inbox,
-        session,
-        channels,
-        notices: notice_tx,
-        display_name: format!("{member_name}/{repo}"),
-        setup_problem,
-    }));
-    for (i, (pushes, ring)) in receivers.into_iter().enumerate() {
-        tasks.spawn(peer.clone().receive(i, pushes, ring));
-    }
-    match hooks::bind(&dir, claude) {
-        Ok(socket) => {
-            tasks.spawn(hooks::serve(socket, peer.clone(), claude));
-        }
-        Err(e) => tracing::warn!(error = %format!("{e:#}"), "hooks cannot reach this session"),
+    };
+    let socket_path = socket.as_ref().map(|s| s.path.clone());
+    tracing::debug!(socket = ?socket_path, "hook socket");
+    if let Some(socket) = socket {
+        tasks.spawn(hooks::serve(socket, peer.clone(), claude));
     }
 
     let (handler, initialized) = server::Handler::new(peer.clone());
-    let running = rmcp::serve_server(handler, rmcp::transport::stdio())
-        .await
-        .context("the MCP client did not initialize")?;
-    tasks.spawn(server::write_notices(
-        running.peer().clone(),
-        peer.clone(),
-        initialized,
-        notice_rx,
-    ));
-    // Claude Code closes stdin when the session ends; SIGTERM/SIGINT end it too.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
-    tokio::select! {
-        ended = running.waiting() => tracing::info!(?ended, "MCP client disconnected; closing"),
-        _ = term.recv() => tracing::info!("SIGTERM; closing"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT; closing"),
+    let running = tokio::select! {
+        r = rmcp::serve_server(handler, rmcp::transport::stdio()) => Some(r.context("the MCP client did not initialize")?),
+        _ = term.recv() => None,
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    if let Some(running) = running {
+        tasks.spawn(server::write_notices(
+            running.peer().clone(),
+            peer.clone(),
+            initialized,
+            notice_rx,
+        ));
+        // Claude Code closes stdin when the session ends, after SIGINT/SIGTERM.
+        tokio::select! {
+            ended = running.waiting() => tracing::info!(?ended, "MCP client disconnected; closing"),
+            _ = term.recv() => tracing::info!("SIGTERM; closing"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT; closing"),
+        }
     }
-    for link in peer.links() {
-        link.conn.close().await;
-    }
-    tasks.shutdown().await;
+    peer.leave(LEAVE_WAIT).await;
+    // Dropping the hook task removes the socket (unless a newer server replaced it).
+    let _ = tokio::time::timeout(Duration::from_millis(20), tasks.shutdown()).await;
+    drop(socket_path);
     Ok(())
 }

@@ -3,23 +3,36 @@
 //! sent; it receives, verifies, dedupes and acks every push; and it decides what reaches
 //! Claude and how (a channel notification, a hook's added context, or `check_messages`).
 //!
+//! A session becomes a peer only when it is used for real (a hook of its Claude Code
+//! session, or a tool call), or when it already was one (a resumed session): until then
+//! nothing is written under `sessions/` and nothing connects, so the processes that
+//! Claude Code only starts to probe (`claude mcp list`, `claude doctor`, inspectors)
+//! leave no identity and no presence behind. See [`Peer::activate`].
+//!
 //! Every method returns text written for a model to read: short, specific, and saying
 //! what to do next when something is wrong. What it must not do: write to stdout (the
 //! MCP server owns it), log message text, or show a message that failed verification.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use claudemesh_client::envelope::Keyring;
+use claudemesh_client::envelope::{Body, Keyring};
 use claudemesh_client::inbox::{Inbox, Kind, Record};
-use claudemesh_client::{ConnectError, Connection, Delivery, SendError, State, Target, messaging};
-use claudemesh_proto::frames::{GroupRef, Priority, Push, Status};
+use claudemesh_client::{
+    ConnectError, ConnectOptions, Connection, Delivery, Identity, SendError, State, Target,
+    messaging,
+};
+use claudemesh_proto::frames::{GroupRef, PresenceInfo, Priority, Push, Status};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use super::render;
 use super::session::Session;
+use super::shown::{CONFIRM_WAIT, Confirmed, Shown};
+use crate::config::{ConfigDir, MeshEntry};
 use crate::resolve::{self, Candidate};
 
 /// How long a tool waits for a connection that is still (re)connecting.
@@ -114,27 +127,56 @@ struct Sent {
 /// A message to push into the session as a channel notification.
 #[derive(Debug)]
 pub struct Notice {
-    /// The broker message id: marked read once the notification is written.
+    /// The broker message id: read once the transcript confirms the notification.
     pub message_id: String,
     pub content: String,
     pub meta: serde_json::Map<String, serde_json::Value>,
+    /// The message's causal depth (the loop guard).
+    pub depth: u32,
+}
+
+/// What a hook of this session tells the server besides its event.
+#[derive(Debug, Clone, Default)]
+pub struct HookInfo {
+    /// Claude Code's transcript of the session (evidence of channel events).
+    pub transcript: Option<PathBuf>,
+    /// The prompt was typed by a person (not injected by a channel event).
+    pub human: bool,
+}
+
+/// Everything needed to become a peer, kept until the session is used for real.
+pub struct Plan {
+    pub dir: ConfigDir,
+    pub session_name: String,
+    pub entries: Vec<MeshEntry>,
+    /// What every mesh's hello announces (display name and groups are set per mesh).
+    pub presence: PresenceInfo,
+    /// The project directory's name, for `member/repo` display names.
+    pub repo: String,
+}
+
+/// The parts that exist once the session is a peer.
+struct Active {
+    links: Vec<Link>,
+    inbox: Mutex<Inbox>,
+    session: Mutex<Session>,
 }
 
 /// The session peer.
 pub struct Peer {
-    links: Vec<Link>,
+    plan: Plan,
+    active: OnceLock<Active>,
+    /// Serializes activation (two tool calls at once activate once).
+    activating: tokio::sync::Mutex<()>,
+    /// The receive loops, started on activation; shut down with the server.
+    tasks: Mutex<JoinSet<()>>,
     /// The link `*`/`@group` and unresolvable names go to when several meshes are joined.
     default_link: usize,
-    inbox: Mutex<Inbox>,
-    session: Mutex<Session>,
     sent: Mutex<VecDeque<Sent>>,
     /// Messages that failed verification since the last `check_messages`.
     rejected: AtomicU64,
-    /// Messages handed to the notification writer and not written yet: unread, but not
-    /// offered anywhere else meanwhile.
-    notifying: Mutex<HashSet<String>>,
-    /// Whether Claude Code shows channel notifications in this session.
-    pub channels: bool,
+    /// What the model has been shown, channel state, causal depth.
+    pub shown: Shown,
     notices: mpsc::Sender<Notice>,
     /// The session's display name (member name / project directory).
     pub display_name: String,
@@ -152,49 +194,162 @@ fn now_ms() -> i64 {
 /// The outcome of a tool: text for the model, and whether it is an error.
 pub type ToolResult = Result<String, String>;
 
-/// Everything [`Peer::new`] needs.
-pub struct PeerParts {
-    pub links: Vec<Link>,
-    pub default_link: usize,
-    pub inbox: Inbox,
-    pub session: Session,
-    pub channels: bool,
-    pub notices: mpsc::Sender<Notice>,
-    pub display_name: String,
-    pub setup_problem: Option<String>,
+/// `text` cut to at most `max` bytes at a character boundary: the broker refuses a hello
+/// whose presence fields are longer, and a refused hello would keep the session offline.
+pub fn fit(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default().to_owned()
 }
 
 impl Peer {
-    pub fn new(parts: PeerParts) -> Self {
+    pub fn new(plan: Plan, shown: Shown, notices: mpsc::Sender<Notice>) -> Self {
+        let member_name = plan
+            .entries
+            .first()
+            .map(|e| e.display_name.clone())
+            .unwrap_or_default();
+        let setup_problem = plan.entries.is_empty().then(|| {
+            "This identity has not joined a mesh yet. The user can run `claudemesh join LINK` (or `claudemesh mesh create NAME --broker URL`) in a terminal, then restart this session's claudemesh server with /mcp.".to_owned()
+        });
         Self {
-            links: parts.links,
-            default_link: parts.default_link,
-            inbox: Mutex::new(parts.inbox),
-            session: Mutex::new(parts.session),
+            display_name: format!("{member_name}/{}", plan.repo),
+            plan,
+            active: OnceLock::new(),
+            activating: tokio::sync::Mutex::new(()),
+            tasks: Mutex::new(JoinSet::new()),
+            default_link: 0,
             sent: Mutex::new(VecDeque::new()),
             rejected: AtomicU64::new(0),
-            notifying: Mutex::new(HashSet::new()),
-            channels: parts.channels,
-            notices: parts.notices,
-            display_name: parts.display_name,
-            setup_problem: parts.setup_problem,
+            shown,
+            notices,
+            setup_problem,
         }
+    }
+
+    /// Become a peer: open (or create) the session identity, connect to every mesh and
+    /// start receiving. Idempotent; the first call does the work.
+    pub async fn activate(self: &Arc<Self>) -> Result<(), String> {
+        if self.active.get().is_some() {
+            return Ok(());
+        }
+        let _one = self.activating.lock().await;
+        if self.active.get().is_some() {
+            return Ok(());
+        }
+        let (active, receivers) = self.connect_all().map_err(|e| {
+            tracing::warn!(error = %format!("{e:#}"), "cannot open the session");
+            format!("claudemesh cannot open this session's identity: {e:#}. The user can run `claudemesh doctor`.")
+        })?;
+        let summary = active.session.lock().ok().and_then(|s| s.summary());
+        let _ = self.active.set(active);
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for (i, (pushes, ring)) in receivers.into_iter().enumerate() {
+                tasks.spawn(self.clone().receive(i, pushes, ring));
+            }
+            if summary.is_some() {
+                let conns: Vec<Connection> = self.links().iter().map(|l| l.conn.clone()).collect();
+                tasks.spawn(async move {
+                    for conn in conns {
+                        let _ = conn.set_summary(summary.clone()).await;
+                    }
+                });
+            }
+        }
+        tracing::info!(session = %self.plan.session_name, "the session is a peer now");
+        Ok(())
+    }
+
+    /// Whether this session is a peer yet.
+    pub fn is_active(&self) -> bool {
+        self.active.get().is_some()
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn connect_all(&self) -> anyhow::Result<(Active, Vec<(mpsc::Receiver<Push>, Keyring)>)> {
+        let plan = &self.plan;
+        let mut session = Session::open(&plan.dir, &plan.session_name)?;
+        let inbox = Inbox::open(&session.inbox_file())?;
+        let max = claudemesh_proto::limits::MAX_SHORT_TEXT_BYTES;
+        let mut links = Vec::new();
+        let mut receivers = Vec::new();
+        for entry in &plan.entries {
+            let session_key = session.key_for(&entry.mesh_id)?;
+            let mut groups = session.groups();
+            groups.truncate(claudemesh_proto::limits::MAX_GROUPS);
+            let mut presence = plan.presence.clone();
+            presence.display_name =
+                Some(fit(&format!("{}/{}", entry.display_name, plan.repo), max));
+            presence.session_id = fit(&session.name, max);
+            presence.groups = Some(groups);
+            presence.reach = Some(self.shown.channels().reach());
+            let identity = Identity {
+                mesh_id: entry.mesh_id.clone(),
+                member_id: entry.member_id.clone(),
+                member_key: entry.key()?,
+                session_key: Some(session_key.clone()),
+            };
+            let (conn, pushes) = Connection::spawn(ConnectOptions {
+                url: entry.broker_url.clone(),
+                identity,
+                presence,
+                reconnect: true,
+            });
+            links.push(Link::new(
+                &entry.slug,
+                &entry.mesh_id,
+                &entry.broker_url,
+                conn,
+                Keyring::new(session_key.clone()),
+            ));
+            receivers.push((pushes, Keyring::new(session_key)));
+        }
+        let active = Active {
+            links,
+            inbox: Mutex::new(inbox),
+            session: Mutex::new(session),
+        };
+        Ok((active, receivers))
     }
 
     pub fn links(&self) -> &[Link] {
-        &self.links
+        self.active
+            .get()
+            .map(|a| a.links.as_slice())
+            .unwrap_or_default()
     }
 
-    fn no_mesh(&self) -> Result<(), String> {
-        match &self.setup_problem {
-            Some(p) if self.links.is_empty() => Err(p.clone()),
-            _ => Ok(()),
+    /// Leave every mesh on purpose (a close frame each, so peers hear `peer_left` at once)
+    /// and stop the receive loops; gives up after `wait`.
+    pub async fn leave(&self, wait: Duration) {
+        let close = async {
+            for link in self.links() {
+                link.conn.close().await;
+            }
+            for link in self.links() {
+                link.conn.closed().await;
+            }
+        };
+        let _ = tokio::time::timeout(wait, close).await;
+        let tasks = self.tasks.lock().map(|mut t| std::mem::take(&mut *t));
+        if let Ok(mut tasks) = tasks {
+            tasks.abort_all();
         }
+    }
+
+    /// Activate for a tool call and check there is a mesh to act on.
+    async fn ready_for_tools(self: &Arc<Self>) -> Result<(), String> {
+        if let Some(p) = &self.setup_problem {
+            return Err(p.clone());
+        }
+        self.activate().await
     }
 
     /// The link for an explicit `mesh` argument.
     fn link_named(&self, mesh: &str) -> Result<usize, String> {
-        self.links
+        self.links()
             .iter()
             .position(|l| l.slug.eq_ignore_ascii_case(mesh) || l.mesh_id == mesh)
             .ok_or_else(|| {
@@ -206,11 +361,17 @@ impl Peer {
     }
 
     fn mesh_names(&self) -> String {
-        self.links
+        self.links()
             .iter()
             .map(|l| l.slug.as_str())
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    fn with_inbox<T>(&self, f: impl FnOnce(&mut Inbox) -> T) -> Option<T> {
+        let active = self.active.get()?;
+        let mut inbox = active.inbox.lock().ok()?;
+        Some(f(&mut inbox))
     }
 
     // ------------------------------------------------------------ receiving
@@ -223,7 +384,7 @@ impl Peer {
         mut pushes: mpsc::Receiver<Push>,
         mut ring: Keyring,
     ) {
-        let Some(link) = self.links.get(index) else {
+        let Some(link) = self.links().get(index) else {
             return;
         };
         while let Some(mut push) = pushes.recv().await {
@@ -233,9 +394,10 @@ impl Peer {
             if push.sender_name.is_none() {
                 push.sender_name = link.name_of(&push.sender_pubkey).await;
             }
-            let recorded = match self.inbox.lock() {
-                Ok(mut inbox) => messaging::receive(&mut ring, &push, &mut inbox),
-                Err(_) => continue,
+            let Some(recorded) =
+                self.with_inbox(|inbox| messaging::receive(&mut ring, &push, inbox))
+            else {
+                continue;
             };
             match recorded {
                 Ok(Some(record)) => self.arrived(index, record).await,
@@ -253,68 +415,91 @@ impl Peer {
     }
 
     /// A new message was recorded: push it into the session when that is how it should
-    /// surface (channels on, not `low`); otherwise it waits, unread.
+    /// surface (channels not known to be dropped, not `low`); otherwise it waits, unread.
+    /// A push stays unread until the transcript confirms it (see `shown.rs`).
     async fn arrived(&self, index: usize, record: Record) {
         if record.kind == Kind::Rejected {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if !self.channels || record.priority == Priority::Low.as_str() {
+        if record.priority == Priority::Low.as_str() || !self.shown.start_push(&record.message_id) {
             return;
         }
         let notice = render::notice(&record, self.slug(index));
-        if let Ok(mut set) = self.notifying.lock() {
-            set.insert(record.message_id.clone());
-        }
         if self.notices.send(notice).await.is_err() {
-            self.notified(&record.message_id, false);
+            self.notified(&record.message_id, false, record.depth);
         }
     }
 
-    /// The writer is done with a notice: written (`shown`, so read now) or not (it
-    /// stays unread for the prompt hook and `check_messages`).
-    pub fn notified(&self, message_id: &str, shown: bool) {
-        if let Ok(mut set) = self.notifying.lock() {
-            set.remove(message_id);
-        }
-        if shown {
-            self.mark_read(&[message_id.to_owned()]);
+    /// The writer is done with a notice: written (it awaits confirmation) or not (it is
+    /// offered at the next prompt and by `check_messages`).
+    pub fn notified(&self, message_id: &str, written: bool, depth: u32) {
+        self.shown.written(message_id, written, depth);
+    }
+
+    /// Before showing messages (a prompt, `check_messages`): decide every push, waiting
+    /// at most [`CONFIRM_WAIT`] for one just written to appear in the transcript, so a
+    /// dropped push is shown now and a live one is never shown twice.
+    async fn settle(&self) {
+        let deadline = Instant::now() + CONFIRM_WAIT + Duration::from_millis(100);
+        loop {
+            self.confirm().await;
+            if !self.shown.unsettled() || Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// Unread messages of every mesh, oldest first, with the index of their link;
-    /// not those on their way to the notification writer.
-    fn unread(&self) -> Vec<(usize, Record)> {
-        let pending: HashSet<String> = self.notifying.lock().map(|s| s.clone()).unwrap_or_default();
-        let Ok(inbox) = self.inbox.lock() else {
-            return Vec::new();
-        };
-        let mut all = Vec::new();
-        for (i, link) in self.links.iter().enumerate() {
-            if let Ok(records) = inbox.unread(&link.mesh_id) {
-                all.extend(
-                    records
-                        .into_iter()
-                        .filter(|r| r.kind != Kind::System && !pending.contains(&r.message_id))
-                        .map(|r| (i, r)),
-                );
+    /// Look for evidence of pushes in the transcript: confirmed ones are read now; if
+    /// channels turned out to be dropped, peers are told how messages reach us instead.
+    async fn confirm(&self) {
+        let Confirmed { shown, dropped_now } = self.shown.confirm();
+        self.mark_read(&shown);
+        if dropped_now {
+            let reach = self.shown.channels().reach();
+            for link in self.links() {
+                let _ = link.conn.set_reach(reach).await;
             }
         }
-        all.sort_by_key(|(_, r)| r.received_at);
-        all
+    }
+
+    /// Unread messages of every mesh, oldest first, with the index of their link; not
+    /// pushes still awaiting confirmation.
+    fn unread(&self) -> Vec<(usize, Record)> {
+        let links = self.links();
+        self.with_inbox(|inbox| {
+            let mut all = Vec::new();
+            for (i, link) in links.iter().enumerate() {
+                if let Ok(records) = inbox.unread(&link.mesh_id) {
+                    all.extend(
+                        records
+                            .into_iter()
+                            .filter(|r| {
+                                r.kind != Kind::System && !self.shown.in_flight(&r.message_id)
+                            })
+                            .map(|r| (i, r)),
+                    );
+                }
+            }
+            all.sort_by_key(|(_, r)| r.received_at);
+            all
+        })
+        .unwrap_or_default()
     }
 
     /// Mark these messages as shown to Claude.
     pub fn mark_read(&self, message_ids: &[String]) {
-        if let Ok(mut inbox) = self.inbox.lock()
-            && let Err(e) = inbox.mark_read(message_ids)
-        {
+        if message_ids.is_empty() {
+            return;
+        }
+        if let Some(Err(e)) = self.with_inbox(|inbox| inbox.mark_read(message_ids)) {
             tracing::warn!(error = %e, "could not mark messages read");
         }
     }
 
     fn slug(&self, index: usize) -> &str {
-        self.links
+        self.links()
             .get(index)
             .map(|l| l.slug.as_str())
             .unwrap_or_default()
@@ -323,8 +508,9 @@ impl Peer {
     // ------------------------------------------------------------ tools
 
     /// `check_messages`: everything not yet shown, `low` included, as much as fits.
-    pub fn check_messages(&self) -> ToolResult {
-        self.no_mesh()?;
+    pub async fn check_messages(self: &Arc<Self>) -> ToolResult {
+        self.ready_for_tools().await?;
+        self.settle().await;
         let unread = self.unread();
         let rejected = self.rejected.swap(0, Ordering::Relaxed);
         let list: Vec<(&str, &Record)> = unread.iter().map(|(i, r)| (self.slug(*i), r)).collect();
@@ -343,21 +529,27 @@ impl Peer {
             .map(|(_, r)| r.message_id.clone())
             .collect();
         self.mark_read(&ids);
+        self.shown
+            .shown_to_model(list.iter().take(shown).map(|(_, r)| r.depth));
         Ok(text)
     }
 
     /// `list_peers`: who is online, per mesh (a mesh whose broker is unreachable says
     /// so and does not hide the others).
-    pub async fn list_peers(&self, mesh: Option<&str>) -> ToolResult {
-        self.no_mesh()?;
+    pub async fn list_peers(self: &Arc<Self>, mesh: Option<&str>) -> ToolResult {
+        self.ready_for_tools().await?;
+        self.confirm().await;
         let indexes: Vec<usize> = match mesh {
             Some(m) => vec![self.link_named(m)?],
-            None => (0..self.links.len()).collect(),
+            None => (0..self.links().len()).collect(),
         };
-        let mut sections = Vec::new();
+        let mut sections = vec![format!(
+            "How messages reach this session: {}.",
+            self.shown.channels().describe()
+        )];
         let mut failures = 0;
         for i in &indexes {
-            let Some(link) = self.links.get(*i) else {
+            let Some(link) = self.links().get(*i) else {
                 continue;
             };
             let listed = match link.ready().await {
@@ -386,18 +578,19 @@ impl Peer {
 
     /// `send_message`.
     pub async fn send_message(
-        &self,
+        self: &Arc<Self>,
         to: &str,
         text: &str,
         priority: Priority,
         mesh: Option<&str>,
     ) -> ToolResult {
-        self.no_mesh()?;
+        self.ready_for_tools().await?;
         if text.trim().is_empty() {
             return Err("The message is empty; nothing was sent.".into());
         }
+        let depth = self.shown.send_depth()?;
         let (index, target, who) = self.resolve_target(to, mesh).await?;
-        let Some(link) = self.links.get(index) else {
+        let Some(link) = self.links().get(index) else {
             return Err("No mesh to send to.".into());
         };
         let report = {
@@ -407,7 +600,7 @@ impl Peer {
                 &mut ring,
                 &link.mesh_id,
                 &target,
-                text,
+                Body { text, depth },
                 priority,
             )
             .await
@@ -461,14 +654,14 @@ impl Peer {
         let multicast = to == "*" || to.starts_with('@');
         let indexes: Vec<usize> = match mesh {
             Some(m) => vec![self.link_named(m)?],
-            None if multicast || self.links.len() == 1 => vec![self.default_link],
-            None => (0..self.links.len()).collect(),
+            None if multicast || self.links().len() == 1 => vec![self.default_link],
+            None => (0..self.links().len()).collect(),
         };
         let single = indexes.len() == 1;
         let mut found = Vec::new();
         let mut errors = Vec::new();
         for i in indexes {
-            let Some(link) = self.links.get(i) else {
+            let Some(link) = self.links().get(i) else {
                 continue;
             };
             if let Err(e) = link.ready().await {
@@ -507,8 +700,8 @@ impl Peer {
     }
 
     /// `set_summary`: on every mesh, remembered for a restart of this session.
-    pub async fn set_summary(&self, summary: &str) -> ToolResult {
-        self.no_mesh()?;
+    pub async fn set_summary(self: &Arc<Self>, summary: &str) -> ToolResult {
+        self.ready_for_tools().await?;
         let summary = summary.trim();
         if summary.len() > claudemesh_proto::limits::MAX_SUMMARY_BYTES {
             return Err(format!(
@@ -518,7 +711,7 @@ impl Peer {
             ));
         }
         let value = (!summary.is_empty()).then(|| summary.to_owned());
-        for link in &self.links {
+        for link in self.links() {
             link.conn
                 .set_summary(value.clone())
                 .await
@@ -533,8 +726,8 @@ impl Peer {
     }
 
     /// `set_status`.
-    pub async fn set_status(&self, status: Status) -> ToolResult {
-        self.no_mesh()?;
+    pub async fn set_status(self: &Arc<Self>, status: Status) -> ToolResult {
+        self.ready_for_tools().await?;
         self.status_everywhere(status, CONNECT_WAIT).await;
         Ok(format!(
             "Status set to {}{}.{}",
@@ -551,7 +744,7 @@ impl Peer {
     /// applied when the connection is back.
     fn offline_note(&self) -> String {
         let down: Vec<&str> = self
-            .links
+            .links()
             .iter()
             .filter(|l| !matches!(l.conn.state(), State::Connected { .. }))
             .map(|l| l.slug.as_str())
@@ -567,7 +760,7 @@ impl Peer {
     }
 
     async fn status_everywhere(&self, status: Status, wait: Duration) {
-        for link in &self.links {
+        for link in self.links() {
             if tokio::time::timeout(wait, link.conn.set_status(status))
                 .await
                 .is_err()
@@ -578,8 +771,13 @@ impl Peer {
     }
 
     /// `join_group` / `leave_group`: on every mesh, remembered for a restart.
-    pub async fn group(&self, name: &str, role: Option<String>, join: bool) -> ToolResult {
-        self.no_mesh()?;
+    pub async fn group(
+        self: &Arc<Self>,
+        name: &str,
+        role: Option<String>,
+        join: bool,
+    ) -> ToolResult {
+        self.ready_for_tools().await?;
         let name = name.trim().trim_start_matches('@');
         let limit = claudemesh_proto::limits::MAX_SHORT_TEXT_BYTES;
         if name.is_empty() || name.len() > limit || role.as_ref().is_some_and(|r| r.len() > limit) {
@@ -587,14 +785,18 @@ impl Peer {
                 "Give a group name like backend (without @), and a role of at most {limit} bytes."
             ));
         }
-        let current = self.session.lock().map(|s| s.groups()).unwrap_or_default();
+        let current = self
+            .active
+            .get()
+            .and_then(|a| a.session.lock().ok().map(|s| s.groups()))
+            .unwrap_or_default();
         let max = claudemesh_proto::limits::MAX_GROUPS;
         if join && !current.iter().any(|g| g.name == name) && current.len() >= max {
             return Err(format!(
                 "This session is already in {max} groups, the most a peer may join; leave one first."
             ));
         }
-        for link in &self.links {
+        for link in self.links() {
             let r = if join {
                 link.conn.join_group(name, role.clone()).await
             } else {
@@ -620,7 +822,7 @@ impl Peer {
     }
 
     fn remember(&self, change: impl FnOnce(&mut Option<String>, &mut Vec<GroupRef>)) {
-        if let Ok(mut session) = self.session.lock() {
+        if let Some(Ok(mut session)) = self.active.get().map(|a| a.session.lock()) {
             let (mut summary, mut groups) = (session.summary(), session.groups());
             change(&mut summary, &mut groups);
             if let Err(e) = session.remember(summary, groups) {
@@ -631,8 +833,8 @@ impl Peer {
 
     /// `message_status`: per recipient of a message this session sent (the last one by
     /// default; an id prefix is enough for one sent in this process).
-    pub async fn message_status(&self, message_id: Option<&str>) -> ToolResult {
-        self.no_mesh()?;
+    pub async fn message_status(self: &Arc<Self>, message_id: Option<&str>) -> ToolResult {
+        self.ready_for_tools().await?;
         let wanted = message_id.map(str::trim).filter(|s| !s.is_empty());
         let found = self.sent.lock().ok().and_then(|sent| {
             sent.iter()
@@ -651,7 +853,7 @@ impl Peer {
             (None, Some(id)) => (vec![id.to_owned()], self.default_link, None),
             (None, None) => return Err("This session has not sent a message yet.".into()),
         };
-        let Some(link) = self.links.get(index) else {
+        let Some(link) = self.links().get(index) else {
             return Err("No mesh.".into());
         };
         link.ready().await?;
@@ -680,10 +882,32 @@ impl Peer {
 
     // ------------------------------------------------------------ hooks
 
+    /// A hook of this session ran: the session is real (activate it) and its transcript
+    /// is where channel events show up.
+    async fn hooked(self: &Arc<Self>, info: &HookInfo) {
+        if let Some(path) = &info.transcript {
+            self.shown.set_transcript(path.clone());
+        }
+        if self.setup_problem.is_none() && self.activate().await.is_ok() {
+            self.confirm().await;
+        }
+    }
+
+    /// The session-start hook: Claude Code started (or resumed, cleared, compacted) a
+    /// real session, so it becomes a peer now, before its first prompt.
+    pub async fn session_started(self: &Arc<Self>, info: &HookInfo) {
+        self.hooked(info).await;
+    }
+
     /// The prompt hook: the session is working now; unread `now`/`next` messages that fit
     /// Claude Code's context limit become context for this turn, and `low` ones are only
     /// counted. Returns the text and the ids it shows, to mark read once it is delivered.
-    pub async fn prompt_submitted(&self) -> (String, Vec<String>) {
+    pub async fn prompt_submitted(self: &Arc<Self>, info: &HookInfo) -> (String, Vec<String>) {
+        self.hooked(info).await;
+        if info.human {
+            self.shown.human_prompt();
+        }
+        self.settle().await;
         self.status_everywhere(Status::Working, HOOK_WAIT).await;
         let unread = self.unread();
         let (low, urgent): (Vec<_>, Vec<_>) = unread
@@ -712,17 +936,30 @@ impl Peer {
             .take(shown)
             .map(|(_, r)| r.message_id.clone())
             .collect();
+        if !info.human {
+            self.shown
+                .shown_to_model(list.iter().take(shown).map(|(_, r)| r.depth));
+        }
         (context, ids)
     }
 
     /// The stop hook: the session is idle, so held messages may come.
-    pub async fn stopped(&self) {
+    pub async fn stopped(self: &Arc<Self>, info: &HookInfo) {
+        self.hooked(info).await;
         self.status_everywhere(Status::Idle, HOOK_WAIT).await;
     }
 
-    /// One line per mesh on the connection, for the log and `doctor`.
+    /// One line per mesh on the connection, then how messages reach the session, for
+    /// the log and `doctor`.
     pub fn connection_report(&self) -> Vec<String> {
-        self.links
+        if !self.is_active() {
+            return vec![
+                "not a peer yet: it becomes one at the session's first hook or tool call".into(),
+                format!("delivery: {}", self.shown.channels().describe()),
+            ];
+        }
+        let mut lines: Vec<String> = self
+            .links()
             .iter()
             .map(|l| {
                 let state = match l.conn.state() {
@@ -737,6 +974,8 @@ impl Peer {
                 };
                 format!("{}: {state}", l.slug)
             })
-            .collect()
+            .collect();
+        lines.push(format!("delivery: {}", self.shown.channels().describe()));
+        lines
     }
 }

@@ -7,10 +7,11 @@
 //! header that says who wrote it.
 
 use claudemesh_client::inbox::{Kind, Record};
-use claudemesh_proto::frames::{DeliveryState, MessageStatusReply, PeerInfo};
+use claudemesh_proto::frames::{DeliveryState, MessageStatusReply, PeerInfo, Reach};
 use serde_json::{Map, Value};
 
 use super::peer::Notice;
+use super::shown::DEEP;
 
 /// Claude Code caps hook context at 10 000 characters; stay under it.
 pub const HOOK_BUDGET: usize = 9_000;
@@ -111,10 +112,35 @@ pub fn notice(r: &Record, mesh: &str) -> Notice {
         put("to", to);
     }
     put("sent_at", line(&r.created_at));
+    if r.depth > 0 {
+        put("depth", r.depth.to_string());
+    }
     Notice {
         message_id: r.message_id.clone(),
         content: body(r.text.as_deref().unwrap_or_default()),
         meta,
+        depth: r.depth,
+    }
+}
+
+/// A mark on messages deep in an exchange between agents (the loop guard).
+fn depth_note(depth: u32) -> String {
+    if depth >= DEEP {
+        format!(
+            " · depth {depth}: agents have been answering each other with no person in between; consider asking your user before replying"
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// How a message reaches a peer now, in words.
+pub fn reach(r: Option<Reach>) -> &'static str {
+    match r {
+        Some(Reach::Live) => "reached live",
+        Some(Reach::NextPrompt) => "reached at its next prompt",
+        Some(Reach::Queued) => "queued until it returns",
+        None => "reach unknown",
     }
 }
 
@@ -136,6 +162,7 @@ fn entry(n: usize, mesh: &str, r: &Record) -> String {
         when(&r.created_at),
         line(&r.message_id),
     );
+    out.push_str(&depth_note(r.depth));
     for text_line in body(r.text.as_deref().unwrap_or_default()).lines() {
         out.push_str("\n   ");
         out.push_str(text_line);
@@ -216,9 +243,10 @@ pub fn peers(mesh: &str, me: &str, list: &[PeerInfo]) -> String {
             format!(" · {}", names.join(" "))
         };
         out.push_str(&format!(
-            "\n- {}{you}: {}{summary} · {kind}{groups}{place} · key {}",
+            "\n- {}{you}: {}{summary} · {kind}{groups}{place} · {} · key {}",
             line(&p.display_name),
             p.status.as_str(),
+            reach(p.reach),
             short_id(&p.pubkey)
         ));
     }
@@ -278,6 +306,7 @@ mod tests {
             text: Some(text.into()),
             reason: None,
             envelope_id: None,
+            depth: 0,
         }
     }
 

@@ -108,7 +108,7 @@ impl ServerHandler for Handler {
 }
 
 /// Write each notice as a channel notification, once the client has said `initialized`,
-/// and tell the peer which were written (read now) and which were not (still unread).
+/// and tell the peer which were written (awaiting confirmation) and which were not.
 /// Ends when the notices end or the client is gone.
 pub async fn write_notices(
     client: McpPeer<RoleServer>,
@@ -123,7 +123,7 @@ pub async fn write_notices(
             let sent = client
                 .send_notification(ServerNotification::CustomNotification(n))
                 .await;
-            peer.notified(&notice.message_id, sent.is_ok());
+            peer.notified(&notice.message_id, sent.is_ok(), notice.depth);
             if let Err(e) = sent {
                 tracing::warn!(error = %e, "the MCP client is gone; stopping notifications");
                 break;
@@ -133,7 +133,7 @@ pub async fn write_notices(
     // Whatever was not written stays unread for the hook and check_messages.
     notices.close();
     while let Ok(notice) = notices.try_recv() {
-        peer.notified(&notice.message_id, false);
+        peer.notified(&notice.message_id, false, notice.depth);
     }
 }
 

@@ -237,6 +237,69 @@ impl Session {
     }
 }
 
+/// A session identity kept on this machine, as `claudemesh sessions` lists it.
+#[derive(Debug, Clone)]
+pub struct Local {
+    pub name: String,
+    pub dir: PathBuf,
+    /// Mesh id → this session's public key there (hex).
+    pub keys: BTreeMap<String, String>,
+    pub last_used: i64,
+    /// A live `claudemesh mcp` holds its lock.
+    pub running: bool,
+}
+
+impl Session {
+    /// Whether session `name` was a peer before (its identity exists on disk).
+    pub fn exists(config: &ConfigDir, name: &str) -> bool {
+        std::fs::read(config.sessions_dir().join(name).join("session.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Stored>(&b).ok())
+            .is_some_and(|s| !s.keys.is_empty())
+    }
+
+    /// Every session identity under `config`, most recently used first.
+    pub fn list(config: &ConfigDir) -> Vec<Local> {
+        let Ok(entries) = std::fs::read_dir(config.sessions_dir()) else {
+            return Vec::new();
+        };
+        let mut all: Vec<Local> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let dir = entry.path();
+                let stored: Stored =
+                    serde_json::from_slice(&std::fs::read(dir.join("session.json")).ok()?).ok()?;
+                let keys = stored
+                    .keys
+                    .iter()
+                    .filter_map(|(mesh, hex)| {
+                        Some((
+                            mesh.clone(),
+                            SecretKey::from_sk64_hex(hex).ok()?.public().to_hex(),
+                        ))
+                    })
+                    .collect();
+                Some(Local {
+                    name: entry.file_name().to_string_lossy().into_owned(),
+                    running: locked(&dir),
+                    dir,
+                    keys,
+                    last_used: stored.last_used,
+                })
+            })
+            .collect();
+        all.sort_by_key(|l| std::cmp::Reverse(l.last_used));
+        all
+    }
+}
+
+/// Whether a live process holds the session lock in `dir`.
+fn locked(dir: &Path) -> bool {
+    std::fs::File::open(dir.join("session.lock"))
+        .map(|f| f.try_lock().is_err())
+        .unwrap_or(false)
+}
+
 /// Remove session directories unused for longer than [`PRUNE_AFTER_MS`] (not `keep`,
 /// and not one whose lock is held by a live process).
 fn prune(root: &Path, keep: &str) {
@@ -258,10 +321,7 @@ fn prune(root: &Path, keep: &str) {
         if now - last_used < PRUNE_AFTER_MS {
             continue;
         }
-        let busy = std::fs::File::open(dir.join("session.lock"))
-            .map(|f| f.try_lock().is_err())
-            .unwrap_or(false);
-        if !busy {
+        if !locked(&dir) {
             tracing::info!(session = ?name, "removing a session unused for over 8 days");
             let _ = std::fs::remove_dir_all(&dir);
         }

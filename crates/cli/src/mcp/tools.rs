@@ -116,7 +116,7 @@ pub async fn call(peer: &Arc<Peer>, name: &str, args: &JsonObject) -> Option<Too
             Err(e) => Err(e),
         },
         "send_message" => send(peer, args).await,
-        "check_messages" => peer.check_messages(),
+        "check_messages" => peer.check_messages().await,
         "set_summary" => match text(args, "summary") {
             Ok(s) => peer.set_summary(s).await,
             Err(e) => Err(e),

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{GroupRef, Priority, ReqId, Status};
+use super::{GroupRef, Priority, Reach, ReqId, Status};
 
 /// Every frame the broker may send.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,6 +17,8 @@ pub enum BrokerFrame {
     MembersList(MembersList),
     /// Extension `message-status`: the reply to a `message_status` request.
     MessageStatus(MessageStatusReply),
+    /// Extension `session-retire`: the reply to `retire_sessions`.
+    SessionsRetired(SessionsRetired),
 }
 
 /// Reply to a successful `hello` / `session_hello`.
@@ -161,6 +163,9 @@ pub struct PeerInfo {
     pub channel: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Extension `reachability`: how a message reaches this peer now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reach: Option<Reach>,
 }
 
 /// Extension `list-members`: every identity a multicast would reach, online or not.
@@ -191,6 +196,21 @@ pub struct MemberInfo {
     /// Whether this identity has ever connected (if not, its client's abilities are unknown).
     #[serde(default)]
     pub seen: bool,
+    /// Extension `reachability`: how a message reaches this identity now (`queued` when
+    /// it is not connected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reach: Option<Reach>,
+    /// When this identity was last connected (ISO 8601), if it ever was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+}
+
+/// Extension `session-retire`: how many of the requested session keys were retired now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionsRetired {
+    pub retired: Vec<String>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
 }
 
 /// Extension `message-status`: per-recipient delivery state of one message.

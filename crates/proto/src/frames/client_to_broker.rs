@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{GroupRef, Priority, ReqId, Status};
+use super::{GroupRef, Priority, Reach, ReqId, Status};
 
 /// Every frame a client may send. Unknown `type`s parse as [`ClientFrame::Unknown`] so the
 /// broker can answer `unknown_message_type` and keep the connection open.
@@ -24,6 +24,10 @@ pub enum ClientFrame {
     ListMembers(Request),
     /// Extension `message-status`.
     MessageStatus(MessageStatusRequest),
+    /// Extension `reachability`: how messages reach this peer now.
+    SetReach(SetReach),
+    /// Extension `session-retire`: retire session identities of the caller's own member.
+    RetireSessions(RetireSessions),
     #[serde(other)]
     Unknown,
 }
@@ -43,6 +47,8 @@ impl ClientFrame {
             ClientFrame::LeaveGroup(_) => "leave_group",
             ClientFrame::ListMembers(_) => "list_members",
             ClientFrame::MessageStatus(_) => "message_status",
+            ClientFrame::SetReach(_) => "set_reach",
+            ClientFrame::RetireSessions(_) => "retire_sessions",
             ClientFrame::Unknown => "unknown",
         }
     }
@@ -60,6 +66,8 @@ impl ClientFrame {
             ClientFrame::JoinGroup(f) => f.req_id.as_ref(),
             ClientFrame::LeaveGroup(f) => f.req_id.as_ref(),
             ClientFrame::MessageStatus(f) => f.req_id.as_ref(),
+            ClientFrame::SetReach(f) => f.req_id.as_ref(),
+            ClientFrame::RetireSessions(f) => f.req_id.as_ref(),
             ClientFrame::Unknown => None,
         }
     }
@@ -93,6 +101,9 @@ pub struct PresenceInfo {
     pub protocol_version: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Vec<String>>,
+    /// Extension `reachability`: how messages reach this peer (`live` or `next_prompt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reach: Option<Reach>,
 }
 
 /// `hello`: a member-keyed connection (presence role `control-plane`).
@@ -229,6 +240,24 @@ pub struct LeaveGroup {
 pub struct MessageStatusRequest {
     /// The broker message id from the send's `ack`.
     pub message_id: String,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// Extension `reachability`: a change of how messages reach this peer (fire-and-forget,
+/// like `set_status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetReach {
+    pub reach: Reach,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// Extension `session-retire`: retire these session keys of the caller's member. Answered
+/// with `sessions_retired`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetireSessions {
+    pub pubkeys: Vec<String>,
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<ReqId>,
 }

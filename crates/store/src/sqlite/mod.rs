@@ -199,7 +199,7 @@ impl Store for SqliteStore {
 
     fn load_peers(&mut self) -> Result<Vec<PeerRow>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT pubkey, mesh_id, member_id, kind, display_name, groups_json, last_seen, e2e_multicast FROM peers",
+            "SELECT pubkey, mesh_id, member_id, kind, display_name, groups_json, last_seen, e2e_multicast, retired_at FROM peers",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(PeerRow {
@@ -211,6 +211,7 @@ impl Store for SqliteStore {
                 groups_json: r.get(5)?,
                 last_seen: r.get(6)?,
                 e2e_multicast: r.get(7)?,
+                retired_at: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -248,12 +249,12 @@ impl Store for SqliteStore {
     fn upsert_peer(&mut self, p: &PeerRow) -> Result<()> {
         self.tx()?
             .prepare_cached(
-                "INSERT INTO peers (pubkey, mesh_id, member_id, kind, display_name, groups_json, last_seen, e2e_multicast)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                "INSERT INTO peers (pubkey, mesh_id, member_id, kind, display_name, groups_json, last_seen, e2e_multicast, retired_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT(mesh_id, pubkey) DO UPDATE SET member_id = excluded.member_id,
                    kind = excluded.kind, display_name = excluded.display_name,
                    groups_json = excluded.groups_json, last_seen = excluded.last_seen,
-                   e2e_multicast = excluded.e2e_multicast",
+                   e2e_multicast = excluded.e2e_multicast, retired_at = excluded.retired_at",
             )?
             .execute(params![
                 p.pubkey,
@@ -263,7 +264,8 @@ impl Store for SqliteStore {
                 p.display_name,
                 p.groups_json,
                 p.last_seen,
-                p.e2e_multicast
+                p.e2e_multicast,
+                p.retired_at
             ])?;
         Ok(())
     }
@@ -519,6 +521,16 @@ impl Store for SqliteStore {
                 "SELECT COUNT(*) FROM deliveries WHERE acked_at IS NULL AND expires_at > ?1",
             )?
             .query_row(params![now], |r| r.get(0))?)
+    }
+
+    fn drop_undelivered(&mut self, mesh_id: &str, recipient: &str) -> Result<u64> {
+        let n = self
+            .tx()?
+            .prepare_cached(
+                "DELETE FROM deliveries WHERE recipient = ?1 AND mesh_id = ?2 AND acked_at IS NULL",
+            )?
+            .execute(params![recipient, mesh_id])?;
+        Ok(n as u64)
     }
 
     fn purge_expired(&mut self, now: i64) -> Result<u64> {

@@ -87,6 +87,8 @@ const MIGRATIONS: &[&str] = &[
     "DROP INDEX messages_by_expiry;
      DROP INDEX deliveries_by_expiry;
      DROP INDEX deliveries_by_message;",
+    // 4: session identities retire (PROTOCOL.md §5.9).
+    "ALTER TABLE peers ADD COLUMN retired_at INTEGER;",
 ];
 
 /// Bring the database to the newest schema, each migration in its own transaction.
