@@ -143,8 +143,8 @@ impl Store for Faulty {
     fn queue_depth(&mut self, now: i64) -> Result<i64> {
         self.inner.queue_depth(now)
     }
-    fn drop_undelivered(&mut self, mesh_id: &str, recipient: &str) -> Result<u64> {
-        self.inner.drop_undelivered(mesh_id, recipient)
+    fn drop_undelivered(&mut self, mesh_id: &str, recipient: &str, now: i64) -> Result<u64> {
+        self.inner.drop_undelivered(mesh_id, recipient, now)
     }
     fn purge_expired(&mut self, now: i64) -> Result<u64> {
         self.inner.purge_expired(now)

@@ -49,6 +49,15 @@ async fn leave(mut c: V1Client) {
     let _ = c.closed(Duration::from_secs(5)).await;
 }
 
+/// Wait until the broker has processed `key`'s departure (its presence is gone).
+async fn gone_from_peers(c: &mut V1Client, key: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while c.peers().await.iter().any(|p| p["pubkey"] == key) {
+        assert!(tokio::time::Instant::now() < deadline, "{key} never left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn member_keys(c: &mut V1Client) -> Vec<String> {
     c.send(json!({"type": "list_members", "_reqId": "m"})).await;
     let list = c.recv_type("members_list").await;
@@ -80,8 +89,10 @@ async fn the_cap_retires_the_oldest_offline_session_and_refuses_when_all_are_liv
     tokio::time::sleep(Duration::from_millis(20)).await;
     let (_s3, k3, _) = v1_session(&b, &alice, "s3").await;
     leave(s1).await;
+    gone_from_peers(&mut bc, &k1).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     leave(s2).await;
+    gone_from_peers(&mut bc, &k2).await;
     // A fourth: the one offline longest (s1) retires to make room.
     let (_s4, k4, r4) = v1_session(&b, &alice, "s4").await;
     assert_eq!(r4["type"], "hello_ack", "{r4}");

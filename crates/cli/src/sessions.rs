@@ -152,6 +152,9 @@ pub async fn run(
         })
         .collect();
     let mut retired = 0usize;
+    // Keys the brokers retired, or that a broker without retirement will forget itself:
+    // only a session all of whose keys are in here loses its directory (and so its keys).
+    let mut gone: std::collections::HashSet<String> = std::collections::HashSet::new();
     if !print_only {
         for entry in config.meshes.values() {
             if only.is_some_and(|m| m != entry.slug) {
@@ -166,13 +169,15 @@ pub async fn run(
             }
             let live = connect(entry).await?;
             if live.conn.has_capability(cap::SESSION_RETIRE) {
-                retired += live
+                let done = live
                     .conn
                     .retire_sessions(keys)
                     .await
-                    .with_context(|| format!("retiring sessions in mesh '{}'", entry.slug))?
-                    .len();
+                    .with_context(|| format!("retiring sessions in mesh '{}'", entry.slug))?;
+                retired += done.len();
+                gone.extend(done);
             } else {
+                gone.extend(keys);
                 eprintln!(
                     "claudemesh: note: the broker of mesh '{}' cannot retire sessions; it forgets them by itself",
                     entry.slug
@@ -180,12 +185,23 @@ pub async fn run(
             }
             live.conn.close().await;
         }
-        for l in &stale {
-            std::fs::remove_dir_all(&l.dir)
-                .with_context(|| format!("removing {}", l.dir.display()))?;
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for l in &stale {
+        let all_gone = l
+            .keys
+            .iter()
+            .filter(|(mesh, _)| view.contains_key(*mesh))
+            .all(|(_, key)| gone.contains(key));
+        if print_only || (all_gone && Session::remove_if_idle(&l.dir)?) {
+            names.push(&l.name);
+        } else {
+            eprintln!(
+                "claudemesh: note: kept session {} (its broker did not retire it, or it is running again)",
+                l.name
+            );
         }
     }
-    let names: Vec<&str> = stale.iter().map(|l| l.name.as_str()).collect();
     out(
         json,
         &json!({ "pruned": names, "retiredOnBroker": retired, "printOnly": print_only }),

@@ -980,3 +980,84 @@ async fn one_session_in_two_meshes() {
     a.stop().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn sessions_lists_live_and_resumable_sessions_and_prune_retires_the_stale_ones() {
+    let (b, _dir) = broker().await;
+    let (_owner, alice, bob) = mesh(&b).await;
+    let mut old = Mcp::start(
+        &alice,
+        &[
+            ("CLAUDEMESH_SESSION", "old"),
+            ("CLAUDE_PROJECT_DIR", "/tmp/work/legacy"),
+        ],
+    )
+    .await;
+    old.initialize("2025-11-25").await;
+    old.until("list_peers", json!({}), |t| {
+        t.contains("alice/legacy (this session)")
+    })
+    .await;
+    old.stop().await;
+    let mut live = Mcp::start(
+        &alice,
+        &[
+            ("CLAUDEMESH_SESSION", "live"),
+            ("CLAUDE_PROJECT_DIR", "/tmp/work/api"),
+        ],
+    )
+    .await;
+    live.initialize("2025-11-25").await;
+    live.until("list_peers", json!({}), |t| {
+        t.contains("alice/api (this session)")
+    })
+    .await;
+    // A probe (handshake only, as `claude mcp list` does) is not a session at all.
+    let mut probe = Mcp::start(&alice, &[("CLAUDEMESH_SESSION", "probe")]).await;
+    probe.handshake("2025-11-25").await;
+    probe.stop().await;
+
+    let listed = alice.json(&["sessions"]).await;
+    let state = |v: &Value, session: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["session"] == session)
+            .map(|s| s["state"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        state(&listed, "named-live").as_deref(),
+        Some("live"),
+        "{listed}"
+    );
+    assert_eq!(
+        state(&listed, "named-old").as_deref(),
+        Some("resumable"),
+        "{listed}"
+    );
+    assert_eq!(
+        state(&listed, "named-probe"),
+        None,
+        "a probe leaves no identity: {listed}"
+    );
+    let old_key = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["session"] == "named-old")
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let pruned = alice.json(&["sessions", "prune"]).await;
+    assert_eq!(pruned["pruned"], json!(["named-old"]), "{pruned}");
+    assert_eq!(pruned["retiredOnBroker"], 1, "{pruned}");
+    let listed = alice.json(&["sessions"]).await;
+    assert_eq!(state(&listed, "named-old"), None, "{listed}");
+    assert_eq!(state(&listed, "named-live").as_deref(), Some("live"));
+    // The broker no longer counts the retired key as a recipient.
+    let err = bob.fails(&["send", &old_key[..16], "anyone there?"]).await;
+    assert!(err.contains("no peer matches"), "{err}");
+    live.stop().await;
+}

@@ -124,9 +124,10 @@ pub trait Store: Send + 'static {
     ) -> Result<Option<MessageDeliveries>>;
     /// Number of unacked, unexpired deliveries (the `broker_queue_depth` gauge).
     fn queue_depth(&mut self, now: i64) -> Result<i64>;
-    /// Delete `recipient`'s unacked deliveries in this mesh (a session identity retired:
-    /// nobody will read them). Message bodies go with the normal expiry. Returns how many.
-    fn drop_undelivered(&mut self, mesh_id: &str, recipient: &str) -> Result<u64>;
+    /// Delete `recipient`'s unacked, unexpired deliveries in this mesh (a session identity
+    /// retired: nobody will read them; expired ones go with the purge, and message bodies
+    /// with the normal expiry). Returns how many: exactly what the queue depth counted.
+    fn drop_undelivered(&mut self, mesh_id: &str, recipient: &str, now: i64) -> Result<u64>;
     /// Delete expired messages, deliveries and replay records. Returns rows removed.
     fn purge_expired(&mut self, now: i64) -> Result<u64>;
 

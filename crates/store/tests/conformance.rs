@@ -377,14 +377,19 @@ fn retirement_drops_undelivered(store: &mut dyn Store) {
     store.commit().unwrap();
     assert!(store.ack_delivery("m1", &bob, "r1", 5).unwrap());
     assert_eq!(
-        store.drop_undelivered("m1", &bob).unwrap(),
+        store.drop_undelivered("m1", &bob, 0).unwrap(),
         1,
         "only r2 was unacked"
     );
     assert_eq!(
-        store.drop_undelivered("m2", &carol).unwrap(),
+        store.drop_undelivered("m2", &carol, 0).unwrap(),
         0,
         "another mesh"
+    );
+    assert_eq!(
+        store.drop_undelivered("m1", &carol, 1_000).unwrap(),
+        0,
+        "expired copies are left to the purge"
     );
     store.commit().unwrap();
     assert!(store.pending("m1", &bob, 0, 10, 0).unwrap().is_empty());

@@ -81,7 +81,7 @@ impl Engine {
             self.poison(&e);
             return false;
         }
-        match self.store.drop_undelivered(mesh_id, key) {
+        match self.store.drop_undelivered(mesh_id, key, now) {
             Ok(n) => {
                 let n = i64::try_from(n).unwrap_or(i64::MAX);
                 self.queue_depth = (self.queue_depth - n).max(0);

@@ -394,13 +394,24 @@ impl Peer {
             if push.sender_name.is_none() {
                 push.sender_name = link.name_of(&push.sender_pubkey).await;
             }
-            let Some(recorded) =
-                self.with_inbox(|inbox| messaging::receive(&mut ring, &push, inbox))
-            else {
+            // Recording and the decision to push happen under the inbox lock, so a prompt
+            // hook or check_messages in between never sees the message as neither unread
+            // nor in flight (and shows it while it is pushed too).
+            let Some(recorded) = self.with_inbox(|inbox| {
+                let recorded = messaging::receive(&mut ring, &push, inbox);
+                recorded.map(|r| {
+                    r.map(|record| {
+                        let pushed = record.kind != Kind::Rejected
+                            && record.priority != Priority::Low.as_str()
+                            && self.shown.start_push(&record.message_id);
+                        (record, pushed)
+                    })
+                })
+            }) else {
                 continue;
             };
             match recorded {
-                Ok(Some(record)) => self.arrived(index, record).await,
+                Ok(Some((record, pushed))) => self.arrived(index, record, pushed).await,
                 Ok(None) => {} // a redelivery or replay: already shown or pending
                 Err(e) => {
                     // Not recorded, so not acked: the broker pushes it again later.
@@ -417,12 +428,12 @@ impl Peer {
     /// A new message was recorded: push it into the session when that is how it should
     /// surface (channels not known to be dropped, not `low`); otherwise it waits, unread.
     /// A push stays unread until the transcript confirms it (see `shown.rs`).
-    async fn arrived(&self, index: usize, record: Record) {
+    async fn arrived(&self, index: usize, record: Record, pushed: bool) {
         if record.kind == Kind::Rejected {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if record.priority == Priority::Low.as_str() || !self.shown.start_push(&record.message_id) {
+        if !pushed {
             return;
         }
         let notice = render::notice(&record, self.slug(index));

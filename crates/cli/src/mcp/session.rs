@@ -293,6 +293,21 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Remove a session directory unless a server holds it: the lock is taken first, so
+    /// a session resuming at the same moment keeps its identity. Returns whether removed.
+    pub fn remove_if_idle(dir: &Path) -> anyhow::Result<bool> {
+        let Ok(lock) = std::fs::File::open(dir.join("session.lock")) else {
+            return Ok(false);
+        };
+        if lock.try_lock().is_err() {
+            return Ok(false);
+        }
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        Ok(true)
+    }
+}
+
 /// Whether a live process holds the session lock in `dir`.
 fn locked(dir: &Path) -> bool {
     std::fs::File::open(dir.join("session.lock"))

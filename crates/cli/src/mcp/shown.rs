@@ -169,10 +169,11 @@ impl Shown {
             }
             None => Vec::new(),
         };
+        // Every id found is shown, also one that expired first (Claude Code was slow) or
+        // that an earlier server of this session pushed: marking read twice is harmless.
         for id in found {
-            if state.pushed.remove(&id).is_some() {
-                out.shown.push(id);
-            }
+            state.pushed.remove(&id);
+            out.shown.push(id);
             if state.channels == Channels::Assumed {
                 state.channels = Channels::Working;
             }
@@ -226,7 +227,7 @@ impl Shown {
         if depth >= self.max_depth {
             return Err(format!(
                 "Not sent: this would be hop {} of agents answering agents with no person in between (the limit is {}). Stop here and ask your user whether to continue the exchange; a new prompt from them resets the count.",
-                depth + 1,
+                depth.saturating_add(1),
                 self.max_depth
             ));
         }

@@ -55,8 +55,14 @@ impl Transcript {
         file.seek(SeekFrom::Start(self.offset))?;
         let mut bytes = Vec::new();
         file.take(MAX_SCAN).read_to_end(&mut bytes)?;
-        // Only complete lines; a line still being written is read next time.
-        let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        // Only complete lines; a line still being written is read next time. A single
+        // line longer than a whole read is scanned as it is and skipped, so one huge
+        // line cannot stall the scan.
+        let complete = match bytes.iter().rposition(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None if bytes.len() as u64 >= MAX_SCAN => bytes.len(),
+            None => 0,
+        };
         let mut ids = Vec::new();
         for line in bytes
             .get(..complete)

@@ -523,13 +523,14 @@ impl Store for SqliteStore {
             .query_row(params![now], |r| r.get(0))?)
     }
 
-    fn drop_undelivered(&mut self, mesh_id: &str, recipient: &str) -> Result<u64> {
+    fn drop_undelivered(&mut self, mesh_id: &str, recipient: &str, now: i64) -> Result<u64> {
         let n = self
             .tx()?
             .prepare_cached(
-                "DELETE FROM deliveries WHERE recipient = ?1 AND mesh_id = ?2 AND acked_at IS NULL",
+                "DELETE FROM deliveries WHERE recipient = ?1 AND mesh_id = ?2 AND acked_at IS NULL
+                   AND expires_at > ?3",
             )?
-            .execute(params![recipient, mesh_id])?;
+            .execute(params![recipient, mesh_id, now])?;
         Ok(n as u64)
     }
 
