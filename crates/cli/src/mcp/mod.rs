@@ -167,8 +167,6 @@ pub async fn run(dir: ConfigDir, config: Config, only_mesh: Option<String>) -> a
             None
         }
     };
-    let socket_path = socket.as_ref().map(|s| s.path.clone());
-    tracing::debug!(socket = ?socket_path, "hook socket");
     if let Some(socket) = socket {
         tasks.spawn(hooks::serve(socket, peer.clone(), claude));
     }
@@ -198,6 +196,5 @@ pub async fn run(dir: ConfigDir, config: Config, only_mesh: Option<String>) -> a
     peer.leave(LEAVE_WAIT).await;
     // Dropping the hook task removes the socket (unless a newer server replaced it).
     let _ = tokio::time::timeout(Duration::from_millis(20), tasks.shutdown()).await;
-    drop(socket_path);
     Ok(())
 }
