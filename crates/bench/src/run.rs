@@ -5,6 +5,8 @@
 //! One mechanism serves every scenario: an optional global in-flight limit (1 = idle
 //! latency), an optional pace per sender, and direct-to-random-peer or broadcast targets.
 
+use claudemesh_proto::time::now_ms;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -66,13 +68,6 @@ pub struct Stats {
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 fn text(frame: &ClientFrame) -> Message {
     Message::Text(serde_json::to_string(frame).unwrap_or_default().into())

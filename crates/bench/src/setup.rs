@@ -1,6 +1,8 @@
 //! Mesh and peers for a run, created through the real HTTP endpoints with real keys: a
 //! signed mesh creation, one registered unlimited invite, and one `POST /join` per peer.
 
+use claudemesh_proto::time::now_ms;
+
 use anyhow::{Context as _, bail};
 use claudemesh_crypto::SecretKey;
 use claudemesh_proto::canonical::{self, AdminAction};
@@ -16,13 +18,6 @@ pub struct Enrolled {
 pub struct PeerIdentity {
     pub member_id: String,
     pub key: SecretKey,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 async fn post(

@@ -20,7 +20,7 @@ use crate::auth::{self, Rejection};
 use crate::engine::{Attached, Command, ConnHandle, ConnId, Delivery, Kill, Outbound};
 use crate::metrics::Metrics;
 use crate::server::Shared;
-use crate::time::{iso8601, now_ms};
+use claudemesh_proto::time::{iso8601, now_ms};
 
 /// Longest a single write (or batch of writes) may take before the reader counts as dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -14,7 +14,6 @@ mod engine;
 mod metrics;
 mod ratelimit;
 mod server;
-mod time;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

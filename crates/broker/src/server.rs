@@ -30,7 +30,7 @@ use crate::config::{BrokerConfig, MeshCreation};
 use crate::engine::{AdminCommand, ApiFailure, Command, EngineHandle};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
-use crate::time::now_ms;
+use claudemesh_proto::time::now_ms;
 
 /// State shared by every handler and connection task.
 #[derive(Debug)]

@@ -1,18 +1,13 @@
 //! The broker's HTTP side as the CLI uses it: `POST /join` and the signed mesh-admin API.
 //! Every admin request is signed over its purpose-bound canonical string.
 
+use claudemesh_proto::time::now_ms;
+
 use anyhow::{Context as _, anyhow};
 use claudemesh_crypto::SecretKey;
 use claudemesh_proto::canonical::{self, AdminAction};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 /// `{signerPubkey, timestamp, signature}` for an admin action.
 pub fn signed(key: &SecretKey, action: AdminAction, mesh_id: &str, args: &[&str]) -> Value {

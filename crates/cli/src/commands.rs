@@ -2,6 +2,8 @@
 //! enrollment and administration, a short-lived WebSocket for everything else), and
 //! prints a table or JSON. Errors carry enough context to be one actionable line.
 
+use claudemesh_proto::time::{now_ms, readable};
+
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -24,13 +26,6 @@ use crate::api::{self, merge, post, signed};
 use crate::config::{Config, ConfigDir, MeshEntry, http_base};
 use crate::resolve::{self, Candidate, resolve};
 use crate::{Cli, Command, InviteCommand, MeshCommand, StatusCommand};
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 /// Print `value` (with `--json`) or the text, as one write to stdout.
 pub(crate) fn out(json: bool, value: &Value, text: impl FnOnce() -> String) {
@@ -107,35 +102,6 @@ fn parse_duration(s: &str) -> anyhow::Result<i64> {
         bail!("the duration must be positive");
     }
     Ok(n * mult)
-}
-
-/// Milliseconds since the epoch as a readable UTC date.
-pub(crate) fn when_ms(ms: i64) -> String {
-    iso(ms.div_euclid(1000))
-}
-
-fn iso(secs: i64) -> String {
-    // Seconds → a readable UTC date without pulling in a date crate.
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 struct Ctx {
@@ -363,7 +329,7 @@ async fn invite_create(ctx: &Ctx, role: &str, uses: u32, expires: &str) -> anyho
         eprintln!(
             "invite {id}: {} role, {uses}, expires {}",
             role.as_str(),
-            iso(expires_at)
+            readable(expires_at * 1000)
         );
     }
     Ok(())
@@ -403,7 +369,7 @@ async fn invite_list(ctx: &Ctx) -> anyhow::Result<()> {
                     i.invite_id.clone(),
                     i.role.as_str().into(),
                     uses,
-                    iso(i.expires_at),
+                    readable(i.expires_at * 1000),
                     state.into(),
                 ]
             })
@@ -456,7 +422,7 @@ async fn join(ctx: &mut Ctx, link: &str, name: Option<String>) -> anyhow::Result
     if invite.check_expiry(now_ms() / 1000).is_err() {
         bail!(
             "this invite expired on {}; ask for a new one",
-            iso(invite.expires_at)
+            readable(invite.expires_at * 1000)
         );
     }
     if let Some(existing) = ctx
@@ -990,6 +956,5 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("0h").is_err());
         assert_eq!(slugify("Acme Payments!"), "acme-payments");
-        assert_eq!(iso(1_765_000_000), "2025-12-06 05:46 UTC");
     }
 }

@@ -44,38 +44,6 @@ impl Report {
     }
 }
 
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// Seconds since the epoch of an HTTP date (`Tue, 01 Dec 2026 20:22:25 GMT`).
-fn http_date(s: &str) -> Option<i64> {
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let m = i64::try_from(MONTHS.iter().position(|x| x == month)?).ok()? + 1;
-    let (d, y): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
-    let hms: Vec<i64> = time.split(':').filter_map(|x| x.parse().ok()).collect();
-    let [h, min, sec] = hms.as_slice() else {
-        return None;
-    };
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + min * 60 + sec)
-}
-
 async fn check_broker(report: &mut Report, entry: &MeshEntry) {
     let mesh = &entry.slug;
     let base = match entry.http_base() {
@@ -101,7 +69,7 @@ async fn check_broker(report: &mut Report, entry: &MeshEntry) {
         .headers()
         .get("date")
         .and_then(|d| d.to_str().ok())
-        .and_then(http_date);
+        .and_then(claudemesh_proto::time::parse_http_date);
     if status.is_success() {
         report.add(Level::Ok, "broker", format!("{mesh}: {base} is up"));
     } else {
@@ -113,7 +81,7 @@ async fn check_broker(report: &mut Report, entry: &MeshEntry) {
     }
     match date {
         Some(t) => {
-            let skew = now_s() - t;
+            let skew = claudemesh_proto::time::now_s() - t;
             let level = match skew.abs() {
                 s if s >= SKEW_FAIL_S => Level::Fail,
                 s if s >= SKEW_WARN_S => Level::Warn,
@@ -365,23 +333,4 @@ pub async fn doctor(dir: &ConfigDir, config: &Config, json: bool) -> anyhow::Res
         ));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_http_dates() {
-        assert_eq!(http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
-        assert_eq!(
-            http_date("Tue, 01 Dec 2026 20:22:25 GMT"),
-            Some(1_796_156_545)
-        );
-        assert_eq!(
-            http_date("Sun, 29 Feb 2032 12:00:00 GMT"),
-            Some(1_961_668_800)
-        );
-        assert_eq!(http_date("yesterday"), None);
-    }
 }

@@ -129,7 +129,7 @@ pub async fn run(
                         slug_of(mesh),
                         name.clone(),
                         seen.as_str().to_owned(),
-                        crate::commands::when_ms(l.last_used),
+                        claudemesh_proto::time::readable(l.last_used),
                         short(key),
                     ]
                 })

@@ -16,6 +16,8 @@
 //!
 //! What it must not do: decrypt, decide what to show, or print anything.
 
+use claudemesh_proto::time::now_ms;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -130,13 +132,6 @@ pub struct Connection {
     /// Why the last connection attempt failed, while reconnecting.
     last_error: Arc<Mutex<Option<String>>>,
     url: String,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn hello_frame(opts: &ConnectOptions) -> ClientFrame {
@@ -722,7 +717,7 @@ impl Task {
         self.seq += 1;
         frame.id = Some(format!("s{}", self.seq));
         if frame.client_message_id.is_none() {
-            frame.client_message_id = Some(format!("{:032x}", rand::random::<u128>()));
+            frame.client_message_id = Some(claudemesh_proto::ids::new_id());
         }
         self.pending_sends.insert(self.seq, (frame.clone(), reply));
         frame

@@ -7,6 +7,8 @@
 //! multicast becomes one direct message per *online* peer, and the report says who could
 //! not be reached — this product never sends multicast in plaintext.
 
+use claudemesh_proto::time::now_ms;
+
 use claudemesh_crypto::PublicKey;
 use claudemesh_proto::codes::cap;
 use claudemesh_proto::frames::{Priority, Push, Send};
@@ -71,17 +73,6 @@ pub enum SendError {
     NoRecipients(String),
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn new_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
-
 async fn send_one(conn: &Connection, frame: Send) -> Result<(String, u32), SendError> {
     let ack = conn.send(frame).await?;
     if !ack.queued {
@@ -123,7 +114,7 @@ async fn send_direct(
     priority: Priority,
     legacy: bool,
 ) -> Result<(String, u32), SendError> {
-    let id = new_id();
+    let id = claudemesh_proto::ids::new_id();
     let sealed = if legacy {
         ring.seal_legacy(to, body.text.as_bytes())
     } else {
@@ -148,7 +139,7 @@ pub async fn send_text<'b>(
     priority: Priority,
 ) -> Result<SendReport, SendError> {
     let text = body.into();
-    let id = new_id();
+    let id = claudemesh_proto::ids::new_id();
     let my_key = ring.my_key().to_owned();
     match target {
         Target::Key(to) | Target::LegacyKey(to) => {

@@ -10,7 +10,9 @@ pub mod canonical;
 pub mod codes;
 pub mod frames;
 pub mod http;
+pub mod ids;
 pub mod invite;
 pub mod limits;
+pub mod time;
 
 pub use frames::{BrokerFrame, ClientFrame};

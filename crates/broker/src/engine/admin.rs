@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use super::directory::Mesh;
 use super::{Effect, Engine};
-use crate::time::now_ms;
+use claudemesh_proto::time::now_ms;
 
 /// An API error: HTTP status, stable code, human message (never internals).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,20 +77,6 @@ pub enum AdminCommand {
 }
 
 type Reply<T> = oneshot::Sender<Result<T, ApiFailure>>;
-
-fn random_id() -> String {
-    use rand::Rng as _;
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::thread_rng();
-    (0..32)
-        .filter_map(|_| {
-            ALPHABET
-                .get(rng.gen_range(0..ALPHABET.len()))
-                .copied()
-                .map(char::from)
-        })
-        .collect()
-}
 
 /// The signer's standing in a mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -229,14 +215,14 @@ impl Engine {
         self.fresh(&req.signed)?;
         let now = now_ms();
         let mesh = MeshRow {
-            id: random_id(),
+            id: claudemesh_proto::ids::new_id(),
             slug: req.slug.clone(),
             name: req.name.clone(),
             owner_pubkey: req.signed.signer_pubkey.clone(),
             created_at: now,
         };
         let owner = MemberRow {
-            id: random_id(),
+            id: claudemesh_proto::ids::new_id(),
             mesh_id: mesh.id.clone(),
             pubkey: mesh.owner_pubkey.clone(),
             display_name: req
@@ -596,7 +582,9 @@ impl Engine {
             .upsert_invite(&row)
             .map_err(|e| self.unavailable(&e))?;
         let member = MemberRow {
-            id: existing.map(|m| m.id).unwrap_or_else(random_id),
+            id: existing
+                .map(|m| m.id)
+                .unwrap_or_else(claudemesh_proto::ids::new_id),
             mesh_id: invite.mesh_id.clone(),
             pubkey: peer.clone(),
             display_name,

@@ -20,19 +20,10 @@ use claudemesh_proto::limits;
 use claudemesh_store::{Inserted, MessageRow, PendingDelivery};
 
 use super::{ConnId, Effect, Engine, Outbound, TimerKind};
-use crate::metrics::Metrics;
-use crate::time::{iso8601, now_ms};
+use claudemesh_proto::ids::new_id;
 
-/// A fresh broker message id: 128 random bits as 32 hex characters.
-pub(super) fn hex_id() -> String {
-    use std::fmt::Write as _;
-    claudemesh_crypto::random_bytes::<16>()
-        .iter()
-        .fold(String::with_capacity(32), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
+use crate::metrics::Metrics;
+use claudemesh_proto::time::{iso8601, now_ms};
 
 /// Most deliveries held in memory per mailbox before the rest stays in the database.
 const MAX_PENDING: usize = 1_024;
@@ -149,7 +140,7 @@ impl Engine {
         let mut stored = Vec::with_capacity(recipients.len());
         if !recipients.is_empty() {
             let message = Arc::new(MessageRow {
-                message_id: hex_id(),
+                message_id: new_id(),
                 mesh_id: mesh_id.to_owned(),
                 sender_pubkey: sender.to_owned(),
                 sender_member_pubkey,

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Rejection, VerifiedHello};
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
-use crate::time::now_ms;
+use claudemesh_proto::time::now_ms;
 
 pub use admin::{AdminCommand, ApiFailure};
 pub use delivery::Delivery;

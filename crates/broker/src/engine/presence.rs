@@ -18,7 +18,7 @@ use super::delivery::Mailbox;
 use super::directory::{Presence, groups_json, parse_groups};
 use super::{Attached, ConnEntry, ConnHandle, ConnId, Effect, Engine, Outbound, TimerKind};
 use crate::auth::{Rejection, Role, VerifiedHello};
-use crate::time::{iso8601, now_ms};
+use claudemesh_proto::time::{iso8601, now_ms};
 
 /// Protocol version this broker speaks; extensions are negotiated by capability.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -380,7 +380,7 @@ impl Engine {
             .collect();
         for conn in targets {
             let push = Push {
-                message_id: super::delivery::hex_id(),
+                message_id: claudemesh_proto::ids::new_id(),
                 mesh_id: mesh_id.to_owned(),
                 sender_pubkey: "system".into(),
                 priority: Priority::Low,

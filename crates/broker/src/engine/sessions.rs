@@ -137,7 +137,7 @@ impl Engine {
             let err = ErrorFrame::new(codes::PAYLOAD_TOO_LARGE, "at most 1000 keys at once");
             return self.reply(conn, BrokerFrame::Error(err.with_req_id(req.req_id)));
         }
-        let now = crate::time::now_ms();
+        let now = claudemesh_proto::time::now_ms();
         let mut retired = Vec::new();
         for key in req.pubkeys {
             let own = self

@@ -13,6 +13,8 @@
 //! what to do next when something is wrong. What it must not do: write to stdout (the
 //! MCP server owns it), log message text, or show a message that failed verification.
 
+use claudemesh_proto::time::now_ms;
+
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -182,13 +184,6 @@ pub struct Peer {
     pub display_name: String,
     /// Why there is nothing to connect to (no mesh joined), if so.
     setup_problem: Option<String>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// The outcome of a tool: text for the model, and whether it is an error.

@@ -12,6 +12,8 @@
 //! What it must not do: print secret keys, or touch anything outside its directory
 //! except pruning session directories unused for longer than the broker retains them.
 
+use claudemesh_proto::time::now_ms;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -25,13 +27,6 @@ use crate::config::{ConfigDir, write_private};
 /// Session directories unused for longer than this are removed (the broker forgets a
 /// session key after 7 days, and its queued messages expire after 7 days too).
 const PRUNE_AFTER_MS: i64 = 8 * 24 * 60 * 60 * 1000;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 /// What is persisted per session.
 #[derive(Default, Serialize, Deserialize)]
