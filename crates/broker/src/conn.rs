@@ -17,7 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
 use crate::auth::{self, Rejection};
-use crate::engine::{Attached, Command, ConnHandle, ConnId, Delivery, Kill, Outbound};
+use crate::engine::{
+    Attached, Budget, Command, ConnHandle, ConnId, Delivery, Kill, MAX_AWAITING_REPLIES, Outbound,
+    Request,
+};
 use crate::metrics::Metrics;
 use crate::server::Shared;
 use claudemesh_proto::time::{iso8601, now_ms};
@@ -26,10 +29,6 @@ use claudemesh_proto::time::{iso8601, now_ms};
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most queued frames written before one flush.
 const WRITE_BATCH: usize = 64;
-/// Requests (`send`, `list_peers`, `list_members`) a connection may have unanswered; past
-/// this the socket is not read until replies go out, so TCP pushes back on the client and
-/// the outbound channel only ever has to absorb pushes (bounded by the outbound buffer).
-const MAX_AWAITING_REPLIES: usize = 1_024;
 /// How long queued frames may take to go out when a connection is being closed.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
@@ -54,8 +53,10 @@ struct Connection {
     rx: mpsc::Receiver<Outbound>,
     attached: Option<Attached>,
     last_heard: Instant,
-    /// Forwarded requests whose reply has not been written yet.
-    awaiting: usize,
+    /// Forwarded requests whose reply has not been written yet; past the budget the
+    /// socket is not read until replies go out, so TCP pushes back on the client and the
+    /// outbound channel only ever has to absorb pushes (bounded by the outbound buffer).
+    budget: Budget,
     /// The client sent a close frame: it left on purpose.
     client_closed: bool,
 }
@@ -110,7 +111,7 @@ impl Connection {
             rx,
             attached: None,
             last_heard: Instant::now(),
-            awaiting: 0,
+            budget: Budget::default(),
             client_closed: false,
         }
     }
@@ -145,7 +146,7 @@ impl Connection {
                     Some(out) => self.write(out).await,
                     None => Flow::Close(close::NORMAL, String::new()),
                 },
-                msg = self.socket.recv(), if self.awaiting < MAX_AWAITING_REPLIES => match msg {
+                msg = self.socket.recv(), if self.budget.has_room() => match msg {
                     Some(Ok(msg)) => { self.last_heard = Instant::now(); self.read(msg).await }
                     Some(Err(e)) => {
                         // Most often a frame over the size limit; the socket is unusable after it.
@@ -204,10 +205,8 @@ impl Connection {
     fn render(&mut self, out: Outbound) -> Message {
         match out {
             Outbound::Frame(f) => text(&f),
-            Outbound::Reply(f) => {
-                self.awaiting = self.awaiting.saturating_sub(1);
-                text(&f)
-            }
+            // The slot returns to the budget when `_slot` drops, after rendering.
+            Outbound::Reply(f, _slot) => text(&f),
             Outbound::Deliver(d) => {
                 self.handle
                     .queued_pushes
@@ -333,25 +332,16 @@ impl Connection {
                     }
                     return self.send_now(rate_limited(&frame)).await;
                 }
-                if matches!(
-                    frame,
-                    ClientFrame::Send(_)
-                        | ClientFrame::ListPeers(_)
-                        | ClientFrame::ListMembers(_)
-                        | ClientFrame::MessageStatus(_)
-                        | ClientFrame::RetireSessions(_)
-                ) {
-                    self.awaiting += 1;
-                }
-                match self
-                    .shared
-                    .engine
-                    .send(Command::Frame {
-                        conn: self.handle.id,
-                        frame,
-                    })
-                    .await
-                {
+                let conn = self.handle.id;
+                let cmd = match Request::from_frame(frame) {
+                    Ok(request) => Command::Request {
+                        conn,
+                        request,
+                        slot: self.budget.take(),
+                    },
+                    Err(frame) => Command::Frame { conn, frame },
+                };
+                match self.shared.engine.send(cmd).await {
                     Ok(()) => Flow::Continue,
                     Err(()) => Flow::Close(close::GOING_AWAY, "shutting down".into()),
                 }

@@ -658,3 +658,37 @@ async fn message_status_is_unknown_to_a_v1_only_broker() {
     // The connection's request budget was given back: it keeps working.
     assert!(!a.peers().await.is_empty());
 }
+
+/// Refused sends are answered like any other request: a client that keeps messaging a
+/// departed peer must not use up its connection's reply budget (1 024 unanswered requests
+/// stop the broker from reading the socket at all).
+#[tokio::test]
+async fn refused_sends_do_not_use_up_the_reply_budget() {
+    let b = TestBroker::start_with(|c| c.rate_limits.enabled = false).await;
+    let mesh = create_mesh(&b, "budget").await;
+    let alice = enroll(&b, &mesh, "alice").await;
+    let mut a = V1Client::connect(&b.ws(), &alice).await;
+    let gone = claudemesh_crypto::SecretKey::generate().public().to_hex();
+    for i in 0..1_100 {
+        a.send(json!({ "type": "send", "targetSpec": gone, "priority": "now", "nonce": "bm9uY2U=", "ciphertext": "eA==", "id": format!("r{i}") }))
+            .await;
+    }
+    let mut refused = 0;
+    a.send(json!({ "type": "list_peers", "_reqId": "after" }))
+        .await;
+    loop {
+        let v = a.recv().await;
+        match v["type"].as_str() {
+            Some("ack") => {
+                assert_eq!(v["error"], "unknown_recipient", "{v}");
+                refused += 1;
+            }
+            Some("peers_list") => {
+                assert_eq!(v["_reqId"], "after");
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(refused, 1_100);
+}

@@ -19,7 +19,7 @@ use claudemesh_proto::frames::{
 use claudemesh_proto::limits;
 use claudemesh_store::{Inserted, MessageRow, PendingDelivery};
 
-use super::{ConnId, Effect, Engine, Outbound, TimerKind};
+use super::{ConnId, Effect, Engine, Outbound, ReplySlot, TimerKind};
 use claudemesh_proto::ids::new_id;
 
 use crate::metrics::Metrics;
@@ -77,13 +77,20 @@ fn delivery_from(p: PendingDelivery) -> Arc<Delivery> {
 
 impl Engine {
     /// Refuse a send: an ack with `queued: false` and the error code.
-    fn refuse(&mut self, conn: ConnId, mut ack: Ack, code: &str) {
+    fn refuse(&mut self, conn: ConnId, slot: ReplySlot, mut ack: Ack, code: &str) {
         Metrics::inc(&self.metrics.messages_rejected_total);
         ack.error = Some(code.to_owned());
-        self.out(conn, BrokerFrame::Ack(ack));
+        self.reply(conn, slot, BrokerFrame::Ack(ack));
     }
 
-    pub(super) fn send(&mut self, conn: ConnId, mesh_id: &str, sender: &str, send: Send) {
+    pub(super) fn send(
+        &mut self,
+        conn: ConnId,
+        slot: ReplySlot,
+        mesh_id: &str,
+        sender: &str,
+        send: Send,
+    ) {
         let now = now_ms();
         let Send {
             target_spec,
@@ -106,21 +113,21 @@ impl Engine {
             req_id,
         };
         let Some(mesh) = self.dir.mesh(mesh_id) else {
-            return;
+            return self.refuse(conn, slot, ack, codes::UNAUTHORIZED);
         };
         let Some(target) = Target::parse(&target_spec) else {
-            return self.refuse(conn, ack, codes::BAD_TARGET);
+            return self.refuse(conn, slot, ack, codes::BAD_TARGET);
         };
         if nonce.len() > 64
             || client_message_id
                 .as_ref()
                 .is_some_and(|c| c.len() > limits::MAX_SHORT_TEXT_BYTES)
         {
-            return self.refuse(conn, ack, codes::MALFORMED);
+            return self.refuse(conn, slot, ack, codes::MALFORMED);
         }
         let mut recipients = match target {
             Target::Direct(key) if mesh.is_recipient(key) => vec![key.to_owned()],
-            Target::Direct(_) => return self.refuse(conn, ack, codes::UNKNOWN_RECIPIENT),
+            Target::Direct(_) => return self.refuse(conn, slot, ack, codes::UNKNOWN_RECIPIENT),
             Target::Broadcast => mesh.broadcast_recipients(sender),
             Target::Group(name) => mesh.group_recipients(name, sender),
         };
@@ -128,7 +135,7 @@ impl Engine {
         let sealed = sealed_keys.filter(|_| target.is_multicast() && !self.v1_only);
         if let Some(sealed) = &sealed {
             if sealed.len() > limits::MAX_SEALED_KEYS {
-                return self.refuse(conn, ack, codes::PAYLOAD_TOO_LARGE);
+                return self.refuse(conn, slot, ack, codes::PAYLOAD_TOO_LARGE);
             }
             recipients.retain(|k| sealed.contains_key(k));
         }
@@ -160,9 +167,9 @@ impl Engine {
                 Ok(Inserted::Existing(existing)) => {
                     ack.message_id = existing;
                     ack.queued = true;
-                    return self.effects.push(Effect::Ack { conn, ack });
+                    return self.reply(conn, slot, BrokerFrame::Ack(ack));
                 }
-                Err(e) => return self.store_failed(conn, &e, ack),
+                Err(e) => return self.store_failed(conn, slot, &e, ack),
             };
             for r in recipients {
                 let sealed_key = sealed.as_ref().and_then(|s| s.get(&r)).cloned();
@@ -182,7 +189,7 @@ impl Engine {
                             sealed_key,
                         }),
                     )),
-                    Err(e) => return self.store_failed(conn, &e, ack),
+                    Err(e) => return self.store_failed(conn, slot, &e, ack),
                 }
             }
             ack.message_id = message.message_id.clone();
@@ -192,7 +199,7 @@ impl Engine {
         self.queue_depth += stored.len() as i64;
         ack.queued = true;
         ack.recipients = Some(u32::try_from(stored.len()).unwrap_or(u32::MAX));
-        self.effects.push(Effect::Ack { conn, ack });
+        self.reply(conn, slot, BrokerFrame::Ack(ack));
         for (recipient, delivery) in stored {
             self.enqueue(mesh_id, &recipient, delivery);
         }
@@ -200,9 +207,15 @@ impl Engine {
 
     /// A statement failed mid-batch: the whole batch is rolled back, and the ack, like
     /// every ack of the batch, goes out as `unavailable`.
-    fn store_failed(&mut self, conn: ConnId, e: &claudemesh_store::StoreError, ack: Ack) {
+    fn store_failed(
+        &mut self,
+        conn: ConnId,
+        slot: ReplySlot,
+        e: &claudemesh_store::StoreError,
+        ack: Ack,
+    ) {
         self.poison(e);
-        self.effects.push(Effect::Ack { conn, ack });
+        self.reply(conn, slot, BrokerFrame::Ack(ack));
     }
 
     /// Offer a freshly stored delivery to its recipient's mailbox, if the recipient is online.
@@ -420,6 +433,7 @@ impl Engine {
     pub(super) fn message_status(
         &mut self,
         conn: ConnId,
+        slot: ReplySlot,
         mesh_id: &str,
         asker: &str,
         req: MessageStatusRequest,
@@ -435,12 +449,12 @@ impl Engine {
                     // A read failed: answer, but do not fail the batch's writes for it.
                     tracing::warn!(error = %e, "reading a message's deliveries failed");
                     let err = ErrorFrame::new(codes::UNAVAILABLE, "storage is unavailable");
-                    return self.reply(conn, BrokerFrame::Error(err.with_req_id(req_id)));
+                    return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req_id)));
                 }
             };
         let Some(mesh) = self.dir.mesh(mesh_id) else {
             let err = ErrorFrame::new(codes::NOT_FOUND, "no message with this id was sent by you");
-            return self.reply(conn, BrokerFrame::Error(err.with_req_id(req_id)));
+            return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req_id)));
         };
         let asker_member = mesh
             .presences
@@ -451,7 +465,7 @@ impl Engine {
             f.message.sender_pubkey == asker || f.message.sender_member_pubkey == asker_member
         }) else {
             let err = ErrorFrame::new(codes::NOT_FOUND, "no message with this id was sent by you");
-            return self.reply(conn, BrokerFrame::Error(err.with_req_id(req_id)));
+            return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req_id)));
         };
         let now = now_ms();
         let recipients = found
@@ -493,6 +507,6 @@ impl Engine {
             recipients,
             req_id,
         };
-        self.reply(conn, BrokerFrame::MessageStatus(reply));
+        self.reply(conn, slot, BrokerFrame::MessageStatus(reply));
     }
 }

@@ -15,6 +15,7 @@ mod admin;
 mod delivery;
 mod directory;
 mod presence;
+mod reply;
 mod sessions;
 
 use std::cmp::Reverse;
@@ -23,9 +24,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use claudemesh_proto::frames::{
-    BrokerFrame, ClientFrame, ErrorFrame, MessageStatusRequest, Request,
-};
+use claudemesh_proto::codes;
+use claudemesh_proto::frames::{Ack, BrokerFrame, ClientFrame, ErrorFrame};
 use claudemesh_proto::http::JoinRequest;
 use claudemesh_store::Store;
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +39,7 @@ use claudemesh_proto::time::now_ms;
 pub use admin::{AdminCommand, ApiFailure};
 pub use delivery::Delivery;
 use directory::Directory;
+pub use reply::{Budget, MAX_AWAITING_REPLIES, ReplySlot, Request};
 
 /// Most commands applied in one transaction.
 pub const MAX_BATCH: usize = 4_096;
@@ -53,9 +54,9 @@ pub type ConnId = u64;
 pub enum Outbound {
     /// Boxed so a channel slot is pointer-sized (frames are large enums).
     Frame(Box<BrokerFrame>),
-    /// The answer to a counted request (`send`, `list_peers`, `list_members`,
-    /// `message_status`): writing it frees one slot of the connection's request budget.
-    Reply(Box<BrokerFrame>),
+    /// The answer to a counted request (see [`reply`]): writing or dropping it frees one
+    /// slot of the connection's reply budget.
+    Reply(Box<BrokerFrame>, reply::Answered),
     /// A delivery; the connection task renders the `push` JSON.
     Deliver(Arc<Delivery>),
 }
@@ -119,7 +120,13 @@ pub enum Command {
         conn: ConnHandle,
         reply: oneshot::Sender<Result<Attached, Rejection>>,
     },
-    /// A frame from an attached connection (anything but hellos).
+    /// A request from an attached connection; answered through `slot`, exactly once.
+    Request {
+        conn: ConnId,
+        request: Request,
+        slot: ReplySlot,
+    },
+    /// Any other frame from an attached connection (none of them is answered on success).
     Frame { conn: ConnId, frame: ClientFrame },
     /// The connection is gone; `left` when the client closed it on purpose (no grace).
     Detach { conn: ConnId, left: bool },
@@ -135,15 +142,30 @@ pub enum Command {
     Health { reply: oneshot::Sender<bool> },
 }
 
+/// What a reply becomes when its batch did not commit: an ack refused as `unavailable`
+/// (the client may resend; nothing was stored), any other answer an `unavailable` error
+/// for the same `_reqId`.
+fn failed_reply(frame: BrokerFrame) -> BrokerFrame {
+    match frame {
+        BrokerFrame::Ack(ack) => BrokerFrame::Ack(Ack {
+            queued: false,
+            message_id: String::new(),
+            recipients: None,
+            error: Some(codes::UNAVAILABLE.to_owned()),
+            ..ack
+        }),
+        other => {
+            let err = ErrorFrame::new(codes::UNAVAILABLE, "broker storage unavailable");
+            BrokerFrame::Error(err.with_req_id(other.req_id().cloned()))
+        }
+    }
+}
+
 /// Something to do once the batch's commit has returned.
 enum Effect {
-    /// Send to a connection. `on_fail` replaces it if the commit failed.
+    /// Send to a connection once the batch committed. If it did not, a reply goes out
+    /// as `unavailable` (see [`failed_reply`]) and anything else is dropped.
     Out { conn: ConnId, out: Outbound },
-    /// The ack of a send: as built if the commit succeeded, else refused as `unavailable`.
-    Ack {
-        conn: ConnId,
-        ack: claudemesh_proto::frames::Ack,
-    },
     /// Run with `true` when the commit succeeded, `false` when it failed.
     Reply(Box<dyn FnOnce(bool) + Send>),
     /// Close a connection (kick, revoke, replacement) once the change is durable.
@@ -344,6 +366,11 @@ impl Engine {
     fn apply(&mut self, cmd: Command) {
         match cmd {
             Command::Attach { hello, conn, reply } => self.attach(hello, conn, reply),
+            Command::Request {
+                conn,
+                request,
+                slot,
+            } => self.request(conn, request, slot),
             Command::Frame { conn, frame } => self.frame(conn, frame),
             Command::Detach { conn, left } => self.detach(conn, left),
             Command::Join { req, reply } => self.join(req, reply),
@@ -355,53 +382,63 @@ impl Engine {
         }
     }
 
+    fn request(&mut self, conn: ConnId, request: Request, slot: ReplySlot) {
+        let Some((mesh, key)) = self
+            .conns
+            .get(&conn)
+            .map(|e| (e.mesh_id.clone(), e.key.clone()))
+        else {
+            // The connection is gone; the answer is dropped with it.
+            let err = ErrorFrame::new(codes::UNAVAILABLE, "connection closed");
+            return self.reply(conn, slot, BrokerFrame::Error(err));
+        };
+        match request {
+            Request::Send(send) => self.send(conn, slot, &mesh, &key, send),
+            Request::ListPeers(req_id) => self.list_peers(conn, slot, &mesh, req_id),
+            // Extensions a v1-only broker does not offer.
+            r @ (Request::ListMembers(_)
+            | Request::MessageStatus(_)
+            | Request::RetireSessions(_))
+                if self.v1_only =>
+            {
+                let err = ErrorFrame::new(codes::UNKNOWN_MESSAGE_TYPE, "unknown message type");
+                let err = err.with_req_id(r.req_id().cloned());
+                self.reply(conn, slot, BrokerFrame::Error(err));
+            }
+            Request::ListMembers(req_id) => self.list_members(conn, slot, &mesh, req_id),
+            Request::MessageStatus(req) => self.message_status(conn, slot, &mesh, &key, req),
+            Request::RetireSessions(r) => self.retire_sessions(conn, slot, &mesh, &key, r),
+        }
+    }
+
     fn frame(&mut self, conn: ConnId, frame: ClientFrame) {
         let Some(entry) = self.conns.get(&conn) else {
             return;
         };
         let (mesh, key) = (entry.mesh_id.clone(), entry.key.clone());
         match frame {
-            ClientFrame::Send(send) => self.send(conn, &mesh, &key, send),
             ClientFrame::ClientAck(ack) => self.client_ack(&mesh, &key, &ack),
-            ClientFrame::ListPeers(req) => self.list_peers(conn, &mesh, req.req_id),
-            // Extensions a v1-only broker does not offer.
-            ClientFrame::ListMembers(Request { req_id })
-            | ClientFrame::MessageStatus(MessageStatusRequest { req_id, .. })
-                if self.v1_only =>
-            {
-                let err = ErrorFrame::new(
-                    claudemesh_proto::codes::UNKNOWN_MESSAGE_TYPE,
-                    "unknown message type",
-                );
-                self.reply(conn, BrokerFrame::Error(err.with_req_id(req_id)));
-            }
-            ClientFrame::ListMembers(req) => self.list_members(conn, &mesh, req.req_id),
-            ClientFrame::MessageStatus(req) => self.message_status(conn, &mesh, &key, req),
             ClientFrame::SetStatus(s) => self.set_status(&mesh, &key, s.status),
             ClientFrame::SetSummary(s) => self.set_summary(conn, &mesh, &key, s.summary),
             ClientFrame::JoinGroup(g) => self.join_group(conn, &mesh, &key, g),
             ClientFrame::LeaveGroup(g) => self.leave_group(&mesh, &key, &g.name),
             ClientFrame::SetReach(r) if !self.v1_only => self.set_reach(&mesh, &key, r.reach),
-            ClientFrame::RetireSessions(r) if !self.v1_only => {
-                self.retire_sessions(conn, &mesh, &key, r);
-            }
             ClientFrame::SetReach(_) => {}
-            ClientFrame::RetireSessions(r) => {
-                let err = ErrorFrame::new(
-                    claudemesh_proto::codes::UNKNOWN_MESSAGE_TYPE,
-                    "unknown message type",
-                );
-                self.reply(conn, BrokerFrame::Error(err.with_req_id(r.req_id)));
-            }
             ClientFrame::Hello(_) | ClientFrame::SessionHello(_) => {
                 let err = ErrorFrame::new(
-                    claudemesh_proto::codes::ALREADY_AUTHENTICATED,
+                    codes::ALREADY_AUTHENTICATED,
                     "this connection is already authenticated",
                 );
                 self.out(conn, BrokerFrame::Error(err));
             }
-            // Answered by the connection task, which still has the raw `_reqId`.
-            ClientFrame::Unknown => {}
+            // Requests arrive as `Command::Request`; unknown frames are answered by the
+            // connection task, which still has the raw `_reqId`.
+            ClientFrame::Send(_)
+            | ClientFrame::ListPeers(_)
+            | ClientFrame::ListMembers(_)
+            | ClientFrame::MessageStatus(_)
+            | ClientFrame::RetireSessions(_)
+            | ClientFrame::Unknown => {}
         }
     }
 
@@ -418,11 +455,11 @@ impl Engine {
         });
     }
 
-    /// Answer a counted request (see [`Outbound::Reply`]).
-    fn reply(&mut self, conn: ConnId, frame: BrokerFrame) {
+    /// Answer a counted request, once the batch has committed (see [`reply`]).
+    fn reply(&mut self, conn: ConnId, slot: ReplySlot, frame: BrokerFrame) {
         self.effects.push(Effect::Out {
             conn,
-            out: Outbound::Reply(Box::new(frame)),
+            out: slot.answer(frame),
         });
     }
 
@@ -456,16 +493,11 @@ impl Engine {
         for effect in effects {
             match effect {
                 Effect::Out { conn, out } if committed => self.deliver_now(conn, out),
+                Effect::Out {
+                    conn,
+                    out: Outbound::Reply(frame, slot),
+                } => self.deliver_now(conn, Outbound::Reply(Box::new(failed_reply(*frame)), slot)),
                 Effect::Out { .. } => {}
-                Effect::Ack { conn, mut ack } => {
-                    if !committed {
-                        ack.queued = false;
-                        ack.message_id.clear();
-                        ack.recipients = None;
-                        ack.error = Some(claudemesh_proto::codes::UNAVAILABLE.to_owned());
-                    }
-                    self.deliver_now(conn, Outbound::Reply(Box::new(BrokerFrame::Ack(ack))));
-                }
                 Effect::Reply(f) => f(committed),
                 Effect::Close { kill, code, reason } if committed => kill.kill(code, &reason),
                 Effect::Close { .. } => {}

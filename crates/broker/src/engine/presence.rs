@@ -16,7 +16,9 @@ use tokio::sync::oneshot;
 
 use super::delivery::Mailbox;
 use super::directory::{Presence, groups_json, parse_groups};
-use super::{Attached, ConnEntry, ConnHandle, ConnId, Effect, Engine, Outbound, TimerKind};
+use super::{
+    Attached, ConnEntry, ConnHandle, ConnId, Effect, Engine, Outbound, ReplySlot, TimerKind,
+};
 use crate::auth::{Rejection, Role, VerifiedHello};
 use claudemesh_proto::time::{iso8601, now_ms};
 
@@ -404,9 +406,16 @@ impl Engine {
         }
     }
 
-    pub(super) fn list_peers(&mut self, conn: ConnId, mesh_id: &str, req_id: Option<ReqId>) {
+    pub(super) fn list_peers(
+        &mut self,
+        conn: ConnId,
+        slot: ReplySlot,
+        mesh_id: &str,
+        req_id: Option<ReqId>,
+    ) {
         let Some(mesh) = self.dir.mesh(mesh_id) else {
-            return;
+            let err = ErrorFrame::new(codes::UNAUTHORIZED, "no such mesh on this broker");
+            return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req_id)));
         };
         let peers = mesh
             .presences
@@ -431,12 +440,23 @@ impl Engine {
                 reach: (!self.v1_only).then(|| p.info.reach.unwrap_or(Reach::Live)),
             })
             .collect();
-        self.reply(conn, BrokerFrame::PeersList(PeersList { peers, req_id }));
+        self.reply(
+            conn,
+            slot,
+            BrokerFrame::PeersList(PeersList { peers, req_id }),
+        );
     }
 
-    pub(super) fn list_members(&mut self, conn: ConnId, mesh_id: &str, req_id: Option<ReqId>) {
+    pub(super) fn list_members(
+        &mut self,
+        conn: ConnId,
+        slot: ReplySlot,
+        mesh_id: &str,
+        req_id: Option<ReqId>,
+    ) {
         let Some(mesh) = self.dir.mesh(mesh_id) else {
-            return;
+            let err = ErrorFrame::new(codes::UNAUTHORIZED, "no such mesh on this broker");
+            return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req_id)));
         };
         let reach = |key: &str| {
             Some(
@@ -496,10 +516,8 @@ impl Engine {
             });
         }
         members.sort_by(|a, b| a.pubkey.cmp(&b.pubkey));
-        self.reply(
-            conn,
-            BrokerFrame::MembersList(MembersList { members, req_id }),
-        );
+        let list = MembersList { members, req_id };
+        self.reply(conn, slot, BrokerFrame::MembersList(list));
     }
 
     pub(super) fn set_status(&mut self, mesh_id: &str, key: &str, status: Status) {

@@ -11,7 +11,7 @@
 use claudemesh_proto::codes;
 use claudemesh_proto::frames::{BrokerFrame, ErrorFrame, RetireSessions, SessionsRetired};
 
-use super::{ConnId, Engine};
+use super::{ConnId, Engine, ReplySlot};
 use crate::auth::Rejection;
 
 impl Engine {
@@ -119,6 +119,7 @@ impl Engine {
     pub(super) fn retire_sessions(
         &mut self,
         conn: ConnId,
+        slot: ReplySlot,
         mesh_id: &str,
         caller: &str,
         req: RetireSessions,
@@ -131,11 +132,11 @@ impl Engine {
         });
         let Some(member) = member else {
             let err = ErrorFrame::new(codes::UNAUTHORIZED, "unknown caller");
-            return self.reply(conn, BrokerFrame::Error(err.with_req_id(req.req_id)));
+            return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req.req_id)));
         };
         if req.pubkeys.len() > 1_000 {
             let err = ErrorFrame::new(codes::PAYLOAD_TOO_LARGE, "at most 1000 keys at once");
-            return self.reply(conn, BrokerFrame::Error(err.with_req_id(req.req_id)));
+            return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req.req_id)));
         }
         let now = claudemesh_proto::time::now_ms();
         let mut retired = Vec::new();
@@ -151,6 +152,7 @@ impl Engine {
         }
         self.reply(
             conn,
+            slot,
             BrokerFrame::SessionsRetired(SessionsRetired {
                 retired,
                 req_id: req.req_id,

@@ -21,6 +21,22 @@ pub enum BrokerFrame {
     SessionsRetired(SessionsRetired),
 }
 
+impl BrokerFrame {
+    /// The `_reqId` this frame answers, if any (pushes answer nothing).
+    pub fn req_id(&self) -> Option<&ReqId> {
+        match self {
+            BrokerFrame::HelloAck(f) => f.req_id.as_ref(),
+            BrokerFrame::Ack(f) => f.req_id.as_ref(),
+            BrokerFrame::Push(_) => None,
+            BrokerFrame::PeersList(f) => f.req_id.as_ref(),
+            BrokerFrame::Error(f) => f.req_id.as_ref(),
+            BrokerFrame::MembersList(f) => f.req_id.as_ref(),
+            BrokerFrame::MessageStatus(f) => f.req_id.as_ref(),
+            BrokerFrame::SessionsRetired(f) => f.req_id.as_ref(),
+        }
+    }
+}
+
 /// Reply to a successful `hello` / `session_hello`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
