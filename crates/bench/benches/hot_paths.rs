@@ -122,19 +122,19 @@ fn main() {
                 sender_member_pubkey: alice_hex.clone(),
                 sender_name: "alice".into(),
                 target_spec: bob_hex.clone(),
-                priority: "now".into(),
+                priority: Priority::Now,
                 nonce: sealed.nonce.clone(),
                 ciphertext: sealed.ciphertext.clone(),
                 client_message_id: Some(format!("c-{n}")),
                 created_at: 1,
                 expires_at: i64::MAX,
             };
-            let claudemesh_store::Inserted::New(rowid) = store.insert_message(&m).unwrap() else {
-                panic!("new")
+            let copy = claudemesh_store::NewDelivery {
+                recipient: &bob_hex,
+                sealed_key: None,
             };
-            store
-                .insert_delivery("mesh", rowid, &bob_hex, None, i64::MAX)
-                .unwrap();
+            let inserted = store.insert_message(&m, &[copy]).unwrap();
+            assert!(matches!(inserted, claudemesh_store::Inserted::New(_)));
         }
         store.commit().unwrap();
     });

@@ -4,6 +4,7 @@
 
 use claudemesh_crypto::{PublicKey, Signature};
 use claudemesh_proto::codes;
+use claudemesh_proto::codes::Code;
 use claudemesh_proto::frames::{Hello, PresenceInfo, ReqId, SessionHello};
 use claudemesh_proto::{canonical, limits};
 
@@ -50,14 +51,14 @@ impl VerifiedHello {
 /// Why a hello was refused: an error code and a human message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    pub code: &'static str,
+    pub code: Code,
     pub message: String,
     /// Close code to use (1008, or 4002 for a revoked member).
     pub close: u16,
 }
 
 impl Rejection {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -66,20 +67,20 @@ impl Rejection {
     }
 }
 
-fn key(hex: &str, code: &'static str, what: &str) -> Result<PublicKey, Rejection> {
+fn key(hex: &str, code: Code, what: &str) -> Result<PublicKey, Rejection> {
     PublicKey::from_hex(hex)
         .map_err(|_| Rejection::new(code, format!("{what} is not a 64-hex ed25519 key")))
 }
 
 fn sig(hex: &str) -> Result<Signature, Rejection> {
     Signature::from_hex(hex)
-        .map_err(|_| Rejection::new(codes::BAD_SIGNATURE, "signature is not 128 hex characters"))
+        .map_err(|_| Rejection::new(Code::BadSignature, "signature is not 128 hex characters"))
 }
 
 fn check_skew(timestamp: i64, now: i64) -> Result<(), Rejection> {
     if (now - timestamp).abs() > limits::MAX_CLOCK_SKEW_MS {
         return Err(Rejection::new(
-            codes::TIMESTAMP_SKEW,
+            Code::TimestampSkew,
             format!(
                 "timestamp is {} ms away from the broker clock (limit ±{} ms)",
                 now - timestamp,
@@ -103,7 +104,7 @@ fn check_presence(p: &PresenceInfo) -> Result<(), Rejection> {
         .any(|s| s.len() > limits::MAX_SHORT_TEXT_BYTES)
     {
         return Err(Rejection::new(
-            codes::MALFORMED,
+            Code::Malformed,
             "a presence field is too long",
         ));
     }
@@ -113,7 +114,7 @@ fn check_presence(p: &PresenceInfo) -> Result<(), Rejection> {
                 .any(|g| g.name.is_empty() || g.name.len() > limits::MAX_SHORT_TEXT_BYTES)
     }) {
         return Err(Rejection::new(
-            codes::MALFORMED,
+            Code::Malformed,
             "too many groups or a bad group name",
         ));
     }
@@ -124,16 +125,16 @@ fn check_presence(p: &PresenceInfo) -> Result<(), Rejection> {
 pub fn verify_hello(h: Hello, now: i64) -> Result<VerifiedHello, Rejection> {
     check_skew(h.timestamp, now)?;
     check_presence(&h.presence)?;
-    let member = key(&h.pubkey, codes::MALFORMED, "pubkey")?;
+    let member = key(&h.pubkey, Code::Malformed, "pubkey")?;
     let signature = sig(&h.signature)?;
     member
         .verify_str(
             &canonical::hello(&h.mesh_id, &h.member_id, &h.pubkey, h.timestamp),
             &signature,
         )
-        .map_err(|_| Rejection::new(codes::BAD_SIGNATURE, "hello signature does not verify"))?;
+        .map_err(|_| Rejection::new(Code::BadSignature, "hello signature does not verify"))?;
     let key = match &h.session_pubkey {
-        Some(s) => self::key(s, codes::BAD_SESSION_PUBKEY, "sessionPubkey")?.to_hex(),
+        Some(s) => self::key(s, Code::BadSessionPubkey, "sessionPubkey")?.to_hex(),
         None => h.pubkey.clone(),
     };
     Ok(VerifiedHello {
@@ -153,21 +154,17 @@ pub fn verify_hello(h: Hello, now: i64) -> Result<VerifiedHello, Rejection> {
 pub fn verify_session_hello(h: SessionHello, now: i64) -> Result<VerifiedHello, Rejection> {
     check_skew(h.timestamp, now)?;
     check_presence(&h.presence)?;
-    let session = key(
-        &h.session_pubkey,
-        codes::BAD_SESSION_PUBKEY,
-        "sessionPubkey",
-    )?;
+    let session = key(&h.session_pubkey, Code::BadSessionPubkey, "sessionPubkey")?;
     let parent = key(
         &h.parent_member_pubkey,
-        codes::MALFORMED,
+        Code::Malformed,
         "parentMemberPubkey",
     )?;
     let att = &h.parent_attestation;
     if att.session_pubkey != h.session_pubkey || att.parent_member_pubkey != h.parent_member_pubkey
     {
         return Err(Rejection::new(
-            codes::ATTESTATION_MISMATCH,
+            Code::AttestationMismatch,
             "attestation names other keys than the hello",
         ));
     }
@@ -180,21 +177,16 @@ pub fn verify_session_hello(h: SessionHello, now: i64) -> Result<VerifiedHello, 
             ),
             &sig(&att.signature)?,
         )
-        .map_err(|_| {
-            Rejection::new(
-                codes::BAD_SIGNATURE,
-                "attestation signature does not verify",
-            )
-        })?;
+        .map_err(|_| Rejection::new(Code::BadSignature, "attestation signature does not verify"))?;
     if att.expires_at <= now {
         return Err(Rejection::new(
-            codes::EXPIRED,
+            Code::Expired,
             "session attestation has expired; mint a new one",
         ));
     }
     if att.expires_at > now + limits::MAX_ATTESTATION_TTL_MS {
         return Err(Rejection::new(
-            codes::TTL_TOO_LONG,
+            Code::TtlTooLong,
             "session attestation is valid for more than 24 h",
         ));
     }
@@ -210,7 +202,7 @@ pub fn verify_session_hello(h: SessionHello, now: i64) -> Result<VerifiedHello, 
         )
         .map_err(|_| {
             Rejection::new(
-                codes::BAD_SIGNATURE,
+                Code::BadSignature,
                 "session_hello signature does not verify",
             )
         })?;

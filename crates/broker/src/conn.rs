@@ -6,14 +6,15 @@
 //! What it must not do: decide anything that needs shared state (the engine does), log
 //! frame contents, or panic on any input.
 
+use claudemesh_proto::codes::Code;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use claudemesh_proto::codes::{self, close};
+use claudemesh_proto::codes::close;
 use claudemesh_proto::frames::{BrokerFrame, ClientFrame, ErrorFrame, Push, ReqId};
 use futures_util::SinkExt as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
 use crate::auth::{self, Rejection};
@@ -22,7 +23,7 @@ use crate::engine::{
     Request,
 };
 use crate::metrics::Metrics;
-use crate::server::Shared;
+use crate::state::Shared;
 use claudemesh_proto::time::{iso8601, now_ms};
 
 /// Longest a single write (or batch of writes) may take before the reader counts as dead.
@@ -91,7 +92,7 @@ fn push_frame(d: &Delivery) -> BrokerFrame {
     })
 }
 
-fn error(code: &str, message: &str, req_id: Option<ReqId>) -> BrokerFrame {
+fn error(code: Code, message: &str, req_id: Option<ReqId>) -> BrokerFrame {
     BrokerFrame::Error(ErrorFrame::new(code, message).with_req_id(req_id))
 }
 
@@ -258,7 +259,7 @@ impl Connection {
             Message::Binary(_) => {
                 return self
                     .send_now(text(&error(
-                        codes::MALFORMED,
+                        Code::Malformed,
                         "frames must be JSON text",
                         None,
                     )))
@@ -282,7 +283,7 @@ impl Connection {
             Ok(ClientFrame::Unknown) if self.attached.is_some() => {
                 return self
                     .send_now(text_error(
-                        codes::UNKNOWN_MESSAGE_TYPE,
+                        Code::UnknownMessageType,
                         "unknown message type",
                         raw_req_id(),
                     ))
@@ -292,7 +293,7 @@ impl Connection {
             Err(_) => {
                 return self
                     .send_now(text_error(
-                        codes::MALFORMED,
+                        Code::Malformed,
                         "frame is not valid JSON of a known shape",
                         raw_req_id(),
                     ))
@@ -313,7 +314,7 @@ impl Connection {
             (None, other) => {
                 let req_id = other.req_id().cloned();
                 self.send_now(text_error(
-                    codes::NO_HELLO,
+                    Code::NoHello,
                     "send hello or session_hello first",
                     req_id,
                 ))
@@ -343,7 +344,7 @@ impl Connection {
                 };
                 match self.shared.engine.send(cmd).await {
                     Ok(()) => Flow::Continue,
-                    Err(()) => Flow::Close(close::GOING_AWAY, "shutting down".into()),
+                    Err(_) => Flow::Close(close::GOING_AWAY, "shutting down".into()),
                 }
             }
         }
@@ -363,26 +364,17 @@ impl Connection {
             {
                 Metrics::inc(&self.shared.metrics.rate_limited_total);
                 Err(Rejection::new(
-                    codes::RATE_LIMITED,
+                    Code::RateLimited,
                     "too many hellos from this member; retry in a few seconds",
                 ))
             }
             Ok(hello) => {
-                let (reply, rx) = oneshot::channel();
-                let cmd = Command::Attach {
-                    hello,
-                    conn: self.handle.clone(),
-                    reply,
-                };
-                if self.shared.engine.send(cmd).await.is_err() {
-                    return Flow::Close(close::GOING_AWAY, "shutting down".into());
+                let conn = self.handle.clone();
+                let attach = |reply| Command::Attach { hello, conn, reply };
+                match self.shared.engine.request(attach).await {
+                    Ok(result) => result,
+                    Err(_) => return Flow::Close(close::GOING_AWAY, "shutting down".into()),
                 }
-                rx.await.unwrap_or_else(|_| {
-                    Err(Rejection::new(
-                        codes::UNAVAILABLE,
-                        "broker is shutting down",
-                    ))
-                })
             }
             Err(r) => Err(r),
         };
@@ -394,15 +386,15 @@ impl Connection {
             }
             Err(r) => {
                 Metrics::inc(&self.shared.metrics.hello_rejected_total);
-                tracing::info!(code = r.code, "hello refused");
+                tracing::info!(code = r.code.as_str(), "hello refused");
                 let _ = self.send_now(text_error(r.code, &r.message, req_id)).await;
-                Flow::Close(r.close, r.code.to_owned())
+                Flow::Close(r.close, r.code.as_str().to_owned())
             }
         }
     }
 }
 
-fn text_error(code: &str, message: &str, req_id: Option<ReqId>) -> Message {
+fn text_error(code: Code, message: &str, req_id: Option<ReqId>) -> Message {
     text(&error(code, message, req_id))
 }
 
@@ -413,13 +405,13 @@ fn rate_limited(frame: &ClientFrame) -> Message {
             id: s.id.clone().unwrap_or_default(),
             message_id: String::new(),
             queued: false,
-            error: Some(codes::RATE_LIMITED.to_owned()),
+            error: Some(Code::RateLimited.as_str().to_owned()),
             recipients: None,
             client_message_id: s.client_message_id.clone(),
             req_id: s.req_id.clone(),
         })),
         other => text_error(
-            codes::RATE_LIMITED,
+            Code::RateLimited,
             "rate limit exceeded for this frame type",
             other.req_id().cloned(),
         ),

@@ -3,17 +3,20 @@
 //! bound address and a graceful [`BrokerHandle::shutdown`]. The `claudemesh-broker`
 //! binary is a thin wrapper; tests start the real thing on port 0.
 //!
-//! Module map: `server` (HTTP routes) → `conn` (one actor per WebSocket) → `engine` (the
-//! single thread that owns the store and all routing state). `auth` verifies hellos,
-//! `ratelimit` holds token buckets, `metrics` the Prometheus counters.
+//! Module map: `http` (routes, one room per endpoint family) → `conn` (one actor per
+//! WebSocket) → `engine` (the single thread that owns the store and all routing state).
+//! `state` is the process state they share, `refusal` the domain error they all speak,
+//! `auth` verifies hellos, `ratelimit` holds token buckets, `metrics` the counters.
 
 mod auth;
 pub mod config;
 mod conn;
 mod engine;
+mod http;
 mod metrics;
 mod ratelimit;
-mod server;
+mod refusal;
+mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,7 +56,7 @@ pub struct Broker;
 #[derive(Debug)]
 pub struct BrokerHandle {
     addr: SocketAddr,
-    shared: Arc<server::Shared>,
+    shared: Arc<state::Shared>,
     server: tokio::task::JoinHandle<()>,
     engine: std::thread::JoinHandle<()>,
 }
@@ -93,7 +96,7 @@ impl Broker {
             addr: config.listen,
             source,
         })?;
-        let shared = Arc::new(server::Shared {
+        let shared = Arc::new(state::Shared {
             rate_limiter: ratelimit::RateLimiter::new(config.rate_limits.clone()),
             connections: Arc::new(Semaphore::new(config.max_connections)),
             config,
@@ -104,7 +107,7 @@ impl Broker {
             next_conn: AtomicU64::new(1),
             started: Instant::now(),
         });
-        let app = server::router(shared.clone());
+        let app = http::router(shared.clone());
         let stop = shared.shutdown.clone();
         let server = tokio::spawn(async move {
             // Messages are small and latency-sensitive: no Nagle delay on accepted sockets.

@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use claudemesh_broker::{Broker, BrokerConfig};
+use claudemesh_proto::authority::Removal;
 use claudemesh_store::{
-    Inserted, InviteRow, MemberRow, MeshRow, MessageDeliveries, MessageRow, PeerRow,
-    PendingDelivery, Result, SqliteStore, Store, StoreError,
+    Claim, Inserted, InviteRow, MemberRow, MeshRow, MessageDeliveries, MessageRow, NewDelivery,
+    PeerRow, PendingDelivery, Result, SqliteStore, Store, StoreError,
 };
 use common::*;
 use serde_json::{Value, json};
@@ -85,18 +86,14 @@ impl Store for Faulty {
     fn upsert_invite(&mut self, invite: &InviteRow) -> Result<()> {
         self.inner.upsert_invite(invite)
     }
-    fn insert_message(&mut self, m: &MessageRow) -> Result<Inserted> {
-        self.inner.insert_message(m)
+    fn claim_invite_use(&mut self, mesh: &str, id: &str, now_s: i64) -> Result<Claim> {
+        self.inner.claim_invite_use(mesh, id, now_s)
     }
-    fn insert_delivery(
-        &mut self,
-        mesh: &str,
-        rowid: i64,
-        to: &str,
-        sealed: Option<&str>,
-        exp: i64,
-    ) -> Result<i64> {
-        self.inner.insert_delivery(mesh, rowid, to, sealed, exp)
+    fn remove_member(&mut self, mesh: &str, member: &str, removal: Removal) -> Result<bool> {
+        self.inner.remove_member(mesh, member, removal)
+    }
+    fn insert_message(&mut self, m: &MessageRow, copies: &[NewDelivery<'_>]) -> Result<Inserted> {
+        self.inner.insert_message(m, copies)
     }
     fn find_message_by_client_id(
         &mut self,

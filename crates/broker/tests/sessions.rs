@@ -97,7 +97,10 @@ async fn the_cap_retires_the_oldest_offline_session_and_refuses_when_all_are_liv
     let (_s4, k4, r4) = v1_session(&b, &alice, "s4").await;
     assert_eq!(r4["type"], "hello_ack", "{r4}");
     let keys = member_keys(&mut bc).await;
-    assert!(!keys.contains(&k1), "s1 retired");
+    assert!(
+        !keys.contains(&k1),
+        "s1 retired: k1={k1} k2={k2} k3={k3} k4={k4} keys={keys:?}"
+    );
     assert!(keys.contains(&k2) && keys.contains(&k3) && keys.contains(&k4));
     let (_s5, k5, r5) = v1_session(&b, &alice, "s5").await;
     assert_eq!(r5["type"], "hello_ack", "{r5}");

@@ -1,5 +1,8 @@
 //! Error codes used in `error` frames, `ack.error` and HTTP error bodies, plus the
-//! WebSocket close codes and capability names. Strings on the wire, constants in code.
+//! WebSocket close codes and capability names. The [`Code`] enum is how code handles
+//! them; the string constants are their wire text (and what tests compare against).
+//! [`Code::explain`] is the one place a code becomes advice for a person: the CLI, doctor
+//! and the MCP server all use it.
 
 /// Close codes (WIRE-V1 §Frames, broker → client).
 pub mod close {
@@ -58,6 +61,106 @@ pub const SLUG_TAKEN: &str = "slug_taken";
 pub const NOT_FOUND: &str = "not_found";
 pub const CONFLICT: &str = "conflict";
 
+crate::text_enum! {
+    /// Every error code this protocol defines.
+    pub enum Code {
+        NoHello = NO_HELLO,
+        UnknownMessageType = UNKNOWN_MESSAGE_TYPE,
+        Malformed = MALFORMED,
+        BadSignature = BAD_SIGNATURE,
+        TimestampSkew = TIMESTAMP_SKEW,
+        Replay = REPLAY,
+        Unauthorized = UNAUTHORIZED,
+        Revoked = REVOKED,
+        AttestationMismatch = ATTESTATION_MISMATCH,
+        Expired = EXPIRED,
+        TtlTooLong = TTL_TOO_LONG,
+        ParentMemberIdMismatch = PARENT_MEMBER_ID_MISMATCH,
+        BadSessionPubkey = BAD_SESSION_PUBKEY,
+        AlreadyAuthenticated = ALREADY_AUTHENTICATED,
+        RateLimited = RATE_LIMITED,
+        PayloadTooLarge = PAYLOAD_TOO_LARGE,
+        UnknownRecipient = UNKNOWN_RECIPIENT,
+        NoRecipients = NO_RECIPIENTS,
+        BadTarget = BAD_TARGET,
+        Internal = INTERNAL,
+        Unavailable = UNAVAILABLE,
+        TooManySessions = TOO_MANY_SESSIONS,
+        InviteBadSignature = INVITE_BAD_SIGNATURE,
+        MeshNotFound = MESH_NOT_FOUND,
+        InviteOwnerMismatch = INVITE_OWNER_MISMATCH,
+        InviteNotFound = INVITE_NOT_FOUND,
+        InviteMeshMismatch = INVITE_MESH_MISMATCH,
+        InviteRevoked = INVITE_REVOKED,
+        InviteExpired = INVITE_EXPIRED,
+        InviteExhausted = INVITE_EXHAUSTED,
+        MemberRevoked = MEMBER_REVOKED,
+        Forbidden = FORBIDDEN,
+        CreationDisabled = CREATION_DISABLED,
+        SlugTaken = SLUG_TAKEN,
+        NotFound = NOT_FOUND,
+        Conflict = CONFLICT,
+    }
+}
+
+impl Code {
+    /// What the code means for the person who met it, and what to do about it.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Code::NoHello
+            | Code::UnknownMessageType
+            | Code::Malformed
+            | Code::AlreadyAuthenticated => {
+                "the broker did not understand the request (client and broker versions may differ)"
+            }
+            Code::BadSignature | Code::AttestationMismatch | Code::BadSessionPubkey => {
+                "the broker could not verify this identity's signature; check the mesh's keys with `claudemesh doctor`"
+            }
+            Code::TimestampSkew => {
+                "this machine's clock is too far from the broker's; fix the system time"
+            }
+            Code::Replay => "the broker saw this signed request before; retry",
+            Code::Unauthorized | Code::ParentMemberIdMismatch => {
+                "this key is not a member of the mesh (it may have been removed); join again with a new invite"
+            }
+            Code::Revoked | Code::MemberRevoked => {
+                "this key was revoked from the mesh and may not rejoin"
+            }
+            Code::Expired | Code::TtlTooLong => {
+                "the session attestation expired; restart the session"
+            }
+            Code::RateLimited => "too many requests; wait a few seconds and retry",
+            Code::PayloadTooLarge => "the message is too large; send less text",
+            Code::UnknownRecipient => {
+                "no such peer or member in this mesh (it may have left); check `claudemesh peers`"
+            }
+            Code::NoRecipients => "nobody matches that target",
+            Code::BadTarget => "the target is not a peer key, `*` or `@group`",
+            Code::Internal | Code::Unavailable => {
+                "the broker's storage is unavailable; retry shortly"
+            }
+            Code::TooManySessions => {
+                "this member has the most live sessions allowed; close one or run `claudemesh sessions prune`"
+            }
+            Code::InviteBadSignature | Code::InviteOwnerMismatch | Code::InviteMeshMismatch => {
+                "the invite is not valid for this mesh; ask for a new one"
+            }
+            Code::MeshNotFound => "the broker does not know this mesh; check the broker URL",
+            Code::InviteNotFound => "the broker does not know this invite; ask for a new one",
+            Code::InviteRevoked => "the invite was revoked; ask for a new one",
+            Code::InviteExpired => "the invite expired; ask for a new one",
+            Code::InviteExhausted => "the invite has no uses left; ask for a new one",
+            Code::Forbidden => "your role in this mesh does not allow this",
+            Code::CreationDisabled => {
+                "this broker does not allow creating meshes (or needs a creation token)"
+            }
+            Code::SlugTaken => "a mesh with this slug already exists on the broker; pick another",
+            Code::NotFound => "no such item",
+            Code::Conflict => "this already exists",
+        }
+    }
+}
+
 /// Capability names announced in `hello.capabilities` / `hello_ack.capabilities`.
 pub mod cap {
     /// Multicast bodies sealed once with secretbox plus a sealed key per recipient.
@@ -76,4 +179,32 @@ pub mod cap {
     pub const REACHABILITY: &str = "reachability";
     /// Session identities retire (schedule, cap per member) and `retire_sessions`.
     pub const SESSION_RETIRE: &str = "session-retire";
+
+    /// Every extension this protocol version defines, as a broker announces them in
+    /// `hello_ack` (PROTOCOL.md §3).
+    pub const ALL: &[&str] = &[
+        E2E_MULTICAST,
+        LIST_MEMBERS,
+        OFFLINE_QUEUE,
+        LEASES,
+        MESH_ADMIN,
+        MESSAGE_STATUS,
+        REACHABILITY,
+        SESSION_RETIRE,
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Code;
+
+    #[test]
+    fn every_code_has_distinct_text_and_advice() {
+        let mut texts: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+        texts.sort_unstable();
+        texts.dedup();
+        assert_eq!(texts.len(), Code::ALL.len());
+        assert!(Code::ALL.iter().all(|c| !c.explain().is_empty()));
+        assert_eq!(Code::parse("rate_limited"), Some(Code::RateLimited));
+    }
 }

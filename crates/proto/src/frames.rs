@@ -23,83 +23,49 @@ pub enum ReqId {
     Num(i64),
 }
 
-/// Message priority. `now` interrupts; `next` and `low` wait while the recipient is
-/// `working` or `dnd`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    Now,
-    #[default]
-    Next,
-    Low,
-}
-
-impl Priority {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::Now => "now",
-            Priority::Next => "next",
-            Priority::Low => "low",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "now" => Some(Priority::Now),
-            "next" => Some(Priority::Next),
-            "low" => Some(Priority::Low),
-            _ => None,
-        }
+crate::text_enum! {
+    /// Message priority. `now` interrupts; `next` and `low` wait while the recipient is
+    /// `working` or `dnd`.
+    #[derive(Default)]
+    pub enum Priority {
+        Now = "now",
+        #[default]
+        Next = "next",
+        Low = "low",
     }
 }
 
-/// Presence status, set by hooks (`working` on prompt, `idle` on stop) or by hand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    #[default]
-    Idle,
-    Working,
-    Dnd,
+crate::text_enum! {
+    /// Presence status, set by hooks (`working` on prompt, `idle` on stop) or by hand.
+    #[derive(Default)]
+    pub enum Status {
+        #[default]
+        Idle = "idle",
+        Working = "working",
+        Dnd = "dnd",
+    }
 }
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Idle => "idle",
-            Status::Working => "working",
-            Status::Dnd => "dnd",
-        }
-    }
-
     /// Whether a message of this priority may be pushed to a peer in this status.
     pub fn admits(self, priority: Priority) -> bool {
         self == Status::Idle || priority == Priority::Now
     }
 }
 
-/// Extension `reachability`: how a message reaches a peer right now. A peer's own client
-/// announces `live` or `next_prompt`; the broker reports `queued` for an identity that is
-/// not connected, and `live` for a connected one that announced nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reach {
-    /// Pushed to a running client at once (a Claude Code session with working channels,
-    /// a CLI waiting in `inbox --wait`, a bot).
-    Live,
-    /// Shown when the session's user next submits a prompt (Claude Code hooks only).
-    NextPrompt,
-    /// Not connected: stored by the broker until the identity returns.
-    Queued,
-}
-
-impl Reach {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reach::Live => "live",
-            Reach::NextPrompt => "next_prompt",
-            Reach::Queued => "queued",
-        }
+crate::text_enum! {
+    /// Extension `reachability`: how a message reaches a peer right now. A peer's own
+    /// client announces `live` or `next_prompt`; the broker reports `queued` for an
+    /// identity that is not connected, and `live` for a connected one that announced
+    /// nothing.
+    pub enum Reach {
+        /// Pushed to a running client at once (a Claude Code session with working
+        /// channels, a CLI waiting in `inbox --wait`, a bot).
+        Live = "live",
+        /// Shown when the session's user next submits a prompt (Claude Code hooks only).
+        NextPrompt = "next_prompt",
+        /// Not connected: stored by the broker until the identity returns.
+        Queued = "queued",
     }
 }
 

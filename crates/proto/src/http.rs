@@ -97,21 +97,12 @@ pub struct RemoveMemberRequest {
     pub signed: Signed,
 }
 
-/// `kick` removes the member (close 4001; may re-join with a new invite); `revoke` bans
-/// the key (close 4002; hello answers `revoked`, joins answer `member_revoked`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RemoveMode {
-    Kick,
-    Revoke,
-}
-
-impl RemoveMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RemoveMode::Kick => "kick",
-            RemoveMode::Revoke => "revoke",
-        }
+crate::text_enum! {
+    /// `kick` removes the member (close 4001; may re-join with a new invite); `revoke`
+    /// bans the key (close 4002; hello answers `revoked`, joins answer `member_revoked`).
+    pub enum RemoveMode {
+        Kick = "kick",
+        Revoke = "revoke",
     }
 }
 

@@ -7,20 +7,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use claudemesh_crypto::{PublicKey, SecretKey, Signature};
 use serde::{Deserialize, Serialize};
 
-/// The role an invite grants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InviteRole {
-    Member,
-    Admin,
-}
-
-impl InviteRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InviteRole::Member => "member",
-            InviteRole::Admin => "admin",
-        }
+crate::text_enum! {
+    /// The role an invite grants.
+    pub enum InviteRole {
+        Member = "member",
+        Admin = "admin",
     }
 }
 

@@ -6,6 +6,7 @@
 //! and the client decide. `PROTOCOL.md` at the repository root is the normative text; the
 //! types here must match it.
 
+pub mod authority;
 pub mod canonical;
 pub mod codes;
 pub mod frames;
@@ -13,6 +14,11 @@ pub mod http;
 pub mod ids;
 pub mod invite;
 pub mod limits;
+pub mod text_enum;
 pub mod time;
 
 pub use frames::{BrokerFrame, ClientFrame};
+
+/// The protocol version this implementation speaks (`hello_ack.protocolVersion`);
+/// extensions are negotiated by capability (see [`codes::cap::ALL`]).
+pub const PROTOCOL_VERSION: u32 = 1;

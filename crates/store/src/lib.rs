@@ -8,36 +8,80 @@
 //! What the store must not do: interpret the protocol, decide authorisation, or hold any
 //! secret key. It stores public keys and ciphertext.
 
+//!
+//! Decisions that two broker nodes could race on are made by the database, in one
+//! conditional statement each: claiming an invite use ([`Store::claim_invite_use`]),
+//! storing a message with all its deliveries ([`Store::insert_message`]), removing a
+//! member ([`Store::remove_member`]).
+//!
+//! Backends are cargo features: `sqlite` (default, the embedded backend).
+
 mod rows;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 pub use rows::*;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
-/// Errors from a storage backend. The message may name tables or SQL; callers must not
-/// forward it to clients.
+/// Errors from a storage backend, whatever the backend. The text may name tables or SQL;
+/// callers must not forward it to clients.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The database refused or failed an operation.
     #[error("database error: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(Box<dyn std::error::Error + Send + Sync>),
     /// The database file or directory could not be prepared.
     #[error("cannot open database at {path}: {reason}")]
     Open { path: String, reason: String },
     /// The on-disk schema is newer than this binary understands.
     #[error("database schema version {found} is newer than supported version {supported}")]
     SchemaTooNew { found: i64, supported: i64 },
+    /// A stored value this binary does not understand (e.g. an unknown role).
+    #[error("database holds an unexpected value in {what}")]
+    Corrupt { what: String },
 }
+
+impl StoreError {
+    /// Wrap a backend's own error.
+    pub fn db(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Db(Box::new(e))
+    }
+}
+
+use claudemesh_proto::authority::Removal;
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// Outcome of [`Store::insert_message`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
-    /// A new body with this row id.
-    New(i64),
-    /// A resend: the broker id of the message already stored.
+    /// A new body; the sequence number of each delivery, in the order given. Sequence
+    /// numbers increase in commit order (FIFO per recipient follows from it).
+    New(Vec<i64>),
+    /// A resend: the broker id of the message already stored; nothing was inserted.
     Existing(String),
+}
+
+/// One recipient's copy of a message being stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery<'a> {
+    pub recipient: &'a str,
+    pub sealed_key: Option<&'a str>,
+}
+
+/// Outcome of [`Store::claim_invite_use`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// One use was spent.
+    Claimed,
+    /// No such invite in this mesh.
+    NotFound,
+    Revoked,
+    Expired,
+    /// Every use is spent.
+    Exhausted,
 }
 
 /// Everything the broker persists. All timestamps are milliseconds since the epoch except
@@ -60,22 +104,24 @@ pub trait Store: Send + 'static {
     fn invite(&mut self, invite_id: &str) -> Result<Option<InviteRow>>;
     fn invites(&mut self, mesh_id: &str) -> Result<Vec<InviteRow>>;
     fn upsert_invite(&mut self, invite: &InviteRow) -> Result<()>;
+    /// Spend one use of an invite of `mesh_id` if it is registered, not revoked, not
+    /// expired at `now_s` (seconds) and has a use left, in one conditional statement, so
+    /// of two concurrent claims of the last use exactly one wins.
+    fn claim_invite_use(&mut self, mesh_id: &str, invite_id: &str, now_s: i64) -> Result<Claim>;
+    /// Mark a member removed, in one conditional statement: never the owner, and never a
+    /// downgrade (a revoked member stays revoked). Returns whether the row changed.
+    fn remove_member(&mut self, mesh_id: &str, member_id: &str, removal: Removal) -> Result<bool>;
 
     // ---- messages and deliveries ----
-    /// Insert a message body once. If this sender already sent a message with the same
-    /// `client_message_id` in this mesh, nothing is inserted and the existing broker
-    /// message id is returned instead (idempotent resend).
-    fn insert_message(&mut self, message: &MessageRow) -> Result<Inserted>;
-    /// Insert one recipient's delivery of a message; returns its sequence number, which
-    /// increases in commit order (FIFO per recipient follows from it).
-    fn insert_delivery(
+    /// Store a message body once with one delivery per recipient, in one call. If this
+    /// sender already sent a message with the same `client_message_id` in this mesh,
+    /// nothing is inserted and the existing broker message id is returned instead
+    /// (idempotent resend).
+    fn insert_message(
         &mut self,
-        mesh_id: &str,
-        message_rowid: i64,
-        recipient: &str,
-        sealed_key: Option<&str>,
-        expires_at: i64,
-    ) -> Result<i64>;
+        message: &MessageRow,
+        deliveries: &[NewDelivery<'_>],
+    ) -> Result<Inserted>;
     /// The broker id of a message this sender already sent with this `client_message_id`
     /// (idempotent resend after a lost ack).
     fn find_message_by_client_id(

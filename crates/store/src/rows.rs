@@ -1,4 +1,9 @@
-//! Plain row types exchanged with a [`crate::Store`]. No behaviour, no validation.
+//! Plain row types exchanged with a [`crate::Store`]. No behaviour, no validation; closed
+//! sets (roles, removals, kinds, priorities) are the protocol's enums, stored as text.
+
+use claudemesh_proto::authority::{PeerKind, Removal, Role};
+use claudemesh_proto::frames::Priority;
+use claudemesh_proto::invite::InviteRole;
 
 /// A mesh. The broker holds only its owner's public key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,11 +22,10 @@ pub struct MemberRow {
     pub mesh_id: String,
     pub pubkey: String,
     pub display_name: String,
-    /// `owner`, `admin` or `member`.
-    pub role: String,
+    pub role: Role,
     pub joined_at: i64,
-    /// `None` while active; `kicked` or `revoked` after removal.
-    pub removed: Option<String>,
+    /// `None` while active.
+    pub removed: Option<Removal>,
 }
 
 /// A registered invite (the signed payload itself is never stored; only its id).
@@ -29,7 +33,7 @@ pub struct MemberRow {
 pub struct InviteRow {
     pub id: String,
     pub mesh_id: String,
-    pub role: String,
+    pub role: InviteRole,
     /// 0 = unlimited.
     pub max_uses: u32,
     pub uses: u32,
@@ -48,8 +52,7 @@ pub struct PeerRow {
     pub pubkey: String,
     pub mesh_id: String,
     pub member_id: String,
-    /// `member` or `session`.
-    pub kind: String,
+    pub kind: PeerKind,
     pub display_name: String,
     /// JSON array of `{name, role?}`.
     pub groups_json: String,
@@ -70,7 +73,7 @@ pub struct MessageRow {
     pub sender_member_pubkey: String,
     pub sender_name: String,
     pub target_spec: String,
-    pub priority: String,
+    pub priority: Priority,
     pub nonce: String,
     pub ciphertext: String,
     pub client_message_id: Option<String>,

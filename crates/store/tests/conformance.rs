@@ -9,9 +9,28 @@
     clippy::indexing_slicing
 )]
 
+use claudemesh_proto::authority::{PeerKind, Removal, Role};
+use claudemesh_proto::frames::Priority;
+use claudemesh_proto::invite::InviteRole;
 use claudemesh_store::{
-    Inserted, InviteRow, MemberRow, MeshRow, MessageRow, PeerRow, SqliteStore, Store,
+    Claim, Inserted, InviteRow, MemberRow, MeshRow, MessageRow, NewDelivery, PeerRow, SqliteStore,
+    Store,
 };
+
+/// Store `m` with one delivery per `(recipient, sealed key)`; the deliveries' seqs.
+fn send(store: &mut dyn Store, m: &MessageRow, to: &[(&str, Option<&str>)]) -> Vec<i64> {
+    let copies: Vec<NewDelivery<'_>> = to
+        .iter()
+        .map(|(recipient, sealed_key)| NewDelivery {
+            recipient,
+            sealed_key: *sealed_key,
+        })
+        .collect();
+    match store.insert_message(m, &copies).unwrap() {
+        Inserted::New(seqs) => seqs,
+        other => panic!("expected a new message, got {other:?}"),
+    }
+}
 
 fn message(id: &str, cmid: Option<&str>, expires_at: i64) -> MessageRow {
     MessageRow {
@@ -21,7 +40,7 @@ fn message(id: &str, cmid: Option<&str>, expires_at: i64) -> MessageRow {
         sender_member_pubkey: "a".repeat(64),
         sender_name: "alice".into(),
         target_spec: "b".repeat(64),
-        priority: "now".into(),
+        priority: Priority::Now,
         nonce: "n".into(),
         ciphertext: "c".into(),
         client_message_id: cmid.map(str::to_owned),
@@ -46,7 +65,7 @@ fn seed(store: &mut dyn Store) {
             mesh_id: "m1".into(),
             pubkey: "a".repeat(64),
             display_name: "alice".into(),
-            role: "member".into(),
+            role: Role::Member,
             joined_at: 1,
             removed: None,
         })
@@ -60,31 +79,24 @@ pub fn conformance(store: &mut dyn Store) {
     let (bob, carol) = ("b".repeat(64), "c".repeat(64));
 
     // Body once, deliveries per recipient, seq increasing in commit order.
-    let Inserted::New(rowid) = store
-        .insert_message(&message("msg1", Some("cm1"), 1_000))
-        .unwrap()
-    else {
-        panic!("new")
-    };
+    let seqs = send(
+        store,
+        &message("msg1", Some("cm1"), 1_000),
+        &[(&bob, None), (&carol, Some("sealed"))],
+    );
+    let (s1, s2) = (seqs[0], seqs[1]);
     // A resend with the same client_message_id inserts nothing and names the original.
+    let copy = NewDelivery {
+        recipient: &bob,
+        sealed_key: None,
+    };
     assert_eq!(
         store
-            .insert_message(&message("msg1-resend", Some("cm1"), 1_000))
+            .insert_message(&message("msg1-resend", Some("cm1"), 1_000), &[copy])
             .unwrap(),
         Inserted::Existing("msg1".into())
     );
-    let s1 = store
-        .insert_delivery("m1", rowid, &bob, None, 1_000)
-        .unwrap();
-    let s2 = store
-        .insert_delivery("m1", rowid, &carol, Some("sealed"), 1_000)
-        .unwrap();
-    let Inserted::New(rowid2) = store.insert_message(&message("msg2", None, 1_000)).unwrap() else {
-        panic!("new")
-    };
-    let s3 = store
-        .insert_delivery("m1", rowid2, &bob, None, 1_000)
-        .unwrap();
+    let s3 = send(store, &message("msg2", None, 1_000), &[(&bob, None)])[0];
     assert!(s1 < s2 && s2 < s3);
     store.commit().unwrap();
     assert_eq!(store.queue_depth(10).unwrap(), 3);
@@ -145,10 +157,7 @@ pub fn conformance(store: &mut dyn Store) {
     );
 
     // Rollback discards.
-    let Inserted::New(r) = store.insert_message(&message("msg3", None, 1_000)).unwrap() else {
-        panic!("new")
-    };
-    let s4 = store.insert_delivery("m1", r, &bob, None, 1_000).unwrap();
+    let s4 = send(store, &message("msg3", None, 1_000), &[(&bob, None)])[0];
     store.rollback().unwrap();
     assert_eq!(store.ack_deliveries(&[s4], 30).unwrap(), 0, "rolled back");
     assert_eq!(store.pending("m1", &bob, 0, 10, 10).unwrap().len(), 1);
@@ -162,7 +171,7 @@ pub fn conformance(store: &mut dyn Store) {
     let inv = InviteRow {
         id: "i1".into(),
         mesh_id: "m1".into(),
-        role: "member".into(),
+        role: InviteRole::Member,
         max_uses: 1,
         uses: 0,
         expires_at: 9,
@@ -183,7 +192,7 @@ pub fn conformance(store: &mut dyn Store) {
         pubkey: "d".repeat(64),
         mesh_id: "m1".into(),
         member_id: "u1".into(),
-        kind: "session".into(),
+        kind: PeerKind::Session,
         display_name: "s".into(),
         groups_json: "[]".into(),
         last_seen: 5,
@@ -221,13 +230,11 @@ pub fn purge_boundaries(store: &mut dyn Store) {
     seed(store);
     let bob = "b".repeat(64);
     for i in 1..=101 {
-        let Inserted::New(r) = store
-            .insert_message(&message(&format!("m{i}"), None, i * 10))
-            .unwrap()
-        else {
-            panic!("new")
-        };
-        store.insert_delivery("m1", r, &bob, None, i * 10).unwrap();
+        send(
+            store,
+            &message(&format!("m{i}"), None, i * 10),
+            &[(&bob, None)],
+        );
     }
     store.commit().unwrap();
     for (now, left) in [
@@ -254,13 +261,11 @@ pub fn batched_acks(store: &mut dyn Store) {
     let bob = "b".repeat(64);
     let mut seqs = Vec::new();
     for i in 0..3 {
-        let Inserted::New(r) = store
-            .insert_message(&message(&format!("b{i}"), None, 1_000))
-            .unwrap()
-        else {
-            panic!("new")
-        };
-        seqs.push(store.insert_delivery("m1", r, &bob, None, 1_000).unwrap());
+        seqs.extend(send(
+            store,
+            &message(&format!("b{i}"), None, 1_000),
+            &[(&bob, None)],
+        ));
     }
     store.commit().unwrap();
     assert_eq!(
@@ -292,22 +297,10 @@ pub fn message_deliveries(store: &mut dyn Store) {
     let keys: Vec<String> = ["b", "c", "d"].iter().map(|k| k.repeat(64)).collect();
     let mut expected = Vec::new();
     for i in 0..40_i64 {
-        let Inserted::New(rowid) = store
-            .insert_message(&message(&format!("s{i}"), None, 100 + i))
-            .unwrap()
-        else {
-            panic!("new")
-        };
         // Messages alternate between one and three recipients.
         let n = if i % 2 == 0 { 1 } else { 3 };
-        let seqs: Vec<i64> = keys[..n]
-            .iter()
-            .map(|k| {
-                store
-                    .insert_delivery("m1", rowid, k, None, 100 + i)
-                    .unwrap()
-            })
-            .collect();
+        let to: Vec<(&str, Option<&str>)> = keys[..n].iter().map(|k| (k.as_str(), None)).collect();
+        let seqs = send(store, &message(&format!("s{i}"), None, 100 + i), &to);
         expected.push(seqs);
     }
     store.commit().unwrap();
@@ -359,21 +352,12 @@ pub fn message_deliveries(store: &mut dyn Store) {
 fn retirement_drops_undelivered(store: &mut dyn Store) {
     seed(store);
     let (bob, carol) = ("b".repeat(64), "c".repeat(64));
-    let Inserted::New(rowid) = store.insert_message(&message("r1", None, 1_000)).unwrap() else {
-        panic!("new")
-    };
-    store
-        .insert_delivery("m1", rowid, &bob, None, 1_000)
-        .unwrap();
-    store
-        .insert_delivery("m1", rowid, &carol, None, 1_000)
-        .unwrap();
-    let Inserted::New(rowid2) = store.insert_message(&message("r2", None, 1_000)).unwrap() else {
-        panic!("new")
-    };
-    store
-        .insert_delivery("m1", rowid2, &bob, None, 1_000)
-        .unwrap();
+    send(
+        store,
+        &message("r1", None, 1_000),
+        &[(&bob, None), (&carol, None)],
+    );
+    send(store, &message("r2", None, 1_000), &[(&bob, None)]);
     store.commit().unwrap();
     assert!(store.ack_delivery("m1", &bob, "r1", 5).unwrap());
     assert_eq!(
@@ -394,6 +378,148 @@ fn retirement_drops_undelivered(store: &mut dyn Store) {
     store.commit().unwrap();
     assert!(store.pending("m1", &bob, 0, 10, 0).unwrap().is_empty());
     assert_eq!(store.pending("m1", &carol, 0, 10, 0).unwrap().len(), 1);
+}
+
+fn invite(id: &str, max_uses: u32, expires_at: i64) -> InviteRow {
+    InviteRow {
+        id: id.into(),
+        mesh_id: "m1".into(),
+        role: InviteRole::Member,
+        max_uses,
+        uses: 0,
+        expires_at,
+        revoked: false,
+        created_by: "o".repeat(64),
+        created_at: 1,
+    }
+}
+
+/// Invite uses and member removal are decided by the store, in one statement each.
+pub fn decisions(store: &mut dyn Store) {
+    seed(store);
+    store.upsert_invite(&invite("two", 2, 100)).unwrap();
+    store.upsert_invite(&invite("open", 0, 100)).unwrap();
+    store
+        .upsert_invite(&InviteRow {
+            revoked: true,
+            ..invite("gone", 0, 100)
+        })
+        .unwrap();
+    let claim =
+        |store: &mut dyn Store, id: &str, now: i64| store.claim_invite_use("m1", id, now).unwrap();
+    assert_eq!(claim(store, "two", 50), Claim::Claimed);
+    assert_eq!(claim(store, "two", 50), Claim::Claimed);
+    assert_eq!(claim(store, "two", 50), Claim::Exhausted);
+    assert_eq!(store.invite("two").unwrap().unwrap().uses, 2);
+    for _ in 0..5 {
+        assert_eq!(claim(store, "open", 50), Claim::Claimed, "0 = unlimited");
+    }
+    assert_eq!(
+        claim(store, "open", 100),
+        Claim::Expired,
+        "expiry is exclusive"
+    );
+    assert_eq!(claim(store, "gone", 50), Claim::Revoked);
+    assert_eq!(claim(store, "nope", 50), Claim::NotFound);
+    assert_eq!(
+        store.claim_invite_use("other", "open", 50).unwrap(),
+        Claim::NotFound
+    );
+    store.commit().unwrap();
+
+    let owner = MemberRow {
+        id: "own".into(),
+        mesh_id: "m1".into(),
+        pubkey: "o".repeat(64),
+        display_name: "owner".into(),
+        role: Role::Owner,
+        joined_at: 1,
+        removed: None,
+    };
+    store.upsert_member(&owner).unwrap();
+    assert!(
+        !store.remove_member("m1", "own", Removal::Revoked).unwrap(),
+        "never the owner"
+    );
+    assert!(store.remove_member("m1", "u1", Removal::Kicked).unwrap());
+    assert!(
+        !store.remove_member("m1", "u1", Removal::Kicked).unwrap(),
+        "already kicked"
+    );
+    assert!(
+        store.remove_member("m1", "u1", Removal::Revoked).unwrap(),
+        "kick → ban"
+    );
+    assert!(
+        !store.remove_member("m1", "u1", Removal::Kicked).unwrap(),
+        "no downgrade"
+    );
+    assert!(
+        !store
+            .remove_member("other", "u1", Removal::Revoked)
+            .unwrap()
+    );
+    store.commit().unwrap();
+    let members = store.load_members().unwrap();
+    let u1 = members.iter().find(|m| m.id == "u1").unwrap();
+    assert_eq!(u1.removed, Some(Removal::Revoked));
+    assert_eq!(
+        members.iter().find(|m| m.id == "own").unwrap().removed,
+        None
+    );
+}
+
+#[test]
+fn sqlite_decides_invite_uses_and_removals() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    decisions(&mut store);
+}
+
+/// Two connections to one database file (what two broker nodes would be) race for the
+/// last use of an invite: exactly one wins, whatever the interleaving.
+#[test]
+fn sqlite_two_connections_claiming_the_last_use_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    {
+        let mut store = SqliteStore::open(&path).unwrap();
+        seed(&mut store);
+        store.upsert_invite(&invite("last", 1, 100)).unwrap();
+        store.commit().unwrap();
+    }
+    for round in 0..20 {
+        let id = format!("last{round}");
+        {
+            let mut store = SqliteStore::open(&path).unwrap();
+            store.upsert_invite(&invite(&id, 1, 100)).unwrap();
+            store.commit().unwrap();
+        }
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let claims: Vec<Claim> = (0..2)
+            .map(|_| {
+                let (path, id, barrier) = (path.clone(), id.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut store = SqliteStore::open(&path).unwrap();
+                    barrier.wait();
+                    let claim = store.claim_invite_use("m1", &id, 50).unwrap();
+                    store.commit().unwrap();
+                    claim
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let won = claims.iter().filter(|c| **c == Claim::Claimed).count();
+        assert_eq!(won, 1, "round {round}: {claims:?}");
+        assert!(
+            claims.contains(&Claim::Exhausted),
+            "round {round}: {claims:?}"
+        );
+    }
+    let mut store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.invite("last0").unwrap().unwrap().uses, 1);
 }
 
 #[test]
@@ -438,19 +564,17 @@ fn sqlite_commits_survive_reopen_and_uncommitted_work_does_not() {
     {
         let mut store = SqliteStore::open(&path).unwrap();
         seed(&mut store);
-        let Inserted::New(r) = store.insert_message(&message("kept", None, 1_000)).unwrap() else {
-            panic!("new")
-        };
-        store
-            .insert_delivery("m1", r, &"b".repeat(64), None, 1_000)
-            .unwrap();
+        send(
+            &mut store,
+            &message("kept", None, 1_000),
+            &[(&"b".repeat(64), None)],
+        );
         store.commit().unwrap();
-        let Inserted::New(r) = store.insert_message(&message("lost", None, 1_000)).unwrap() else {
-            panic!("new")
-        };
-        store
-            .insert_delivery("m1", r, &"b".repeat(64), None, 1_000)
-            .unwrap();
+        send(
+            &mut store,
+            &message("lost", None, 1_000),
+            &[(&"b".repeat(64), None)],
+        );
         // dropped without commit
     }
     let mut store = SqliteStore::open(&path).unwrap();

@@ -7,17 +7,17 @@
 //! Deliveries enter a mailbox in `seq` order, which is commit order, so FIFO per
 //! (sender, recipient) holds for first pushes.
 
+use claudemesh_proto::codes::Code;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use claudemesh_proto::codes;
 use claudemesh_proto::frames::{
     Ack, BrokerFrame, ClientAck, DeliveryState, ErrorFrame, MessageStatusReply,
     MessageStatusRequest, Priority, RecipientStatus, Send, Target,
 };
 use claudemesh_proto::limits;
-use claudemesh_store::{Inserted, MessageRow, PendingDelivery};
+use claudemesh_store::{Inserted, MessageRow, NewDelivery, PendingDelivery};
 
 use super::{ConnId, Effect, Engine, Outbound, ReplySlot, TimerKind};
 use claudemesh_proto::ids::new_id;
@@ -66,20 +66,19 @@ impl Mailbox {
 }
 
 fn delivery_from(p: PendingDelivery) -> Arc<Delivery> {
-    let priority = Priority::parse(&p.message.priority).unwrap_or_default();
     Arc::new(Delivery {
         seq: p.seq,
+        priority: p.message.priority,
         message: Arc::new(p.message),
-        priority,
         sealed_key: p.sealed_key,
     })
 }
 
 impl Engine {
     /// Refuse a send: an ack with `queued: false` and the error code.
-    fn refuse(&mut self, conn: ConnId, slot: ReplySlot, mut ack: Ack, code: &str) {
+    fn refuse(&mut self, conn: ConnId, slot: ReplySlot, mut ack: Ack, code: Code) {
         Metrics::inc(&self.metrics.messages_rejected_total);
-        ack.error = Some(code.to_owned());
+        ack.error = Some(code.as_str().to_owned());
         self.reply(conn, slot, BrokerFrame::Ack(ack));
     }
 
@@ -113,21 +112,21 @@ impl Engine {
             req_id,
         };
         let Some(mesh) = self.dir.mesh(mesh_id) else {
-            return self.refuse(conn, slot, ack, codes::UNAUTHORIZED);
+            return self.refuse(conn, slot, ack, Code::Unauthorized);
         };
         let Some(target) = Target::parse(&target_spec) else {
-            return self.refuse(conn, slot, ack, codes::BAD_TARGET);
+            return self.refuse(conn, slot, ack, Code::BadTarget);
         };
         if nonce.len() > 64
             || client_message_id
                 .as_ref()
                 .is_some_and(|c| c.len() > limits::MAX_SHORT_TEXT_BYTES)
         {
-            return self.refuse(conn, slot, ack, codes::MALFORMED);
+            return self.refuse(conn, slot, ack, Code::Malformed);
         }
         let mut recipients = match target {
             Target::Direct(key) if mesh.is_recipient(key) => vec![key.to_owned()],
-            Target::Direct(_) => return self.refuse(conn, slot, ack, codes::UNKNOWN_RECIPIENT),
+            Target::Direct(_) => return self.refuse(conn, slot, ack, Code::UnknownRecipient),
             Target::Broadcast => mesh.broadcast_recipients(sender),
             Target::Group(name) => mesh.group_recipients(name, sender),
         };
@@ -135,7 +134,7 @@ impl Engine {
         let sealed = sealed_keys.filter(|_| target.is_multicast() && !self.v1_only);
         if let Some(sealed) = &sealed {
             if sealed.len() > limits::MAX_SEALED_KEYS {
-                return self.refuse(conn, slot, ack, codes::PAYLOAD_TOO_LARGE);
+                return self.refuse(conn, slot, ack, Code::PayloadTooLarge);
             }
             recipients.retain(|k| sealed.contains_key(k));
         }
@@ -153,15 +152,22 @@ impl Engine {
                 sender_member_pubkey,
                 sender_name,
                 target_spec,
-                priority: priority.as_str().to_owned(),
+                priority,
                 nonce,
                 ciphertext,
                 client_message_id,
                 created_at: now,
                 expires_at: now + limits::MESSAGE_TTL_MS,
             });
-            let rowid = match self.store.insert_message(&message) {
-                Ok(Inserted::New(r)) => r,
+            let copies: Vec<NewDelivery<'_>> = recipients
+                .iter()
+                .map(|r| NewDelivery {
+                    recipient: r,
+                    sealed_key: sealed.as_ref().and_then(|s| s.get(r)).map(String::as_str),
+                })
+                .collect();
+            let seqs = match self.store.insert_message(&message, &copies) {
+                Ok(Inserted::New(seqs)) => seqs,
                 // Idempotent resend: the same client_message_id from the same sender is one
                 // message; answer with its id and create nothing.
                 Ok(Inserted::Existing(existing)) => {
@@ -171,26 +177,15 @@ impl Engine {
                 }
                 Err(e) => return self.store_failed(conn, slot, &e, ack),
             };
-            for r in recipients {
+            for (r, seq) in recipients.into_iter().zip(seqs) {
                 let sealed_key = sealed.as_ref().and_then(|s| s.get(&r)).cloned();
-                match self.store.insert_delivery(
-                    mesh_id,
-                    rowid,
-                    &r,
-                    sealed_key.as_deref(),
-                    message.expires_at,
-                ) {
-                    Ok(seq) => stored.push((
-                        r,
-                        Arc::new(Delivery {
-                            seq,
-                            message: message.clone(),
-                            priority,
-                            sealed_key,
-                        }),
-                    )),
-                    Err(e) => return self.store_failed(conn, slot, &e, ack),
-                }
+                let delivery = Delivery {
+                    seq,
+                    message: message.clone(),
+                    priority,
+                    sealed_key,
+                };
+                stored.push((r, Arc::new(delivery)));
             }
             ack.message_id = message.message_id.clone();
         }
@@ -448,12 +443,12 @@ impl Engine {
                 Err(e) => {
                     // A read failed: answer, but do not fail the batch's writes for it.
                     tracing::warn!(error = %e, "reading a message's deliveries failed");
-                    let err = ErrorFrame::new(codes::UNAVAILABLE, "storage is unavailable");
+                    let err = ErrorFrame::new(Code::Unavailable, "storage is unavailable");
                     return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req_id)));
                 }
             };
         let Some(mesh) = self.dir.mesh(mesh_id) else {
-            let err = ErrorFrame::new(codes::NOT_FOUND, "no message with this id was sent by you");
+            let err = ErrorFrame::new(Code::NotFound, "no message with this id was sent by you");
             return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req_id)));
         };
         let asker_member = mesh
@@ -464,7 +459,7 @@ impl Engine {
         let Some(found) = found.filter(|f| {
             f.message.sender_pubkey == asker || f.message.sender_member_pubkey == asker_member
         }) else {
-            let err = ErrorFrame::new(codes::NOT_FOUND, "no message with this id was sent by you");
+            let err = ErrorFrame::new(Code::NotFound, "no message with this id was sent by you");
             return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req_id)));
         };
         let now = now_ms();

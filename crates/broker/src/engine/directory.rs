@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use claudemesh_proto::authority::PeerKind;
 use claudemesh_proto::frames::{GroupRef, PresenceInfo, Status};
 use claudemesh_store::{MemberRow, MeshRow, PeerRow, Store, StoreError};
 
@@ -130,7 +131,9 @@ impl Mesh {
             self.peers
                 .values()
                 .filter(|p| {
-                    p.kind == "session" && p.pubkey != sender && self.is_recipient(&p.pubkey)
+                    p.kind == PeerKind::Session
+                        && p.pubkey != sender
+                        && self.is_recipient(&p.pubkey)
                 })
                 .map(|p| p.pubkey.clone()),
         );

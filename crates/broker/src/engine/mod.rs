@@ -12,19 +12,21 @@
 //! parse JSON from clients, or verify signatures (connection tasks do that in parallel).
 
 mod admin;
+mod attach;
 mod delivery;
 mod directory;
+mod join;
 mod presence;
 mod reply;
 mod sessions;
 
+use claudemesh_proto::codes::Code;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use claudemesh_proto::codes;
 use claudemesh_proto::frames::{Ack, BrokerFrame, ClientFrame, ErrorFrame};
 use claudemesh_proto::http::JoinRequest;
 use claudemesh_store::Store;
@@ -34,9 +36,10 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Rejection, VerifiedHello};
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
+use crate::refusal::Refusal;
 use claudemesh_proto::time::now_ms;
 
-pub use admin::{AdminCommand, ApiFailure};
+pub use admin::{AdminCommand, AdminReply};
 pub use delivery::Delivery;
 use directory::Directory;
 pub use reply::{Budget, MAX_AWAITING_REPLIES, ReplySlot, Request};
@@ -132,11 +135,11 @@ pub enum Command {
     Detach { conn: ConnId, left: bool },
     Join {
         req: JoinRequest,
-        reply: oneshot::Sender<Result<claudemesh_proto::http::JoinResponse, ApiFailure>>,
+        reply: oneshot::Sender<Result<claudemesh_proto::http::JoinResponse, Refusal>>,
     },
     Admin {
         cmd: AdminCommand,
-        reply: oneshot::Sender<Result<serde_json::Value, ApiFailure>>,
+        reply: oneshot::Sender<Result<AdminReply, Refusal>>,
     },
     /// Round trip to the database; replies whether it answered and the last commit worked.
     Health { reply: oneshot::Sender<bool> },
@@ -151,11 +154,11 @@ fn failed_reply(frame: BrokerFrame) -> BrokerFrame {
             queued: false,
             message_id: String::new(),
             recipients: None,
-            error: Some(codes::UNAVAILABLE.to_owned()),
+            error: Some(Code::Unavailable.as_str().to_owned()),
             ..ack
         }),
         other => {
-            let err = ErrorFrame::new(codes::UNAVAILABLE, "broker storage unavailable");
+            let err = ErrorFrame::new(Code::Unavailable, "broker storage unavailable");
             BrokerFrame::Error(err.with_req_id(other.req_id().cloned()))
         }
     }
@@ -198,10 +201,24 @@ pub struct EngineHandle {
     tx: flume::Sender<Command>,
 }
 
+/// The engine has stopped (the broker is shutting down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped;
+
 impl EngineHandle {
-    /// Queue a command, waiting while the inbox is full. Err when the engine has stopped.
-    pub async fn send(&self, cmd: Command) -> Result<(), ()> {
-        self.tx.send_async(cmd).await.map_err(|_| ())
+    /// Queue a command, waiting while the inbox is full.
+    pub async fn send(&self, cmd: Command) -> Result<(), Stopped> {
+        self.tx.send_async(cmd).await.map_err(|_| Stopped)
+    }
+
+    /// Send a command that answers through a oneshot, and wait for the answer.
+    pub async fn request<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.send(command(reply)).await?;
+        rx.await.map_err(|_| Stopped)
     }
 }
 
@@ -389,7 +406,7 @@ impl Engine {
             .map(|e| (e.mesh_id.clone(), e.key.clone()))
         else {
             // The connection is gone; the answer is dropped with it.
-            let err = ErrorFrame::new(codes::UNAVAILABLE, "connection closed");
+            let err = ErrorFrame::new(Code::Unavailable, "connection closed");
             return self.reply(conn, slot, BrokerFrame::Error(err));
         };
         match request {
@@ -401,7 +418,7 @@ impl Engine {
             | Request::RetireSessions(_))
                 if self.v1_only =>
             {
-                let err = ErrorFrame::new(codes::UNKNOWN_MESSAGE_TYPE, "unknown message type");
+                let err = ErrorFrame::new(Code::UnknownMessageType, "unknown message type");
                 let err = err.with_req_id(r.req_id().cloned());
                 self.reply(conn, slot, BrokerFrame::Error(err));
             }
@@ -426,7 +443,7 @@ impl Engine {
             ClientFrame::SetReach(_) => {}
             ClientFrame::Hello(_) | ClientFrame::SessionHello(_) => {
                 let err = ErrorFrame::new(
-                    codes::ALREADY_AUTHENTICATED,
+                    Code::AlreadyAuthenticated,
                     "this connection is already authenticated",
                 );
                 self.out(conn, BrokerFrame::Error(err));

@@ -8,7 +8,8 @@
 //!
 //! What it must not do: retire a member key, or a session that is connected now.
 
-use claudemesh_proto::codes;
+use claudemesh_proto::authority::PeerKind;
+use claudemesh_proto::codes::Code;
 use claudemesh_proto::frames::{BrokerFrame, ErrorFrame, RetireSessions, SessionsRetired};
 
 use super::{ConnId, Engine, ReplySlot};
@@ -29,7 +30,7 @@ impl Engine {
         let mut counted: Vec<(bool, i64, &str)> = mesh
             .peers
             .values()
-            .filter(|p| p.member_id == member_id && p.kind == "session")
+            .filter(|p| p.member_id == member_id && p.kind == PeerKind::Session)
             .filter(|p| p.retired_at.is_none() && p.pubkey != key)
             .map(|p| {
                 let live = mesh.presences.contains_key(&p.pubkey);
@@ -51,7 +52,7 @@ impl Engine {
             .collect();
         if evict.len() < excess {
             return Err(Rejection::new(
-                codes::TOO_MANY_SESSIONS,
+                Code::TooManySessions,
                 format!(
                     "this member already has {} live sessions in this mesh, the most allowed",
                     self.sessions_per_member
@@ -72,7 +73,7 @@ impl Engine {
         let Some(peer) = mesh.peers.get_mut(key) else {
             return false;
         };
-        if peer.kind != "session" || peer.retired_at.is_some() {
+        if peer.kind != PeerKind::Session || peer.retired_at.is_some() {
             return false;
         }
         peer.retired_at = Some(now);
@@ -103,7 +104,7 @@ impl Engine {
             .flat_map(|mesh| {
                 mesh.peers
                     .values()
-                    .filter(|p| p.kind == "session" && p.retired_at.is_none())
+                    .filter(|p| p.kind == PeerKind::Session && p.retired_at.is_none())
                     .filter(|p| !mesh.presences.contains_key(&p.pubkey))
                     .filter(|p| now.saturating_sub(p.last_seen) >= retention)
                     .map(|p| (p.mesh_id.clone(), p.pubkey.clone()))
@@ -131,11 +132,11 @@ impl Engine {
                 .or_else(|| m.member_by_key.get(caller).cloned())
         });
         let Some(member) = member else {
-            let err = ErrorFrame::new(codes::UNAUTHORIZED, "unknown caller");
+            let err = ErrorFrame::new(Code::Unauthorized, "unknown caller");
             return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req.req_id)));
         };
         if req.pubkeys.len() > 1_000 {
-            let err = ErrorFrame::new(codes::PAYLOAD_TOO_LARGE, "at most 1000 keys at once");
+            let err = ErrorFrame::new(Code::PayloadTooLarge, "at most 1000 keys at once");
             return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req.req_id)));
         }
         let now = claudemesh_proto::time::now_ms();

@@ -295,9 +295,9 @@ pub struct ErrorFrame {
 }
 
 impl ErrorFrame {
-    pub fn new(code: &str, message: impl Into<String>) -> Self {
+    pub fn new(code: impl AsRef<str>, message: impl Into<String>) -> Self {
         Self {
-            code: code.to_owned(),
+            code: code.as_ref().to_owned(),
             message: message.into(),
             id: None,
             req_id: None,

@@ -8,10 +8,49 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use claudemesh_proto::authority::{Removal, Role};
+
 use crate::{
-    DeliveryRecord, Inserted, InviteRow, MemberRow, MeshRow, MessageDeliveries, MessageRow,
-    PeerRow, PendingDelivery, Result, Store, StoreError,
+    Claim, DeliveryRecord, Inserted, InviteRow, MemberRow, MeshRow, MessageDeliveries, MessageRow,
+    NewDelivery, PeerRow, PendingDelivery, Result, Store, StoreError,
 };
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::db(e)
+    }
+}
+
+/// A text column holding one of a closed set of values (a role, a kind, a priority).
+fn text<T>(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let s: String = row.get(idx)?;
+    s.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// The same, for a nullable column.
+fn opt_text<T>(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Option<T>>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match row.get::<_, Option<String>>(idx)? {
+        None => Ok(None),
+        Some(_) => text(row, idx).map(Some),
+    }
+}
+
+fn duplicate_id() -> StoreError {
+    // Only the message id can have collided: 128 random bits, so this is a bug.
+    StoreError::Corrupt {
+        what: "messages (duplicate message id)".into(),
+    }
+}
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
@@ -68,7 +107,7 @@ fn message_from_row(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<Me
         sender_member_pubkey: row.get(base + 3)?,
         sender_name: row.get(base + 4)?,
         target_spec: row.get(base + 5)?,
-        priority: row.get(base + 6)?,
+        priority: text(row, base + 6)?,
         nonce: row.get(base + 7)?,
         ciphertext: row.get(base + 8)?,
         client_message_id: row.get(base + 9)?,
@@ -123,7 +162,7 @@ fn invite_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InviteRow> {
     Ok(InviteRow {
         id: row.get(0)?,
         mesh_id: row.get(1)?,
-        role: row.get(2)?,
+        role: text(row, 2)?,
         max_uses: row.get(3)?,
         uses: row.get(4)?,
         expires_at: row.get(5)?,
@@ -189,9 +228,9 @@ impl Store for SqliteStore {
                 mesh_id: r.get(1)?,
                 pubkey: r.get(2)?,
                 display_name: r.get(3)?,
-                role: r.get(4)?,
+                role: text(r, 4)?,
                 joined_at: r.get(5)?,
-                removed: r.get(6)?,
+                removed: opt_text(r, 6)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -206,7 +245,7 @@ impl Store for SqliteStore {
                 pubkey: r.get(0)?,
                 mesh_id: r.get(1)?,
                 member_id: r.get(2)?,
-                kind: r.get(3)?,
+                kind: text(r, 3)?,
                 display_name: r.get(4)?,
                 groups_json: r.get(5)?,
                 last_seen: r.get(6)?,
@@ -239,9 +278,9 @@ impl Store for SqliteStore {
                 m.mesh_id,
                 m.pubkey,
                 m.display_name,
-                m.role,
+                m.role.as_str(),
                 m.joined_at,
-                m.removed
+                m.removed.map(Removal::as_str)
             ])?;
         Ok(())
     }
@@ -260,7 +299,7 @@ impl Store for SqliteStore {
                 p.pubkey,
                 p.mesh_id,
                 p.member_id,
-                p.kind,
+                p.kind.as_str(),
                 p.display_name,
                 p.groups_json,
                 p.last_seen,
@@ -297,12 +336,60 @@ impl Store for SqliteStore {
                    max_uses = excluded.max_uses",
             )?
             .execute(params![
-                i.id, i.mesh_id, i.role, i.max_uses, i.uses, i.expires_at, i.revoked, i.created_by, i.created_at
+                i.id, i.mesh_id, i.role.as_str(), i.max_uses, i.uses, i.expires_at, i.revoked, i.created_by, i.created_at
             ])?;
         Ok(())
     }
 
-    fn insert_message(&mut self, m: &MessageRow) -> Result<Inserted> {
+    fn claim_invite_use(&mut self, mesh_id: &str, invite_id: &str, now_s: i64) -> Result<Claim> {
+        let conn = self.tx()?;
+        let claimed = conn
+            .prepare_cached(
+                "UPDATE invites SET uses = uses + 1
+                 WHERE id = ?1 AND mesh_id = ?2 AND revoked = 0 AND expires_at > ?3
+                   AND (max_uses = 0 OR uses < max_uses)",
+            )?
+            .execute(params![invite_id, mesh_id, now_s])?;
+        if claimed == 1 {
+            return Ok(Claim::Claimed);
+        }
+        // Not claimed: say why (the row cannot change under us inside this transaction).
+        let sql = format!("SELECT {INVITE_COLS} FROM invites WHERE id = ?1 AND mesh_id = ?2");
+        let row = conn
+            .prepare_cached(&sql)?
+            .query_row(params![invite_id, mesh_id], invite_from_row)
+            .optional()?;
+        Ok(match row {
+            None => Claim::NotFound,
+            Some(r) if r.revoked => Claim::Revoked,
+            Some(r) if r.expires_at <= now_s => Claim::Expired,
+            Some(_) => Claim::Exhausted,
+        })
+    }
+
+    fn remove_member(&mut self, mesh_id: &str, member_id: &str, removal: Removal) -> Result<bool> {
+        let changed = self
+            .tx()?
+            .prepare_cached(
+                "UPDATE members SET removed = ?3
+                 WHERE id = ?1 AND mesh_id = ?2 AND role != ?4
+                   AND (removed IS NULL OR (removed != ?3 AND ?3 = ?5))",
+            )?
+            .execute(params![
+                member_id,
+                mesh_id,
+                removal.as_str(),
+                Role::Owner.as_str(),
+                Removal::Revoked.as_str()
+            ])?;
+        Ok(changed == 1)
+    }
+
+    fn insert_message(
+        &mut self,
+        m: &MessageRow,
+        deliveries: &[NewDelivery<'_>],
+    ) -> Result<Inserted> {
         let conn = self.tx()?;
         conn.prepare_cached(
             "INSERT INTO messages (message_id, mesh_id, sender_pubkey, sender_member_pubkey, sender_name,
@@ -317,7 +404,7 @@ impl Store for SqliteStore {
             m.sender_member_pubkey,
             m.sender_name,
             m.target_spec,
-            m.priority,
+            m.priority.as_str(),
             m.nonce,
             m.ciphertext,
             m.client_message_id,
@@ -325,38 +412,30 @@ impl Store for SqliteStore {
             m.expires_at
         ])?;
         if conn.changes() == 1 {
-            return Ok(Inserted::New(conn.last_insert_rowid()));
+            let rowid = conn.last_insert_rowid();
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO deliveries (mesh_id, message_rowid, recipient, sealed_key, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut seqs = Vec::with_capacity(deliveries.len());
+            for d in deliveries {
+                stmt.execute(params![
+                    m.mesh_id,
+                    rowid,
+                    d.recipient,
+                    d.sealed_key,
+                    m.expires_at
+                ])?;
+                seqs.push(conn.last_insert_rowid());
+            }
+            return Ok(Inserted::New(seqs));
         }
         let Some(cmid) = m.client_message_id.as_deref() else {
-            // Only the message id can have collided: 128 random bits, so this is a bug.
-            return Err(StoreError::Open {
-                path: "messages".into(),
-                reason: "duplicate message id".into(),
-            });
+            return Err(duplicate_id());
         };
         match self.find_message_by_client_id(&m.mesh_id, &m.sender_pubkey, cmid)? {
             Some(existing) => Ok(Inserted::Existing(existing)),
-            None => Err(StoreError::Open {
-                path: "messages".into(),
-                reason: "duplicate message id".into(),
-            }),
+            None => Err(duplicate_id()),
         }
-    }
-
-    fn insert_delivery(
-        &mut self,
-        mesh_id: &str,
-        message_rowid: i64,
-        recipient: &str,
-        sealed_key: Option<&str>,
-        expires_at: i64,
-    ) -> Result<i64> {
-        let conn = self.tx()?;
-        conn.prepare_cached(
-            "INSERT INTO deliveries (mesh_id, message_rowid, recipient, sealed_key, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![mesh_id, message_rowid, recipient, sealed_key, expires_at])?;
-        Ok(conn.last_insert_rowid())
     }
 
     fn find_message_by_client_id(

@@ -1,0 +1,87 @@
+//! [`HttpError`]: the one way a [`Refusal`] becomes an HTTP response. The status follows
+//! from the code (one table, [`status`]); the body is `{ok:false, error, message}`, and for
+//! `POST /join` the v1 shape `{ok:false, error}` plus our `message` (v1 answers every join
+//! refusal with 400).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use claudemesh_proto::codes::Code;
+use claudemesh_proto::http::ApiError;
+
+use crate::engine::Stopped;
+use crate::refusal::Refusal;
+
+/// Which endpoint family the refusal answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// The admin API and everything else.
+    Api,
+    /// `POST /join` (v1).
+    Join,
+}
+
+#[derive(Debug)]
+pub struct HttpError {
+    pub refusal: Refusal,
+    pub shape: Shape,
+}
+
+impl HttpError {
+    pub fn api(refusal: Refusal) -> Self {
+        Self {
+            refusal,
+            shape: Shape::Api,
+        }
+    }
+
+    pub fn join(refusal: Refusal) -> Self {
+        Self {
+            refusal,
+            shape: Shape::Join,
+        }
+    }
+}
+
+impl From<Refusal> for HttpError {
+    fn from(refusal: Refusal) -> Self {
+        Self::api(refusal)
+    }
+}
+
+impl From<Stopped> for HttpError {
+    fn from(_: Stopped) -> Self {
+        Self::api(Refusal::shutting_down())
+    }
+}
+
+/// The HTTP status of a refusal.
+pub fn status(code: Code, shape: Shape) -> StatusCode {
+    match (code, shape) {
+        (Code::Unavailable | Code::Internal, _) => StatusCode::SERVICE_UNAVAILABLE,
+        (Code::RateLimited, _) => StatusCode::TOO_MANY_REQUESTS,
+        (_, Shape::Join) => StatusCode::BAD_REQUEST,
+        (Code::TimestampSkew | Code::BadSignature | Code::Replay, Shape::Api) => {
+            StatusCode::UNAUTHORIZED
+        }
+        (Code::Forbidden | Code::CreationDisabled, Shape::Api) => StatusCode::FORBIDDEN,
+        (Code::MeshNotFound | Code::NotFound | Code::InviteNotFound, Shape::Api) => {
+            StatusCode::NOT_FOUND
+        }
+        (Code::SlugTaken | Code::Conflict, Shape::Api) => StatusCode::CONFLICT,
+        (_, Shape::Api) => StatusCode::BAD_REQUEST,
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let Refusal { code, message } = self.refusal;
+        let status = status(code, self.shape);
+        let body = ApiError {
+            ok: false,
+            error: code.as_str().to_owned(),
+            message,
+        };
+        // The join shape is the same object: v1 clients read `ok` and `error`.
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,54 @@
+//! The HTTP side: one axum router. Rooms: `ws` (the WebSocket upgrade), `ops`
+//! (`/health`, `/metrics`), `join` (`POST /join`, v1), `admin` (the signed mesh-admin API
+//! under `/api/meshes`, through the one [`signed::Verified`] extractor), `error` (the one
+//! type that renders every refusal as a status and a JSON body). Handlers check what is
+//! stateless and hand the rest to the engine with [`EngineHandle::request`].
+//!
+//! [`EngineHandle::request`]: crate::engine::EngineHandle::request
+
+mod admin;
+mod error;
+mod join;
+mod ops;
+mod signed;
+mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use claudemesh_proto::limits;
+
+use crate::state::Shared;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics))
+        .route("/join", post(join::join))
+        .route("/api/meshes", post(admin::create_mesh))
+        .route(
+            "/api/meshes/{mesh_id}/invites",
+            post(admin::register_invite),
+        )
+        .route(
+            "/api/meshes/{mesh_id}/invites/list",
+            post(admin::list_invites),
+        )
+        .route(
+            "/api/meshes/{mesh_id}/invites/{invite_id}/revoke",
+            post(admin::revoke_invite),
+        )
+        .route(
+            "/api/meshes/{mesh_id}/members/list",
+            post(admin::list_members),
+        )
+        .route(
+            "/api/meshes/{mesh_id}/members/{member_id}/remove",
+            post(admin::remove_member),
+        )
+        .layer(DefaultBodyLimit::max(limits::MAX_FRAME_BYTES))
+        .with_state(shared)
+}

@@ -1,0 +1,28 @@
+//! Process state shared by every HTTP handler and connection task: the config, the
+//! engine handle, metrics, rate limits, the connection cap and the shutdown signal.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::BrokerConfig;
+use crate::engine::EngineHandle;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+
+#[derive(Debug)]
+pub struct Shared {
+    pub config: BrokerConfig,
+    pub engine: EngineHandle,
+    pub metrics: Arc<Metrics>,
+    pub rate_limiter: RateLimiter,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    pub connections: Arc<Semaphore>,
+    pub next_conn: AtomicU64,
+    pub started: Instant,
+}
