@@ -90,3 +90,129 @@ fn session_hello(
         req_id: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use claudemesh_crypto::{PublicKey, Signature};
+    use claudemesh_proto::limits::MAX_ATTESTATION_TTL_MS;
+
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn identity(session: Option<SecretKey>) -> Identity {
+        Identity {
+            mesh_id: "mesh-1".into(),
+            member_id: "member-1".into(),
+            member_key: SecretKey::generate(),
+            session_key: session,
+        }
+    }
+
+    fn presence() -> PresenceInfo {
+        PresenceInfo {
+            display_name: Some("alice".into()),
+            session_id: "s1".into(),
+            ..PresenceInfo::default()
+        }
+    }
+
+    fn verifies(key_hex: &str, signed: &str, sig_hex: &str) -> bool {
+        let key = PublicKey::from_hex(key_hex).unwrap();
+        key.verify_str(signed, &Signature::from_hex(sig_hex).unwrap())
+            .is_ok()
+    }
+
+    #[test]
+    fn a_member_hello_verifies_over_its_canonical_string() {
+        let id = identity(None);
+        let ClientFrame::Hello(h) = hello_frame(&id, &presence(), NOW) else {
+            panic!("a member identity says hello");
+        };
+        assert_eq!(h.pubkey, id.member_key.public().to_hex());
+        assert_eq!(
+            (h.mesh_id.as_str(), h.member_id.as_str()),
+            ("mesh-1", "member-1")
+        );
+        assert_eq!((h.timestamp, h.session_pubkey), (NOW, None));
+        assert_eq!(h.presence, presence());
+        let signed = canonical::hello("mesh-1", "member-1", &h.pubkey, NOW);
+        assert!(verifies(&h.pubkey, &signed, &h.signature));
+        // Bound to its timestamp: the same signature says nothing about another time.
+        let later = canonical::hello("mesh-1", "member-1", &h.pubkey, NOW + 1);
+        assert!(!verifies(&h.pubkey, &later, &h.signature));
+    }
+
+    #[test]
+    fn a_session_hello_carries_an_attestation_by_the_parent_key() {
+        let session = SecretKey::generate();
+        let id = identity(Some(session.clone()));
+        let ClientFrame::SessionHello(h) = hello_frame(&id, &presence(), NOW) else {
+            panic!("a session identity says session_hello");
+        };
+        let member_pk = id.member_key.public().to_hex();
+        let session_pk = session.public().to_hex();
+        assert_eq!(h.parent_member_pubkey, member_pk);
+        assert_eq!(h.session_pubkey, session_pk);
+        assert_eq!(h.parent_member_id, "member-1");
+        assert_eq!(h.timestamp, NOW);
+
+        let a = &h.parent_attestation;
+        assert_eq!(
+            (&a.parent_member_pubkey, &a.session_pubkey),
+            (&member_pk, &session_pk)
+        );
+        let attested = canonical::session_attestation(&member_pk, &session_pk, a.expires_at);
+        assert!(
+            verifies(&member_pk, &attested, &a.signature),
+            "signed by the parent"
+        );
+        assert!(
+            !verifies(&session_pk, &attested, &a.signature),
+            "not by the session"
+        );
+
+        let signed = canonical::session_hello("mesh-1", &member_pk, &session_pk, NOW);
+        assert!(
+            verifies(&session_pk, &signed, &h.signature),
+            "signed by the session"
+        );
+        assert!(
+            !verifies(&member_pk, &signed, &h.signature),
+            "not by the parent"
+        );
+    }
+
+    #[test]
+    fn the_attestation_expires_within_the_protocol_window() {
+        let id = identity(Some(SecretKey::generate()));
+        let ClientFrame::SessionHello(h) = hello_frame(&id, &presence(), NOW) else {
+            panic!("a session identity says session_hello");
+        };
+        let expires_at = h.parent_attestation.expires_at;
+        assert_eq!(expires_at, NOW + ATTESTATION_TTL_MS);
+        // The broker accepts `now < expiresAt <= now + 24 h` (PROTOCOL.md §4).
+        assert!(expires_at > NOW && expires_at <= NOW + MAX_ATTESTATION_TTL_MS);
+        // Minted afresh for every connect: a later hello carries a later expiry.
+        let ClientFrame::SessionHello(later) = hello_frame(&id, &presence(), NOW + 5_000) else {
+            panic!("a session identity says session_hello");
+        };
+        assert_eq!(later.parent_attestation.expires_at, expires_at + 5_000);
+    }
+
+    #[test]
+    fn attestation_signs_exactly_what_it_states() {
+        let member = SecretKey::generate();
+        let session_pk = SecretKey::generate().public().to_hex();
+        let a = attestation(&member, &session_pk, NOW);
+        let other_expiry =
+            canonical::session_attestation(&a.parent_member_pubkey, &session_pk, NOW + 1);
+        assert!(!verifies(
+            &a.parent_member_pubkey,
+            &other_expiry,
+            &a.signature
+        ));
+        let stated = canonical::session_attestation(&a.parent_member_pubkey, &session_pk, NOW);
+        assert!(verifies(&a.parent_member_pubkey, &stated, &a.signature));
+    }
+}
