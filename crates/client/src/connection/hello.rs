@@ -123,6 +123,18 @@ mod tests {
             .is_ok()
     }
 
+    /// `sig` over `signed` is by `signer`'s key, and does not verify for `other`.
+    fn signed_only_by(signer: &str, other: &str, signed: &str, sig: &str) -> bool {
+        verifies(signer, signed, sig) && !verifies(other, signed, sig)
+    }
+
+    fn session_hello_at(id: &Identity, now_ms: i64) -> SessionHello {
+        let ClientFrame::SessionHello(h) = hello_frame(id, &presence(), now_ms) else {
+            panic!("a session identity says session_hello");
+        };
+        h
+    }
+
     #[test]
     fn a_member_hello_verifies_over_its_canonical_string() {
         let id = identity(None);
@@ -147,9 +159,7 @@ mod tests {
     fn a_session_hello_carries_an_attestation_by_the_parent_key() {
         let session = SecretKey::generate();
         let id = identity(Some(session.clone()));
-        let ClientFrame::SessionHello(h) = hello_frame(&id, &presence(), NOW) else {
-            panic!("a session identity says session_hello");
-        };
+        let h = session_hello_at(&id, NOW);
         let member_pk = id.member_key.public().to_hex();
         let session_pk = session.public().to_hex();
         assert_eq!(h.parent_member_pubkey, member_pk);
@@ -164,39 +174,27 @@ mod tests {
         );
         let attested = canonical::session_attestation(&member_pk, &session_pk, a.expires_at);
         assert!(
-            verifies(&member_pk, &attested, &a.signature),
-            "signed by the parent"
-        );
-        assert!(
-            !verifies(&session_pk, &attested, &a.signature),
-            "not by the session"
+            signed_only_by(&member_pk, &session_pk, &attested, &a.signature),
+            "the attestation is signed by the parent"
         );
 
         let signed = canonical::session_hello("mesh-1", &member_pk, &session_pk, NOW);
         assert!(
-            verifies(&session_pk, &signed, &h.signature),
-            "signed by the session"
-        );
-        assert!(
-            !verifies(&member_pk, &signed, &h.signature),
-            "not by the parent"
+            signed_only_by(&session_pk, &member_pk, &signed, &h.signature),
+            "the hello is signed by the session"
         );
     }
 
     #[test]
     fn the_attestation_expires_within_the_protocol_window() {
         let id = identity(Some(SecretKey::generate()));
-        let ClientFrame::SessionHello(h) = hello_frame(&id, &presence(), NOW) else {
-            panic!("a session identity says session_hello");
-        };
+        let h = session_hello_at(&id, NOW);
         let expires_at = h.parent_attestation.expires_at;
         assert_eq!(expires_at, NOW + ATTESTATION_TTL_MS);
         // The broker accepts `now < expiresAt <= now + 24 h` (PROTOCOL.md §4).
         assert!(expires_at > NOW && expires_at <= NOW + MAX_ATTESTATION_TTL_MS);
         // Minted afresh for every connect: a later hello carries a later expiry.
-        let ClientFrame::SessionHello(later) = hello_frame(&id, &presence(), NOW + 5_000) else {
-            panic!("a session identity says session_hello");
-        };
+        let later = session_hello_at(&id, NOW + 5_000);
         assert_eq!(later.parent_attestation.expires_at, expires_at + 5_000);
     }
 
