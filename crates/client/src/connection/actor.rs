@@ -161,6 +161,8 @@ const FINAL_REFUSALS: &[&str] = &[
 ];
 /// A connection that lasted this long resets the reconnect backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// The longest wait between two connection attempts (before jitter).
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Actor {
     pub(super) async fn run(mut self, mut ws: Option<Ws>) {
@@ -213,27 +215,13 @@ impl Actor {
                 let jitter = Duration::from_millis(
                     rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1),
                 );
-                let sleep = tokio::time::sleep(*backoff + jitter);
-                tokio::pin!(sleep);
-                loop {
-                    tokio::select! {
-                        () = &mut sleep => break,
-                        cmd = self.cmd_rx.recv() => if !self.absorb(cmd) { return None },
-                    }
-                }
-                *backoff = (*backoff * 2).min(Duration::from_secs(10));
+                self.absorbing(tokio::time::sleep(*backoff + jitter))
+                    .await?;
+                *backoff = (*backoff * 2).min(MAX_BACKOFF);
             }
             wait = true;
             let opts = self.opts.clone();
-            let attempt = open(&opts);
-            tokio::pin!(attempt);
-            let result = loop {
-                tokio::select! {
-                    r = &mut attempt => break r,
-                    cmd = self.cmd_rx.recv() => if !self.absorb(cmd) { return None },
-                }
-            };
-            match result {
+            match self.absorbing(open(&opts)).await? {
                 Ok((mut ws, ack)) => {
                     if let Ok(mut e) = self.last_error.lock() {
                         *e = None;
@@ -266,6 +254,18 @@ impl Actor {
                         *last = Some(reason);
                     }
                 }
+            }
+        }
+    }
+
+    /// Wait for `fut` while taking commands as [`Actor::absorb`] does; `None` when the
+    /// handle closed first.
+    async fn absorbing<F: Future>(&mut self, fut: F) -> Option<F::Output> {
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                out = &mut fut => return Some(out),
+                cmd = self.cmd_rx.recv() => if !self.absorb(cmd) { return None },
             }
         }
     }
@@ -384,29 +384,11 @@ impl Actor {
                 cmd = self.cmd_rx.recv() => {
                     let frame = match cmd {
                         None | Some(Cmd::Close) => return Exit::Closed,
-                        Some(Cmd::Send(frame, reply)) => ClientFrame::Send(self.track_send(frame, reply)),
-                        Some(Cmd::Request(mut frame, reply)) => {
-                            self.seq += 1;
-                            let id = format!("r{}", self.seq);
-                            let req_id = Some(ReqId::Str(id.clone()));
-                            match &mut frame {
-                                ClientFrame::ListPeers(r) | ClientFrame::ListMembers(r) => r.req_id = req_id,
-                                ClientFrame::MessageStatus(r) => r.req_id = req_id,
-                                ClientFrame::RetireSessions(r) => r.req_id = req_id,
-                                _ => {}
-                            }
-                            self.pending_requests.insert(id, reply);
-                            frame
-                        }
-                        Some(Cmd::Notify(frame)) => {
-                            self.remember(&frame);
-                            if matches!(frame, ClientFrame::SetReach(_)) && !self.broker_has(cap::REACHABILITY) {
-                                continue; // a broker without the extension would answer an error
-                            }
-                            frame
-                        }
+                        Some(cmd) => self.outgoing(cmd),
                     };
-                    if ws.send(text(&frame)).await.is_err() {
+                    if let Some(frame) = frame
+                        && ws.send(text(&frame)).await.is_err()
+                    {
                         return Exit::Dropped;
                     }
                 }
@@ -420,6 +402,42 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// What a command writes on a live connection (`None`: nothing). Sends and requests
+    /// are tracked until their reply; presence changes are remembered for a reconnect.
+    fn outgoing(&mut self, cmd: Cmd) -> Option<ClientFrame> {
+        match cmd {
+            Cmd::Close => None,
+            Cmd::Send(frame, reply) => Some(ClientFrame::Send(self.track_send(frame, reply))),
+            Cmd::Request(frame, reply) => Some(self.track_request(frame, reply)),
+            Cmd::Notify(frame) => {
+                self.remember(&frame);
+                // A broker without the extension would answer an error.
+                let unsupported = matches!(frame, ClientFrame::SetReach(_))
+                    && !self.broker_has(cap::REACHABILITY);
+                (!unsupported).then_some(frame)
+            }
+        }
+    }
+
+    /// Give a request its `_reqId` and keep its caller until the reply with that id.
+    fn track_request(
+        &mut self,
+        mut frame: ClientFrame,
+        reply: oneshot::Sender<BrokerFrame>,
+    ) -> ClientFrame {
+        self.seq += 1;
+        let id = format!("r{}", self.seq);
+        let req_id = Some(ReqId::Str(id.clone()));
+        match &mut frame {
+            ClientFrame::ListPeers(r) | ClientFrame::ListMembers(r) => r.req_id = req_id,
+            ClientFrame::MessageStatus(r) => r.req_id = req_id,
+            ClientFrame::RetireSessions(r) => r.req_id = req_id,
+            _ => {}
+        }
+        self.pending_requests.insert(id, reply);
+        frame
     }
 
     async fn incoming(&mut self, text: &str) {

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use claudemesh_crypto::SecretKey;
+use claudemesh_proto::codes::cap;
 use claudemesh_proto::frames::{
     Ack, BrokerFrame, ClientAck, ClientFrame, GroupRef, HelloAck, JoinGroup, LeaveGroup,
     MemberInfo, MessageStatusReply, MessageStatusRequest, PeerInfo, PresenceInfo, Push, Reach,
@@ -218,49 +219,57 @@ impl Connection {
             .map_err(|_| ConnectError::Closed)
     }
 
-    async fn request(&self, frame: ClientFrame) -> Result<BrokerFrame, ConnectError> {
+    /// One request and its reply. Refused at once as [`ConnectError::Unsupported`] when
+    /// the broker did not announce `needs`; else sent with a fresh `_reqId` (assigned by
+    /// the actor) and answered by the frame `pick` accepts, or by an `error` frame, which
+    /// becomes [`ConnectError::Rejected`] with the broker's code.
+    async fn request<T>(
+        &self,
+        needs: Option<&str>,
+        frame: ClientFrame,
+        pick: fn(BrokerFrame) -> Option<T>,
+    ) -> Result<T, ConnectError> {
+        if let Some(capability) = needs
+            && !self.has_capability(capability)
+        {
+            return Err(ConnectError::Unsupported(frame.kind()));
+        }
         let (tx, rx) = oneshot::channel();
         self.cmd
             .send(Cmd::Request(frame, tx))
             .await
             .map_err(|_| ConnectError::Closed)?;
-        tokio::time::timeout(REQUEST_TIMEOUT, rx)
+        let reply = tokio::time::timeout(REQUEST_TIMEOUT, rx)
             .await
             .map_err(|_| ConnectError::Timeout)?
-            .map_err(|_| ConnectError::Closed)
+            .map_err(|_| ConnectError::Closed)?;
+        match reply {
+            BrokerFrame::Error(e) => Err(ConnectError::Rejected {
+                code: e.code,
+                message: e.message,
+            }),
+            other => pick(other).ok_or(ConnectError::Closed),
+        }
     }
 
     /// Live peers (`list_peers`).
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, ConnectError> {
-        match self
-            .request(ClientFrame::ListPeers(Request::default()))
-            .await?
-        {
-            BrokerFrame::PeersList(p) => Ok(p.peers),
-            BrokerFrame::Error(e) => Err(ConnectError::Rejected {
-                code: e.code,
-                message: e.message,
-            }),
-            _ => Err(ConnectError::Closed),
-        }
+        let frame = ClientFrame::ListPeers(Request::default());
+        self.request(None, frame, |reply| match reply {
+            BrokerFrame::PeersList(p) => Some(p.peers),
+            _ => None,
+        })
+        .await
     }
 
     /// Every recipient identity, online or not (extension `list-members`).
     pub async fn members(&self) -> Result<Vec<MemberInfo>, ConnectError> {
-        if !self.has_capability(claudemesh_proto::codes::cap::LIST_MEMBERS) {
-            return Err(ConnectError::Unsupported("list_members"));
-        }
-        match self
-            .request(ClientFrame::ListMembers(Request::default()))
-            .await?
-        {
-            BrokerFrame::MembersList(m) => Ok(m.members),
-            BrokerFrame::Error(e) => Err(ConnectError::Rejected {
-                code: e.code,
-                message: e.message,
-            }),
-            _ => Err(ConnectError::Closed),
-        }
+        let frame = ClientFrame::ListMembers(Request::default());
+        self.request(Some(cap::LIST_MEMBERS), frame, |reply| match reply {
+            BrokerFrame::MembersList(m) => Some(m.members),
+            _ => None,
+        })
+        .await
     }
 
     /// Where each recipient's copy of a message this identity sent stands (extension
@@ -269,23 +278,15 @@ impl Connection {
         &self,
         message_id: &str,
     ) -> Result<MessageStatusReply, ConnectError> {
-        if !self.has_capability(claudemesh_proto::codes::cap::MESSAGE_STATUS) {
-            return Err(ConnectError::Unsupported("message_status"));
-        }
-        match self
-            .request(ClientFrame::MessageStatus(MessageStatusRequest {
-                message_id: message_id.to_owned(),
-                req_id: None,
-            }))
-            .await?
-        {
-            BrokerFrame::MessageStatus(m) => Ok(m),
-            BrokerFrame::Error(e) => Err(ConnectError::Rejected {
-                code: e.code,
-                message: e.message,
-            }),
-            _ => Err(ConnectError::Closed),
-        }
+        let frame = ClientFrame::MessageStatus(MessageStatusRequest {
+            message_id: message_id.to_owned(),
+            req_id: None,
+        });
+        self.request(Some(cap::MESSAGE_STATUS), frame, |reply| match reply {
+            BrokerFrame::MessageStatus(m) => Some(m),
+            _ => None,
+        })
+        .await
     }
 
     async fn notify(&self, frame: ClientFrame) -> Result<(), ConnectError> {
@@ -356,23 +357,15 @@ impl Connection {
     /// Extension `session-retire`: retire these (offline) session keys of this member.
     /// Returns the keys the broker retired now.
     pub async fn retire_sessions(&self, pubkeys: Vec<String>) -> Result<Vec<String>, ConnectError> {
-        if !self.has_capability(claudemesh_proto::codes::cap::SESSION_RETIRE) {
-            return Err(ConnectError::Unsupported("retire_sessions"));
-        }
-        match self
-            .request(ClientFrame::RetireSessions(RetireSessions {
-                pubkeys,
-                req_id: None,
-            }))
-            .await?
-        {
-            BrokerFrame::SessionsRetired(r) => Ok(r.retired),
-            BrokerFrame::Error(e) => Err(ConnectError::Rejected {
-                code: e.code,
-                message: e.message,
-            }),
-            _ => Err(ConnectError::Closed),
-        }
+        let frame = ClientFrame::RetireSessions(RetireSessions {
+            pubkeys,
+            req_id: None,
+        });
+        self.request(Some(cap::SESSION_RETIRE), frame, |reply| match reply {
+            BrokerFrame::SessionsRetired(r) => Some(r.retired),
+            _ => None,
+        })
+        .await
     }
 
     /// Close the socket (after writing everything queued before this call) with a close
