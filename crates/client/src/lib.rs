@@ -9,5 +9,5 @@ pub mod inbox;
 pub mod messaging;
 pub mod safety;
 
-pub use connection::{ConnectError, ConnectOptions, Connection, Identity, State};
+pub use connection::{ConnectError, ConnectOptions, Connection, Failure, Identity, State};
 pub use messaging::{Delivery, SendError, SendReport, Target};

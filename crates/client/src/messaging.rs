@@ -75,12 +75,12 @@ pub enum SendError {
 
 async fn send_one(conn: &Connection, frame: Send) -> Result<(String, u32), SendError> {
     let ack = conn.send(frame).await?;
-    if !ack.queued {
-        return Err(SendError::Refused(
-            ack.error.unwrap_or_else(|| "unknown error".into()),
-        ));
+    match (ack.queued, ack.error) {
+        (true, _) => Ok((ack.message_id, ack.recipients.unwrap_or(1))),
+        (false, Some(code)) => Err(SendError::Refused(code)),
+        // Not queued and no code says why: the broker broke the protocol.
+        (false, None) => Err(ConnectError::UnexpectedReply("send").into()),
     }
-    Ok((ack.message_id, ack.recipients.unwrap_or(1)))
 }
 
 fn frame(

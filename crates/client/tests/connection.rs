@@ -15,7 +15,9 @@ use std::time::Duration;
 use claudemesh_broker::{Broker, BrokerConfig, BrokerHandle};
 use claudemesh_client::envelope::Keyring;
 use claudemesh_client::inbox::{Inbox, Kind};
-use claudemesh_client::{ConnectOptions, Connection, Delivery, Identity, State, Target, messaging};
+use claudemesh_client::{
+    ConnectError, ConnectOptions, Connection, Delivery, Failure, Identity, State, Target, messaging,
+};
 use claudemesh_crypto::SecretKey;
 use claudemesh_proto::canonical::{self, AdminAction};
 use claudemesh_proto::frames::{PresenceInfo, Priority, Push, Status};
@@ -443,4 +445,51 @@ async fn a_refused_field_is_retried_not_final() {
         .await
         .expect("close is honoured while reconnecting");
     b.shutdown().await;
+}
+
+/// A final refusal is reported with the broker's own code, by the state and by
+/// `wait_connected`; a one-shot connection that drops reports that it closed.
+#[tokio::test]
+async fn refusals_carry_the_brokers_code_and_a_drop_is_not_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::spawn(BrokerConfig::for_tests(dir.path().into()))
+        .await
+        .unwrap();
+    let m = mesh(&b, 1).await;
+    let (_, key) = m.members[0].clone();
+    let (a, _rx) = Connection::spawn(ConnectOptions {
+        url: b.ws_url(),
+        identity: Identity {
+            mesh_id: m.id.clone(),
+            member_id: "not-a-member".into(),
+            member_key: key,
+            session_key: None,
+        },
+        presence: PresenceInfo::default(),
+        reconnect: true,
+    });
+    let err = a.wait_connected(Duration::from_secs(5)).await.unwrap_err();
+    assert!(
+        matches!(&err, ConnectError::Refused { code, .. } if code == "unauthorized"),
+        "{err:?}"
+    );
+    assert!(
+        matches!(a.state(), State::Failed(Failure::Refused { code, .. }) if code == "unauthorized")
+    );
+
+    let (c, _crx, _) = connect(&b.ws_url(), &m, 0, None, false).await;
+    b.shutdown().await;
+    let failure = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let State::Failed(f) = c.state() {
+                return f;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a one-shot connection gives up when its socket closes");
+    assert_eq!(failure, Failure::Dropped);
+    let err = c.wait_connected(Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(err, ConnectError::Closed), "{err:?}");
 }

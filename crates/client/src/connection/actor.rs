@@ -21,7 +21,9 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{ConnectError, ConnectOptions, Connection, PUSH_BUFFER, REQUEST_TIMEOUT, State, hello};
+use super::{
+    ConnectError, ConnectOptions, Connection, Failure, PUSH_BUFFER, REQUEST_TIMEOUT, State, hello,
+};
 
 /// What the handle asks of the actor.
 pub(super) enum Cmd {
@@ -188,9 +190,7 @@ impl Actor {
                     return;
                 }
                 Exit::Dropped if !self.opts.reconnect => {
-                    let _ = self
-                        .state_tx
-                        .send(State::Failed("connection closed".into()));
+                    let _ = self.state_tx.send(State::Failed(Failure::Dropped));
                     return;
                 }
                 Exit::Dropped => {}
@@ -241,7 +241,7 @@ impl Actor {
                     tracing::warn!(%code, "broker refused the identity; not reconnecting");
                     let _ = self
                         .state_tx
-                        .send(State::Failed(format!("{code}: {message}")));
+                        .send(State::Failed(Failure::Refused { code, message }));
                     return None;
                 }
                 Err(e) => {

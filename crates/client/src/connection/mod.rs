@@ -63,6 +63,10 @@ pub enum ConnectError {
     /// The broker answered the request with an error (`code` as in PROTOCOL.md).
     #[error("the broker answered {code}: {message}")]
     Rejected { code: String, message: String },
+    /// The broker answered the request (by its wire type) with a reply the protocol does
+    /// not allow, e.g. a `send` neither queued nor refused with a code.
+    #[error("the broker answered {0} with a reply the protocol does not allow")]
+    UnexpectedReply(&'static str),
 }
 
 /// Who this connection speaks for.
@@ -111,8 +115,20 @@ pub enum State {
     Connected {
         capabilities: Vec<String>,
     },
-    /// Gave up: the broker refused the identity (revoked, removed…).
-    Failed(String),
+    /// Gave up: the broker refused the identity, or a one-shot connection dropped.
+    Failed(Failure),
+}
+
+/// Why a connection gave up for good.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The broker refused the identity (`code` as in PROTOCOL.md: `revoked`,
+    /// `unauthorized`…); no retry can fix it.
+    #[error("{code}: {message}")]
+    Refused { code: String, message: String },
+    /// The socket of a connection without reconnect (a one-shot command) closed.
+    #[error("connection closed")]
+    Dropped,
 }
 
 /// A handle to the connection task. Dropping every handle closes the connection.
@@ -163,12 +179,13 @@ impl Connection {
             loop {
                 match &*state.borrow_and_update() {
                     State::Connected { .. } => return Ok(()),
-                    State::Failed(reason) => {
+                    State::Failed(Failure::Refused { code, message }) => {
                         return Err(ConnectError::Refused {
-                            code: "failed".into(),
-                            message: reason.clone(),
+                            code: code.clone(),
+                            message: message.clone(),
                         });
                     }
+                    State::Failed(Failure::Dropped) => return Err(ConnectError::Closed),
                     State::Connecting => {}
                 }
                 if state.changed().await.is_err() {
@@ -234,6 +251,7 @@ impl Connection {
         {
             return Err(ConnectError::Unsupported(frame.kind()));
         }
+        let kind = frame.kind();
         let (tx, rx) = oneshot::channel();
         self.cmd
             .send(Cmd::Request(frame, tx))
@@ -248,7 +266,7 @@ impl Connection {
                 code: e.code,
                 message: e.message,
             }),
-            other => pick(other).ok_or(ConnectError::Closed),
+            other => pick(other).ok_or(ConnectError::UnexpectedReply(kind)),
         }
     }
 
