@@ -493,3 +493,44 @@ async fn refusals_carry_the_brokers_code_and_a_drop_is_not_a_refusal() {
     let err = c.wait_connected(Duration::from_secs(1)).await.unwrap_err();
     assert!(matches!(err, ConnectError::Closed), "{err:?}");
 }
+
+/// An unreachable broker is reported with the cause as the error's source, named once:
+/// the display says what failed, the source why.
+#[tokio::test]
+async fn an_unreachable_broker_keeps_the_cause_as_the_source() {
+    let err = Connection::connect(ConnectOptions {
+        url: "ws://127.0.0.1:9/ws".into(), // discard: nothing listens
+        identity: Identity {
+            mesh_id: "m".into(),
+            member_id: "member".into(),
+            member_key: SecretKey::generate(),
+            session_key: None,
+        },
+        presence: PresenceInfo::default(),
+        reconnect: false,
+    })
+    .await
+    .map(|_| ())
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot reach the broker at ws://127.0.0.1:9/ws"
+    );
+    let mut chain = Vec::new();
+    let mut cause = std::error::Error::source(&err);
+    while let Some(e) = cause {
+        chain.push(e.to_string());
+        cause = e.source();
+    }
+    assert_eq!(chain.len(), 1, "one cause, not repeated: {chain:?}");
+    assert!(
+        matches!(
+            &err,
+            ConnectError::Unreachable {
+                source: claudemesh_client::TransportError::Io(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}

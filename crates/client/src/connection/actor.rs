@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{
-    ConnectError, ConnectOptions, Connection, Failure, PUSH_BUFFER, REQUEST_TIMEOUT, State, hello,
+    ConnectError, ConnectOptions, Connection, Failure, PUSH_BUFFER, REQUEST_TIMEOUT, State,
+    TransportError, hello,
 };
 
 /// What the handle asks of the actor.
@@ -87,24 +88,24 @@ pub(super) fn start(
 
 /// Open a socket and complete the hello. Refusals are final; network errors are not.
 pub(super) async fn open(opts: &ConnectOptions) -> Result<(Ws, HelloAck), ConnectError> {
-    let unreachable = |reason: String| ConnectError::Unreachable {
+    let unreachable = |source: TransportError| ConnectError::Unreachable {
         url: opts.url.clone(),
-        reason,
+        source,
     };
     let (mut ws, _) = tokio::time::timeout(
         REQUEST_TIMEOUT,
         tokio_tungstenite::connect_async_with_config(opts.url.as_str(), None, true),
     )
     .await
-    .map_err(|_| unreachable("timed out".into()))?
-    .map_err(|e| unreachable(e.to_string()))?;
+    .map_err(|_| unreachable(TransportError::TimedOut))?
+    .map_err(|e| unreachable(e.into()))?;
     ws.send(text(&hello::hello_frame(
         &opts.identity,
         &opts.presence,
         now_ms(),
     )))
     .await
-    .map_err(|e| unreachable(e.to_string()))?;
+    .map_err(|e| unreachable(e.into()))?;
     let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
     loop {
         let msg = tokio::time::timeout_at(deadline, ws.next())
@@ -246,8 +247,9 @@ impl Actor {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "connect failed");
+                    // Said after "cannot reach the broker at …" by wait_connected.
                     let reason = match e {
-                        ConnectError::Unreachable { reason, .. } => reason,
+                        ConnectError::Unreachable { source, .. } => source.to_string(),
                         other => other.to_string(),
                     };
                     if let Ok(mut last) = self.last_error.lock() {

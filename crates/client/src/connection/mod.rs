@@ -43,11 +43,19 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const PUSH_BUFFER: usize = 1_024;
 
 /// Errors of the connection layer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The broker could not be reached at all.
+    /// The broker could not be reached: this attempt's socket or hello failed.
+    #[error("cannot reach the broker at {url}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: TransportError,
+    },
+    /// A background handle ([`Connection::spawn`]) is not connected yet: `reason` is why
+    /// its last attempt failed (the attempt's error stays with the task that made it).
     #[error("cannot reach the broker at {url}: {reason}")]
-    Unreachable { url: String, reason: String },
+    NotConnected { url: String, reason: String },
     /// The broker refused the hello (`code` as in PROTOCOL.md, e.g. `unauthorized`, `revoked`).
     #[error("the broker refused this identity ({code}): {message}")]
     Refused { code: String, message: String },
@@ -67,6 +75,30 @@ pub enum ConnectError {
     /// not allow, e.g. a `send` neither queued nor refused with a code.
     #[error("the broker answered {0} with a reply the protocol does not allow")]
     UnexpectedReply(&'static str),
+}
+
+/// Why a socket to the broker could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// No WebSocket within the connect timeout.
+    #[error("timed out")]
+    TimedOut,
+    /// The TCP connection failed or broke (tungstenite's I/O error, unwrapped so the
+    /// cause is not printed twice).
+    #[error(transparent)]
+    Io(std::io::Error),
+    /// The WebSocket handshake or protocol failed.
+    #[error(transparent)]
+    WebSocket(tokio_tungstenite::tungstenite::Error),
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for TransportError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        match e {
+            tokio_tungstenite::tungstenite::Error::Io(io) => Self::Io(io),
+            other => Self::WebSocket(other),
+        }
+    }
 }
 
 /// Who this connection speaks for.
@@ -196,7 +228,7 @@ impl Connection {
         .await;
         match settled {
             Ok(result) => result,
-            Err(_) => Err(ConnectError::Unreachable {
+            Err(_) => Err(ConnectError::NotConnected {
                 url: self.url.clone(),
                 reason: self
                     .last_error()
