@@ -39,6 +39,14 @@ impl Target {
             Target::Group(g) => format!("@{g}"),
         }
     }
+
+    /// The group name of `@name`, `None` for any other target.
+    fn group(&self) -> Option<&str> {
+        match self {
+            Target::Group(g) => Some(g),
+            _ => None,
+        }
+    }
 }
 
 /// How a send went out.
@@ -139,8 +147,6 @@ pub async fn send_text<'b>(
     priority: Priority,
 ) -> Result<SendReport, SendError> {
     let text = body.into();
-    let id = claudemesh_proto::ids::new_id();
-    let my_key = ring.my_key().to_owned();
     match target {
         Target::Key(to) | Target::LegacyKey(to) => {
             let legacy = matches!(target, Target::LegacyKey(_));
@@ -155,91 +161,111 @@ pub async fn send_text<'b>(
             if conn.has_capability(cap::E2E_MULTICAST)
                 && conn.has_capability(cap::LIST_MEMBERS) =>
         {
-            let group = match target {
-                Target::Group(g) => Some(g.as_str()),
-                _ => None,
-            };
-            // Identities known to run a v1 client (connected, never announced the
-            // extension) cannot open a sealed key: they get a plain v1 body, still boxed.
-            let mut modern = Vec::new();
-            let mut legacy = Vec::new();
-            for m in conn.members().await? {
-                if m.pubkey == my_key || !group.is_none_or(|g| m.groups.iter().any(|x| x.name == g))
-                {
-                    continue;
-                }
-                let Ok(key) = PublicKey::from_hex(&m.pubkey) else {
-                    continue;
-                };
-                if m.e2e_multicast || !m.seen {
-                    modern.push(key);
-                } else {
-                    legacy.push(key);
-                }
-            }
-            if modern.is_empty() && legacy.is_empty() {
-                return Err(SendError::NoRecipients(format!(
-                    "nobody else is in {}",
-                    target.spec()
-                )));
-            }
-            let mut ids = Vec::new();
-            let mut total = 0;
-            if !modern.is_empty() {
-                let spec = target.spec();
-                let sealed = ring.seal_multicast(&modern, &spec, mesh_id, &id, now_ms(), text);
-                let mut f = frame(spec, priority, sealed.nonce, sealed.ciphertext, &id);
-                f.sealed_keys = Some(sealed.sealed_keys);
-                let (mid, n) = send_one(conn, f).await?;
-                ids.push(mid);
-                total += n;
-            }
-            for to in &legacy {
-                let (mid, n) = send_direct(conn, ring, to, mesh_id, text, priority, true).await?;
-                ids.push(mid);
-                total += n;
-            }
-            Ok(SendReport {
-                message_ids: ids,
-                recipients: total,
-                delivery: Delivery::SealedMulticast,
-            })
+            send_sealed_multicast(conn, ring, mesh_id, target, text, priority).await
         }
         Target::Broadcast | Target::Group(_) => {
-            // v1 broker: no sealed multicast. One E2E direct message per online peer.
-            let group = match target {
-                Target::Group(g) => Some(g.as_str()),
-                _ => None,
-            };
-            let peers: Vec<PublicKey> = conn
-                .peers()
-                .await?
-                .into_iter()
-                .filter(|p| p.pubkey != my_key)
-                .filter(|p| group.is_none_or(|g| p.groups.iter().any(|x| x.name == g)))
-                .filter_map(|p| PublicKey::from_hex(&p.pubkey).ok())
-                .collect();
-            if peers.is_empty() {
-                return Err(SendError::NoRecipients(format!(
-                    "no online peer in {} (this broker cannot queue encrypted multicast for offline members)",
-                    target.spec()
-                )));
-            }
-            let mut ids = Vec::new();
-            for to in &peers {
-                let (mid, _) = send_direct(conn, ring, to, mesh_id, text, priority, false).await?;
-                ids.push(mid);
-            }
-            let n = u32::try_from(ids.len()).unwrap_or(u32::MAX);
-            Ok(SendReport {
-                message_ids: ids,
-                recipients: n,
-                delivery: Delivery::PerPeer {
-                    unreachable: "this broker does not offer e2e-multicast: sent as direct messages to online peers only; offline members will not receive it".into(),
-                },
-            })
+            send_per_peer(conn, ring, mesh_id, target, text, priority).await
         }
     }
+}
+
+/// Multicast with `e2e-multicast`: the body sealed once with a key for every recipient,
+/// online or not.
+async fn send_sealed_multicast(
+    conn: &Connection,
+    ring: &mut Keyring,
+    mesh_id: &str,
+    target: &Target,
+    text: Body<'_>,
+    priority: Priority,
+) -> Result<SendReport, SendError> {
+    let group = target.group();
+    let my_key = ring.my_key().to_owned();
+    // Identities known to run a v1 client (connected, never announced the extension)
+    // cannot open a sealed key: they get a plain v1 body, still boxed.
+    let mut modern = Vec::new();
+    let mut legacy = Vec::new();
+    for m in conn.members().await? {
+        if m.pubkey == my_key || !group.is_none_or(|g| m.groups.iter().any(|x| x.name == g)) {
+            continue;
+        }
+        let Ok(key) = PublicKey::from_hex(&m.pubkey) else {
+            continue;
+        };
+        if m.e2e_multicast || !m.seen {
+            modern.push(key);
+        } else {
+            legacy.push(key);
+        }
+    }
+    if modern.is_empty() && legacy.is_empty() {
+        return Err(SendError::NoRecipients(format!(
+            "nobody else is in {}",
+            target.spec()
+        )));
+    }
+    let mut ids = Vec::new();
+    let mut total = 0;
+    if !modern.is_empty() {
+        let id = claudemesh_proto::ids::new_id();
+        let spec = target.spec();
+        let sealed = ring.seal_multicast(&modern, &spec, mesh_id, &id, now_ms(), text);
+        let mut f = frame(spec, priority, sealed.nonce, sealed.ciphertext, &id);
+        f.sealed_keys = Some(sealed.sealed_keys);
+        let (mid, n) = send_one(conn, f).await?;
+        ids.push(mid);
+        total += n;
+    }
+    for to in &legacy {
+        let (mid, n) = send_direct(conn, ring, to, mesh_id, text, priority, true).await?;
+        ids.push(mid);
+        total += n;
+    }
+    Ok(SendReport {
+        message_ids: ids,
+        recipients: total,
+        delivery: Delivery::SealedMulticast,
+    })
+}
+
+/// Multicast on a v1 broker (no sealed multicast): one E2E direct message per online peer.
+async fn send_per_peer(
+    conn: &Connection,
+    ring: &mut Keyring,
+    mesh_id: &str,
+    target: &Target,
+    text: Body<'_>,
+    priority: Priority,
+) -> Result<SendReport, SendError> {
+    let group = target.group();
+    let my_key = ring.my_key().to_owned();
+    let peers: Vec<PublicKey> = conn
+        .peers()
+        .await?
+        .into_iter()
+        .filter(|p| p.pubkey != my_key)
+        .filter(|p| group.is_none_or(|g| p.groups.iter().any(|x| x.name == g)))
+        .filter_map(|p| PublicKey::from_hex(&p.pubkey).ok())
+        .collect();
+    if peers.is_empty() {
+        return Err(SendError::NoRecipients(format!(
+            "no online peer in {} (this broker cannot queue encrypted multicast for offline members)",
+            target.spec()
+        )));
+    }
+    let mut ids = Vec::new();
+    for to in &peers {
+        let (mid, _) = send_direct(conn, ring, to, mesh_id, text, priority, false).await?;
+        ids.push(mid);
+    }
+    let n = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+    Ok(SendReport {
+        message_ids: ids,
+        recipients: n,
+        delivery: Delivery::PerPeer {
+            unreachable: "this broker does not offer e2e-multicast: sent as direct messages to online peers only; offline members will not receive it".into(),
+        },
+    })
 }
 
 /// Open a push, record it in the inbox (deduped) and say whether it is new. The caller
