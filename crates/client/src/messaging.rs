@@ -147,6 +147,14 @@ pub async fn send_text<'b>(
     priority: Priority,
 ) -> Result<SendReport, SendError> {
     let text = body.into();
+    let multicast = Multicast {
+        mesh_id,
+        target,
+        group: target.group(),
+        my_key: ring.my_key().to_owned(),
+        text,
+        priority,
+    };
     match target {
         Target::Key(to) | Target::LegacyKey(to) => {
             let legacy = matches!(target, Target::LegacyKey(_));
@@ -161,12 +169,22 @@ pub async fn send_text<'b>(
             if conn.has_capability(cap::E2E_MULTICAST)
                 && conn.has_capability(cap::LIST_MEMBERS) =>
         {
-            send_sealed_multicast(conn, ring, mesh_id, target, text, priority).await
+            send_sealed_multicast(conn, ring, multicast).await
         }
-        Target::Broadcast | Target::Group(_) => {
-            send_per_peer(conn, ring, mesh_id, target, text, priority).await
-        }
+        Target::Broadcast | Target::Group(_) => send_per_peer(conn, ring, multicast).await,
     }
+}
+
+/// A multicast as `send_text` was asked for it.
+struct Multicast<'a> {
+    mesh_id: &'a str,
+    target: &'a Target,
+    /// The group of `@name`; `None` for everyone.
+    group: Option<&'a str>,
+    /// The connection key, never a recipient of its own multicast.
+    my_key: String,
+    text: Body<'a>,
+    priority: Priority,
 }
 
 /// Multicast with `e2e-multicast`: the body sealed once with a key for every recipient,
@@ -174,19 +192,18 @@ pub async fn send_text<'b>(
 async fn send_sealed_multicast(
     conn: &Connection,
     ring: &mut Keyring,
-    mesh_id: &str,
-    target: &Target,
-    text: Body<'_>,
-    priority: Priority,
+    msg: Multicast<'_>,
 ) -> Result<SendReport, SendError> {
-    let group = target.group();
-    let my_key = ring.my_key().to_owned();
     // Identities known to run a v1 client (connected, never announced the extension)
     // cannot open a sealed key: they get a plain v1 body, still boxed.
     let mut modern = Vec::new();
     let mut legacy = Vec::new();
     for m in conn.members().await? {
-        if m.pubkey == my_key || !group.is_none_or(|g| m.groups.iter().any(|x| x.name == g)) {
+        if m.pubkey == msg.my_key
+            || !msg
+                .group
+                .is_none_or(|g| m.groups.iter().any(|x| x.name == g))
+        {
             continue;
         }
         let Ok(key) = PublicKey::from_hex(&m.pubkey) else {
@@ -201,23 +218,24 @@ async fn send_sealed_multicast(
     if modern.is_empty() && legacy.is_empty() {
         return Err(SendError::NoRecipients(format!(
             "nobody else is in {}",
-            target.spec()
+            msg.target.spec()
         )));
     }
     let mut ids = Vec::new();
     let mut total = 0;
     if !modern.is_empty() {
         let id = claudemesh_proto::ids::new_id();
-        let spec = target.spec();
-        let sealed = ring.seal_multicast(&modern, &spec, mesh_id, &id, now_ms(), text);
-        let mut f = frame(spec, priority, sealed.nonce, sealed.ciphertext, &id);
+        let spec = msg.target.spec();
+        let sealed = ring.seal_multicast(&modern, &spec, msg.mesh_id, &id, now_ms(), msg.text);
+        let mut f = frame(spec, msg.priority, sealed.nonce, sealed.ciphertext, &id);
         f.sealed_keys = Some(sealed.sealed_keys);
         let (mid, n) = send_one(conn, f).await?;
         ids.push(mid);
         total += n;
     }
     for to in &legacy {
-        let (mid, n) = send_direct(conn, ring, to, mesh_id, text, priority, true).await?;
+        let (mid, n) =
+            send_direct(conn, ring, to, msg.mesh_id, msg.text, msg.priority, true).await?;
         ids.push(mid);
         total += n;
     }
@@ -232,30 +250,29 @@ async fn send_sealed_multicast(
 async fn send_per_peer(
     conn: &Connection,
     ring: &mut Keyring,
-    mesh_id: &str,
-    target: &Target,
-    text: Body<'_>,
-    priority: Priority,
+    msg: Multicast<'_>,
 ) -> Result<SendReport, SendError> {
-    let group = target.group();
-    let my_key = ring.my_key().to_owned();
     let peers: Vec<PublicKey> = conn
         .peers()
         .await?
         .into_iter()
-        .filter(|p| p.pubkey != my_key)
-        .filter(|p| group.is_none_or(|g| p.groups.iter().any(|x| x.name == g)))
+        .filter(|p| p.pubkey != msg.my_key)
+        .filter(|p| {
+            msg.group
+                .is_none_or(|g| p.groups.iter().any(|x| x.name == g))
+        })
         .filter_map(|p| PublicKey::from_hex(&p.pubkey).ok())
         .collect();
     if peers.is_empty() {
         return Err(SendError::NoRecipients(format!(
             "no online peer in {} (this broker cannot queue encrypted multicast for offline members)",
-            target.spec()
+            msg.target.spec()
         )));
     }
     let mut ids = Vec::new();
     for to in &peers {
-        let (mid, _) = send_direct(conn, ring, to, mesh_id, text, priority, false).await?;
+        let (mid, _) =
+            send_direct(conn, ring, to, msg.mesh_id, msg.text, msg.priority, false).await?;
         ids.push(mid);
     }
     let n = u32::try_from(ids.len()).unwrap_or(u32::MAX);
