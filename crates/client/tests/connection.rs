@@ -133,6 +133,30 @@ async fn connect(
     (c, rx, me)
 }
 
+/// A broker for tests over a fresh database (keep the directory alive).
+async fn broker() -> (BrokerHandle, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::spawn(BrokerConfig::for_tests(dir.path().into()))
+        .await
+        .unwrap();
+    (b, dir)
+}
+
+/// Options for a member connection that reconnects, with an empty presence.
+fn member_options(url: &str, mesh_id: &str, member_id: &str, key: SecretKey) -> ConnectOptions {
+    ConnectOptions {
+        url: url.to_owned(),
+        identity: Identity {
+            mesh_id: mesh_id.to_owned(),
+            member_id: member_id.to_owned(),
+            member_key: key,
+            session_key: None,
+        },
+        presence: PresenceInfo::default(),
+        reconnect: true,
+    }
+}
+
 async fn next(rx: &mut mpsc::Receiver<Push>) -> Push {
     loop {
         let p = tokio::time::timeout(Duration::from_secs(10), rx.recv())
@@ -451,23 +475,10 @@ async fn a_refused_field_is_retried_not_final() {
 /// `wait_connected`; a one-shot connection that drops reports that it closed.
 #[tokio::test]
 async fn refusals_carry_the_brokers_code_and_a_drop_is_not_a_refusal() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Broker::spawn(BrokerConfig::for_tests(dir.path().into()))
-        .await
-        .unwrap();
+    let (b, _dir) = broker().await;
     let m = mesh(&b, 1).await;
     let (_, key) = m.members[0].clone();
-    let (a, _rx) = Connection::spawn(ConnectOptions {
-        url: b.ws_url(),
-        identity: Identity {
-            mesh_id: m.id.clone(),
-            member_id: "not-a-member".into(),
-            member_key: key,
-            session_key: None,
-        },
-        presence: PresenceInfo::default(),
-        reconnect: true,
-    });
+    let (a, _rx) = Connection::spawn(member_options(&b.ws_url(), &m.id, "not-a-member", key));
     let err = a.wait_connected(Duration::from_secs(5)).await.unwrap_err();
     assert!(
         matches!(&err, ConnectError::Refused { code, .. } if code == "unauthorized"),
@@ -498,20 +509,9 @@ async fn refusals_carry_the_brokers_code_and_a_drop_is_not_a_refusal() {
 /// the display says what failed, the source why.
 #[tokio::test]
 async fn an_unreachable_broker_keeps_the_cause_as_the_source() {
-    let err = Connection::connect(ConnectOptions {
-        url: "ws://127.0.0.1:9/ws".into(), // discard: nothing listens
-        identity: Identity {
-            mesh_id: "m".into(),
-            member_id: "member".into(),
-            member_key: SecretKey::generate(),
-            session_key: None,
-        },
-        presence: PresenceInfo::default(),
-        reconnect: false,
-    })
-    .await
-    .map(|_| ())
-    .unwrap_err();
+    // Port 9 (discard): nothing listens.
+    let opts = member_options("ws://127.0.0.1:9/ws", "m", "member", SecretKey::generate());
+    let err = Connection::connect(opts).await.map(|_| ()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "cannot reach the broker at ws://127.0.0.1:9/ws"
