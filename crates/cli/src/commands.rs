@@ -689,7 +689,7 @@ pub(crate) async fn connect(entry: &MeshEntry) -> anyhow::Result<Live> {
         claudemesh_client::ConnectError::Refused { code, .. } if code == "timestamp_skew" => {
             anyhow!("your clock is off by more than a minute; fix the system time")
         }
-        other => anyhow!("{other}"),
+        other => other.into(), // keeps the cause for main's {:#}
     })?;
     Ok(Live { conn, pushes, key })
 }

@@ -150,7 +150,7 @@ async fn check_broker(report: &mut Report, entry: &MeshEntry) {
             "member",
             format!("{mesh}: the broker refused the hello for clock skew; sync the system time"),
         ),
-        Err(e) => report.add(Level::Fail, "member", format!("{mesh}: {e}")),
+        Err(e) => report.add(Level::Fail, "member", format!("{mesh}: {:#}", anyhow::Error::from(e))),
     }
 }
 

@@ -102,10 +102,10 @@ pub struct Record {
 #[derive(Debug, thiserror::Error)]
 pub enum InboxError {
     /// The database failed.
-    #[error("inbox database error: {0}")]
+    #[error("inbox database error")]
     Db(#[from] rusqlite::Error),
     /// Creating the file or setting its permissions failed.
-    #[error("inbox file error: {0}")]
+    #[error("inbox file error")]
     Io(#[from] std::io::Error),
     /// The file holds data this version cannot read.
     #[error("inbox file is corrupt or from a newer version: {0}")]
@@ -455,6 +455,17 @@ mod tests {
         conn.pragma_update(None, "user_version", 99).unwrap();
         drop(conn);
         assert!(matches!(Inbox::open(&path), Err(InboxError::Corrupt(_))));
+    }
+
+    #[test]
+    fn an_error_names_its_cause_once() {
+        // A directory where the file should be: the I/O error is the source, not the text.
+        let dir = tempfile::tempdir().unwrap();
+        let err = Inbox::open(dir.path()).unwrap_err();
+        assert!(matches!(err, InboxError::Io(_)), "{err:?}");
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert_eq!(err.to_string(), "inbox file error");
+        assert!(!err.to_string().contains(&cause));
     }
 
     #[cfg(unix)]

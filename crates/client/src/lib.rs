@@ -9,5 +9,7 @@ pub mod inbox;
 pub mod messaging;
 pub mod safety;
 
-pub use connection::{ConnectError, ConnectOptions, Connection, Identity, State};
+pub use connection::{
+    ConnectError, ConnectOptions, Connection, Failure, Identity, State, TransportError,
+};
 pub use messaging::{Delivery, SendError, SendReport, Target};

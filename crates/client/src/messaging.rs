@@ -39,6 +39,14 @@ impl Target {
             Target::Group(g) => format!("@{g}"),
         }
     }
+
+    /// The group name of `@name`, `None` for any other target.
+    fn group(&self) -> Option<&str> {
+        match self {
+            Target::Group(g) => Some(g),
+            _ => None,
+        }
+    }
 }
 
 /// How a send went out.
@@ -75,12 +83,12 @@ pub enum SendError {
 
 async fn send_one(conn: &Connection, frame: Send) -> Result<(String, u32), SendError> {
     let ack = conn.send(frame).await?;
-    if !ack.queued {
-        return Err(SendError::Refused(
-            ack.error.unwrap_or_else(|| "unknown error".into()),
-        ));
+    match (ack.queued, ack.error) {
+        (true, _) => Ok((ack.message_id, ack.recipients.unwrap_or(1))),
+        (false, Some(code)) => Err(SendError::Refused(code)),
+        // Not queued and no code says why: the broker broke the protocol.
+        (false, None) => Err(ConnectError::UnexpectedReply("send").into()),
     }
-    Ok((ack.message_id, ack.recipients.unwrap_or(1)))
 }
 
 fn frame(
@@ -139,8 +147,14 @@ pub async fn send_text<'b>(
     priority: Priority,
 ) -> Result<SendReport, SendError> {
     let text = body.into();
-    let id = claudemesh_proto::ids::new_id();
-    let my_key = ring.my_key().to_owned();
+    let multicast = Multicast {
+        mesh_id,
+        target,
+        group: target.group(),
+        my_key: ring.my_key().to_owned(),
+        text,
+        priority,
+    };
     match target {
         Target::Key(to) | Target::LegacyKey(to) => {
             let legacy = matches!(target, Target::LegacyKey(_));
@@ -155,91 +169,120 @@ pub async fn send_text<'b>(
             if conn.has_capability(cap::E2E_MULTICAST)
                 && conn.has_capability(cap::LIST_MEMBERS) =>
         {
-            let group = match target {
-                Target::Group(g) => Some(g.as_str()),
-                _ => None,
-            };
-            // Identities known to run a v1 client (connected, never announced the
-            // extension) cannot open a sealed key: they get a plain v1 body, still boxed.
-            let mut modern = Vec::new();
-            let mut legacy = Vec::new();
-            for m in conn.members().await? {
-                if m.pubkey == my_key || !group.is_none_or(|g| m.groups.iter().any(|x| x.name == g))
-                {
-                    continue;
-                }
-                let Ok(key) = PublicKey::from_hex(&m.pubkey) else {
-                    continue;
-                };
-                if m.e2e_multicast || !m.seen {
-                    modern.push(key);
-                } else {
-                    legacy.push(key);
-                }
-            }
-            if modern.is_empty() && legacy.is_empty() {
-                return Err(SendError::NoRecipients(format!(
-                    "nobody else is in {}",
-                    target.spec()
-                )));
-            }
-            let mut ids = Vec::new();
-            let mut total = 0;
-            if !modern.is_empty() {
-                let spec = target.spec();
-                let sealed = ring.seal_multicast(&modern, &spec, mesh_id, &id, now_ms(), text);
-                let mut f = frame(spec, priority, sealed.nonce, sealed.ciphertext, &id);
-                f.sealed_keys = Some(sealed.sealed_keys);
-                let (mid, n) = send_one(conn, f).await?;
-                ids.push(mid);
-                total += n;
-            }
-            for to in &legacy {
-                let (mid, n) = send_direct(conn, ring, to, mesh_id, text, priority, true).await?;
-                ids.push(mid);
-                total += n;
-            }
-            Ok(SendReport {
-                message_ids: ids,
-                recipients: total,
-                delivery: Delivery::SealedMulticast,
-            })
+            send_sealed_multicast(conn, ring, multicast).await
         }
-        Target::Broadcast | Target::Group(_) => {
-            // v1 broker: no sealed multicast. One E2E direct message per online peer.
-            let group = match target {
-                Target::Group(g) => Some(g.as_str()),
-                _ => None,
-            };
-            let peers: Vec<PublicKey> = conn
-                .peers()
-                .await?
-                .into_iter()
-                .filter(|p| p.pubkey != my_key)
-                .filter(|p| group.is_none_or(|g| p.groups.iter().any(|x| x.name == g)))
-                .filter_map(|p| PublicKey::from_hex(&p.pubkey).ok())
-                .collect();
-            if peers.is_empty() {
-                return Err(SendError::NoRecipients(format!(
-                    "no online peer in {} (this broker cannot queue encrypted multicast for offline members)",
-                    target.spec()
-                )));
-            }
-            let mut ids = Vec::new();
-            for to in &peers {
-                let (mid, _) = send_direct(conn, ring, to, mesh_id, text, priority, false).await?;
-                ids.push(mid);
-            }
-            let n = u32::try_from(ids.len()).unwrap_or(u32::MAX);
-            Ok(SendReport {
-                message_ids: ids,
-                recipients: n,
-                delivery: Delivery::PerPeer {
-                    unreachable: "this broker does not offer e2e-multicast: sent as direct messages to online peers only; offline members will not receive it".into(),
-                },
-            })
+        Target::Broadcast | Target::Group(_) => send_per_peer(conn, ring, multicast).await,
+    }
+}
+
+/// A multicast as `send_text` was asked for it.
+struct Multicast<'a> {
+    mesh_id: &'a str,
+    target: &'a Target,
+    /// The group of `@name`; `None` for everyone.
+    group: Option<&'a str>,
+    /// The connection key, never a recipient of its own multicast.
+    my_key: String,
+    text: Body<'a>,
+    priority: Priority,
+}
+
+/// Multicast with `e2e-multicast`: the body sealed once with a key for every recipient,
+/// online or not.
+async fn send_sealed_multicast(
+    conn: &Connection,
+    ring: &mut Keyring,
+    msg: Multicast<'_>,
+) -> Result<SendReport, SendError> {
+    // Identities known to run a v1 client (connected, never announced the extension)
+    // cannot open a sealed key: they get a plain v1 body, still boxed.
+    let mut modern = Vec::new();
+    let mut legacy = Vec::new();
+    for m in conn.members().await? {
+        if m.pubkey == msg.my_key
+            || !msg
+                .group
+                .is_none_or(|g| m.groups.iter().any(|x| x.name == g))
+        {
+            continue;
+        }
+        let Ok(key) = PublicKey::from_hex(&m.pubkey) else {
+            continue;
+        };
+        if m.e2e_multicast || !m.seen {
+            modern.push(key);
+        } else {
+            legacy.push(key);
         }
     }
+    if modern.is_empty() && legacy.is_empty() {
+        return Err(SendError::NoRecipients(format!(
+            "nobody else is in {}",
+            msg.target.spec()
+        )));
+    }
+    let mut ids = Vec::new();
+    let mut total = 0;
+    if !modern.is_empty() {
+        let id = claudemesh_proto::ids::new_id();
+        let spec = msg.target.spec();
+        let sealed = ring.seal_multicast(&modern, &spec, msg.mesh_id, &id, now_ms(), msg.text);
+        let mut f = frame(spec, msg.priority, sealed.nonce, sealed.ciphertext, &id);
+        f.sealed_keys = Some(sealed.sealed_keys);
+        let (mid, n) = send_one(conn, f).await?;
+        ids.push(mid);
+        total += n;
+    }
+    for to in &legacy {
+        let (mid, n) =
+            send_direct(conn, ring, to, msg.mesh_id, msg.text, msg.priority, true).await?;
+        ids.push(mid);
+        total += n;
+    }
+    Ok(SendReport {
+        message_ids: ids,
+        recipients: total,
+        delivery: Delivery::SealedMulticast,
+    })
+}
+
+/// Multicast on a v1 broker (no sealed multicast): one E2E direct message per online peer.
+async fn send_per_peer(
+    conn: &Connection,
+    ring: &mut Keyring,
+    msg: Multicast<'_>,
+) -> Result<SendReport, SendError> {
+    let peers: Vec<PublicKey> = conn
+        .peers()
+        .await?
+        .into_iter()
+        .filter(|p| p.pubkey != msg.my_key)
+        .filter(|p| {
+            msg.group
+                .is_none_or(|g| p.groups.iter().any(|x| x.name == g))
+        })
+        .filter_map(|p| PublicKey::from_hex(&p.pubkey).ok())
+        .collect();
+    if peers.is_empty() {
+        return Err(SendError::NoRecipients(format!(
+            "no online peer in {} (this broker cannot queue encrypted multicast for offline members)",
+            msg.target.spec()
+        )));
+    }
+    let mut ids = Vec::new();
+    for to in &peers {
+        let (mid, _) =
+            send_direct(conn, ring, to, msg.mesh_id, msg.text, msg.priority, false).await?;
+        ids.push(mid);
+    }
+    let n = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+    Ok(SendReport {
+        message_ids: ids,
+        recipients: n,
+        delivery: Delivery::PerPeer {
+            unreachable: "this broker does not offer e2e-multicast: sent as direct messages to online peers only; offline members will not receive it".into(),
+        },
+    })
 }
 
 /// Open a push, record it in the inbox (deduped) and say whether it is new. The caller

@@ -15,7 +15,9 @@ use std::time::Duration;
 use claudemesh_broker::{Broker, BrokerConfig, BrokerHandle};
 use claudemesh_client::envelope::Keyring;
 use claudemesh_client::inbox::{Inbox, Kind};
-use claudemesh_client::{ConnectOptions, Connection, Delivery, Identity, State, Target, messaging};
+use claudemesh_client::{
+    ConnectError, ConnectOptions, Connection, Delivery, Failure, Identity, State, Target, messaging,
+};
 use claudemesh_crypto::SecretKey;
 use claudemesh_proto::canonical::{self, AdminAction};
 use claudemesh_proto::frames::{PresenceInfo, Priority, Push, Status};
@@ -129,6 +131,30 @@ async fn connect(
     .await
     .unwrap();
     (c, rx, me)
+}
+
+/// A broker for tests over a fresh database (keep the directory alive).
+async fn broker() -> (BrokerHandle, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::spawn(BrokerConfig::for_tests(dir.path().into()))
+        .await
+        .unwrap();
+    (b, dir)
+}
+
+/// Options for a member connection that reconnects, with an empty presence.
+fn member_options(url: &str, mesh_id: &str, member_id: &str, key: SecretKey) -> ConnectOptions {
+    ConnectOptions {
+        url: url.to_owned(),
+        identity: Identity {
+            mesh_id: mesh_id.to_owned(),
+            member_id: member_id.to_owned(),
+            member_key: key,
+            session_key: None,
+        },
+        presence: PresenceInfo::default(),
+        reconnect: true,
+    }
 }
 
 async fn next(rx: &mut mpsc::Receiver<Push>) -> Push {
@@ -443,4 +469,68 @@ async fn a_refused_field_is_retried_not_final() {
         .await
         .expect("close is honoured while reconnecting");
     b.shutdown().await;
+}
+
+/// A final refusal is reported with the broker's own code, by the state and by
+/// `wait_connected`; a one-shot connection that drops reports that it closed.
+#[tokio::test]
+async fn refusals_carry_the_brokers_code_and_a_drop_is_not_a_refusal() {
+    let (b, _dir) = broker().await;
+    let m = mesh(&b, 1).await;
+    let (_, key) = m.members[0].clone();
+    let (a, _rx) = Connection::spawn(member_options(&b.ws_url(), &m.id, "not-a-member", key));
+    let err = a.wait_connected(Duration::from_secs(5)).await.unwrap_err();
+    assert!(
+        matches!(&err, ConnectError::Refused { code, .. } if code == "unauthorized"),
+        "{err:?}"
+    );
+    assert!(
+        matches!(a.state(), State::Failed(Failure::Refused { code, .. }) if code == "unauthorized")
+    );
+
+    let (c, _crx, _) = connect(&b.ws_url(), &m, 0, None, false).await;
+    b.shutdown().await;
+    let failure = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let State::Failed(f) = c.state() {
+                return f;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a one-shot connection gives up when its socket closes");
+    assert_eq!(failure, Failure::Dropped);
+    let err = c.wait_connected(Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(err, ConnectError::Closed), "{err:?}");
+}
+
+/// An unreachable broker is reported with the cause as the error's source, named once:
+/// the display says what failed, the source why.
+#[tokio::test]
+async fn an_unreachable_broker_keeps_the_cause_as_the_source() {
+    // Port 9 (discard): nothing listens.
+    let opts = member_options("ws://127.0.0.1:9/ws", "m", "member", SecretKey::generate());
+    let err = Connection::connect(opts).await.map(|_| ()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot reach the broker at ws://127.0.0.1:9/ws"
+    );
+    let mut chain = Vec::new();
+    let mut cause = std::error::Error::source(&err);
+    while let Some(e) = cause {
+        chain.push(e.to_string());
+        cause = e.source();
+    }
+    assert_eq!(chain.len(), 1, "one cause, not repeated: {chain:?}");
+    assert!(
+        matches!(
+            &err,
+            ConnectError::Unreachable {
+                source: claudemesh_client::TransportError::Io(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
