@@ -11,8 +11,8 @@ use claudemesh_proto::frames::PresenceInfo;
 use serde_json::{Value, json};
 
 use crate::claude::{self, ClaudeHome, SERVER_NAME};
-use crate::commands::out;
 use crate::config::{Config, ConfigDir, MeshEntry};
+use crate::output::out;
 
 /// Signed hellos are refused beyond ±60 s; warn well before.
 const SKEW_WARN_S: i64 = 20;

@@ -15,9 +15,10 @@ use anyhow::Context as _;
 use claudemesh_proto::codes::cap;
 use serde_json::json;
 
-use crate::commands::{connect, out, short, table};
+use crate::commands::live::connect;
 use crate::config::{Config, ConfigDir};
 use crate::mcp::session::{Local, Session};
+use crate::output::{out, short, table};
 
 /// How the broker of one mesh sees one session key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
