@@ -4,15 +4,14 @@
 use anyhow::{Context as _, anyhow, bail};
 use claudemesh_client::safety;
 use claudemesh_crypto::SecretKey;
-use claudemesh_proto::canonical::AdminAction;
-use claudemesh_proto::http::{JoinResponse, MemberListResponse, MemberSummary};
+use claudemesh_proto::http::{JoinRequest, MemberSummary, RemoveMode};
 use claudemesh_proto::invite::{InviteError, InvitePayload};
 use claudemesh_proto::time::{now_ms, readable};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::Ctx;
 use super::input::default_name;
-use crate::api::{self, merge, post, signed};
+use crate::api::{self, Admin};
 use crate::config::{MeshEntry, http_base};
 use crate::output::{out, short, table};
 
@@ -56,8 +55,13 @@ pub(super) async fn join(ctx: &mut Ctx, link: &str, name: Option<String>) -> any
     }
     let key = SecretKey::generate();
     let display_name = name.unwrap_or_else(default_name);
-    let body = json!({ "invite_token": invite.token(), "invite_payload": invite, "peer_pubkey": key.public().to_hex(), "display_name": display_name });
-    let resp: JoinResponse = post(&http_base(&invite.broker_url)?, "/join", &body).await.map_err(|e| match e.downcast_ref::<api::ApiError>().map(|a| a.code.as_str()) {
+    let request = JoinRequest {
+        invite_token: Some(invite.token()),
+        invite_payload: Some(invite.clone()),
+        peer_pubkey: key.public().to_hex(),
+        display_name: Some(display_name.clone()),
+    };
+    let resp = api::join(&http_base(&invite.broker_url)?, &request).await.map_err(|e| match e.downcast_ref::<api::ApiError>().map(|a| a.code.as_str()) {
         Some("invite_expired") => anyhow!("this invite has expired; ask for a new one"),
         Some("invite_exhausted") => anyhow!("this invite has been used up; ask for a new one"),
         Some("invite_revoked") => anyhow!("this invite was revoked; ask for a new one"),
@@ -98,25 +102,9 @@ pub(super) async fn leave(ctx: &mut Ctx) -> anyhow::Result<()> {
     if entry.role == "owner" {
         bail!("you own mesh '{}'; the owner cannot leave it", entry.slug);
     }
-    let key = entry.key()?;
-    let body = merge(
-        json!({ "mode": "kick" }),
-        signed(
-            &key,
-            AdminAction::RemoveMember,
-            &entry.mesh_id,
-            &[&entry.member_id, "kick"],
-        ),
-    );
-    let told: anyhow::Result<Value> = post(
-        &entry.http_base()?,
-        &format!(
-            "/api/meshes/{}/members/{}/remove",
-            entry.mesh_id, entry.member_id
-        ),
-        &body,
-    )
-    .await;
+    let told = Admin::new(&entry)?
+        .remove_member(&entry.member_id, RemoveMode::Kick)
+        .await;
     ctx.config.remove(&entry.slug);
     ctx.dir.save(&ctx.config)?;
     if let Err(e) = &told {
@@ -157,21 +145,17 @@ pub(super) fn whoami(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn member_list(entry: &MeshEntry) -> anyhow::Result<Vec<MemberSummary>> {
-    let key = entry.key()?;
-    let resp: MemberListResponse = post(
-        &entry.http_base()?,
-        &format!("/api/meshes/{}/members/list", entry.mesh_id),
-        &signed(&key, AdminAction::ListMembers, &entry.mesh_id, &[]),
-    )
-    .await
-    .context("listing members failed")?;
+async fn member_list(admin: &Admin) -> anyhow::Result<Vec<MemberSummary>> {
+    let resp = admin
+        .list_members()
+        .await
+        .context("listing members failed")?;
     Ok(resp.members)
 }
 
 pub(super) async fn members(ctx: &Ctx) -> anyhow::Result<()> {
     let entry = ctx.entry()?;
-    let list = member_list(entry).await?;
+    let list = member_list(&Admin::new(entry)?).await?;
     out(ctx.json, &serde_json::to_value(&list)?, || {
         let rows: Vec<Vec<String>> = list
             .iter()
@@ -197,9 +181,10 @@ pub(super) async fn members(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) async fn remove(ctx: &Ctx, who: &str, mode: &str) -> anyhow::Result<()> {
+pub(super) async fn remove(ctx: &Ctx, who: &str, mode: RemoveMode) -> anyhow::Result<()> {
     let entry = ctx.entry()?;
-    let list = member_list(entry).await?;
+    let admin = Admin::new(entry)?;
+    let list = member_list(&admin).await?;
     let lower = who.to_ascii_lowercase();
     let matches: Vec<&MemberSummary> = list
         .iter()
@@ -221,30 +206,17 @@ pub(super) async fn remove(ctx: &Ctx, who: &str, mode: &str) -> anyhow::Result<(
                 .join(", ")
         ),
     };
-    let key = entry.key()?;
-    let body = merge(
-        json!({ "mode": mode }),
-        signed(
-            &key,
-            AdminAction::RemoveMember,
-            &entry.mesh_id,
-            &[&target.member_id, mode],
-        ),
-    );
-    let _: Value = post(
-        &entry.http_base()?,
-        &format!(
-            "/api/meshes/{}/members/{}/remove",
-            entry.mesh_id, target.member_id
-        ),
-        &body,
-    )
-    .await
-    .with_context(|| format!("{mode} failed"))?;
-    let verb = if mode == "kick" { "removed" } else { "revoked" };
+    admin
+        .remove_member(&target.member_id, mode)
+        .await
+        .with_context(|| format!("{} failed", mode.as_str()))?;
+    let verb = match mode {
+        RemoveMode::Kick => "removed",
+        RemoveMode::Revoke => "revoked",
+    };
     out(
         ctx.json,
-        &json!({ "memberId": target.member_id, "name": target.display_name, "action": mode }),
+        &json!({ "memberId": target.member_id, "name": target.display_name, "action": mode.as_str() }),
         || format!("{verb} {} ({})", target.display_name, target.member_id),
     );
     Ok(())

@@ -4,15 +4,13 @@
 
 use anyhow::{Context as _, bail};
 use claudemesh_crypto::SecretKey;
-use claudemesh_proto::canonical::AdminAction;
-use claudemesh_proto::http::{CreateMeshResponse, InviteListResponse, RegisterInviteResponse};
 use claudemesh_proto::invite::{InvitePayload, InviteRole};
 use claudemesh_proto::time::{now_ms, readable};
 use serde_json::{Value, json};
 
 use super::Ctx;
 use super::input::{default_name, parse_duration, slugify};
-use crate::api::{merge, post, signed};
+use crate::api::{self, Admin};
 use crate::config::{MeshEntry, http_base};
 use crate::output::{out, table};
 
@@ -34,11 +32,7 @@ pub(super) async fn mesh_create(
     let base = http_base(broker)?;
     let key = SecretKey::generate();
     let display_name = display_name.unwrap_or_else(default_name);
-    let body = merge(
-        json!({ "name": name, "slug": slug, "ownerDisplayName": display_name, "creationToken": token }),
-        signed(&key, AdminAction::CreateMesh, "", &[&slug, name]),
-    );
-    let resp: CreateMeshResponse = post(&base, "/api/meshes", &body)
+    let resp = api::create_mesh(&base, &key, name, &slug, &display_name, token)
         .await
         .context("creating the mesh failed")?;
     ctx.config.insert(MeshEntry {
@@ -124,32 +118,20 @@ pub(super) async fn invite_create(
         InviteRole::Member
     };
     let expires_at = now_ms() / 1000 + parse_duration(expires)?;
-    let key = entry.key()?;
+    let admin = Admin::new(entry)?;
     let invite = InvitePayload::sign(
         &entry.mesh_id,
         &entry.slug,
         &entry.broker_url,
         expires_at,
         role,
-        &key,
+        admin.key(),
     );
     let id = invite.invite_id();
-    let body = merge(
-        json!({ "invite": invite, "maxUses": uses }),
-        signed(
-            &key,
-            AdminAction::RegisterInvite,
-            &entry.mesh_id,
-            &[&id, &uses.to_string()],
-        ),
-    );
-    let _: RegisterInviteResponse = post(
-        &entry.http_base()?,
-        &format!("/api/meshes/{}/invites", entry.mesh_id),
-        &body,
-    )
-    .await
-    .context("creating the invite failed")?;
+    admin
+        .register_invite(&invite, uses)
+        .await
+        .context("creating the invite failed")?;
     let link = invite.link();
     out(
         ctx.json,
@@ -173,14 +155,10 @@ pub(super) async fn invite_create(
 
 pub(super) async fn invite_list(ctx: &Ctx) -> anyhow::Result<()> {
     let entry = ctx.entry()?;
-    let key = entry.key()?;
-    let resp: InviteListResponse = post(
-        &entry.http_base()?,
-        &format!("/api/meshes/{}/invites/list", entry.mesh_id),
-        &signed(&key, AdminAction::ListInvites, &entry.mesh_id, &[]),
-    )
-    .await
-    .context("listing invites failed")?;
+    let resp = Admin::new(entry)?
+        .list_invites()
+        .await
+        .context("listing invites failed")?;
     out(ctx.json, &serde_json::to_value(&resp.invites)?, || {
         let now = now_ms() / 1000;
         let rows: Vec<Vec<String>> = resp
@@ -221,19 +199,10 @@ pub(super) async fn invite_list(ctx: &Ctx) -> anyhow::Result<()> {
 
 pub(super) async fn invite_revoke(ctx: &Ctx, invite_id: &str) -> anyhow::Result<()> {
     let entry = ctx.entry()?;
-    let key = entry.key()?;
-    let _: Value = post(
-        &entry.http_base()?,
-        &format!("/api/meshes/{}/invites/{invite_id}/revoke", entry.mesh_id),
-        &signed(
-            &key,
-            AdminAction::RevokeInvite,
-            &entry.mesh_id,
-            &[invite_id],
-        ),
-    )
-    .await
-    .context("revoking the invite failed")?;
+    Admin::new(entry)?
+        .revoke_invite(invite_id)
+        .await
+        .context("revoking the invite failed")?;
     out(ctx.json, &json!({ "revoked": invite_id }), || {
         format!("invite {invite_id} revoked")
     });

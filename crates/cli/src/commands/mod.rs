@@ -14,6 +14,8 @@ mod members;
 mod mesh;
 mod messaging;
 
+use claudemesh_proto::http::RemoveMode;
+
 use crate::config::{Config, ConfigDir, MeshEntry};
 use crate::{Cli, Command, InviteCommand, MeshCommand, StatusCommand};
 
@@ -70,8 +72,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Leave => members::leave(&mut ctx).await,
         Command::Whoami => members::whoami(&ctx),
         Command::Members => members::members(&ctx).await,
-        Command::Kick { member } => members::remove(&ctx, &member, "kick").await,
-        Command::Revoke { member } => members::remove(&ctx, &member, "revoke").await,
+        Command::Kick { member } => members::remove(&ctx, &member, RemoveMode::Kick).await,
+        Command::Revoke { member } => members::remove(&ctx, &member, RemoveMode::Revoke).await,
         Command::Peers => messaging::peers(&ctx).await,
         Command::Send {
             to,
