@@ -3,15 +3,18 @@
 //! serves the tools, pushes inbound messages into the session as channel notifications,
 //! and answers the session's hooks over a private unix socket.
 //!
-//! Layout: `session` (which session, its keys and files), `peer` (connections, inbox,
-//! what the tools and hooks do), `render` (text for the model), `tools` (schemas and
-//! dispatch), `server` (rmcp handler and the notification writer), `hooks` (the socket).
+//! Layout: `session` (which session, its keys and files), `peer` (activation, receiving,
+//! the hooks' actions), `link` (one mesh's broker connection), `shown` (the inbox and
+//! what the model has been shown), `tools` (schemas, argument structs, one function per
+//! tool), `render` (text for the model), `server` (rmcp handler and the notification
+//! writer), `hooks` (the socket), `transcript` (evidence of channel events).
 //!
 //! What it must not do: write anything but JSON-RPC to stdout, or stop because the
 //! broker is unreachable — connections are retried in the background for as long as the
 //! session lives.
 
 mod hooks;
+mod link;
 mod peer;
 mod render;
 mod server;
@@ -30,7 +33,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::{Config, ConfigDir, MeshEntry};
-use peer::{Peer, Plan, fit};
+use link::fit;
+use peer::{Peer, Plan};
 use shown::{Channels, Shown};
 
 pub use session::{claude_pid, session_name};
