@@ -15,8 +15,8 @@ use crate::api::{self, Admin};
 use crate::config::{MeshEntry, http_base};
 use crate::output::{out, short, table};
 
-pub(super) async fn join(ctx: &mut Ctx, link: &str, name: Option<String>) -> anyhow::Result<()> {
-    // Everything that can be checked offline is checked before any network call.
+/// An invite link, parsed and checked offline: its signature and expiry.
+fn checked_invite(link: &str) -> anyhow::Result<InvitePayload> {
     let invite = InvitePayload::from_link(link).map_err(|e| match e {
         InviteError::NotALink | InviteError::Malformed => anyhow!("this is not a claudemesh invite link (expected ic://join/…)"),
         InviteError::Version(v) => anyhow!("this invite uses version {v}, which this claudemesh does not understand; upgrade claudemesh"),
@@ -34,6 +34,26 @@ pub(super) async fn join(ctx: &mut Ctx, link: &str, name: Option<String>) -> any
             readable(invite.expires_at * 1000)
         );
     }
+    Ok(invite)
+}
+
+/// A refused join, explained.
+fn join_refused(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<api::ApiError>().map(|a| a.code.as_str()) {
+        Some("invite_expired") => anyhow!("this invite has expired; ask for a new one"),
+        Some("invite_exhausted") => anyhow!("this invite has been used up; ask for a new one"),
+        Some("invite_revoked") => anyhow!("this invite was revoked; ask for a new one"),
+        Some("invite_not_found") => anyhow!(
+            "the broker does not know this invite (it was never registered); ask for a new one"
+        ),
+        Some("member_revoked") => anyhow!("you have been banned from this mesh"),
+        _ => e.context("joining failed"),
+    }
+}
+
+pub(super) async fn join(ctx: &mut Ctx, link: &str, name: Option<String>) -> anyhow::Result<()> {
+    // Everything that can be checked offline is checked before any network call.
+    let invite = checked_invite(link)?;
     if let Some(existing) = ctx
         .config
         .meshes
@@ -61,14 +81,9 @@ pub(super) async fn join(ctx: &mut Ctx, link: &str, name: Option<String>) -> any
         peer_pubkey: key.public().to_hex(),
         display_name: Some(display_name.clone()),
     };
-    let resp = api::join(&http_base(&invite.broker_url)?, &request).await.map_err(|e| match e.downcast_ref::<api::ApiError>().map(|a| a.code.as_str()) {
-        Some("invite_expired") => anyhow!("this invite has expired; ask for a new one"),
-        Some("invite_exhausted") => anyhow!("this invite has been used up; ask for a new one"),
-        Some("invite_revoked") => anyhow!("this invite was revoked; ask for a new one"),
-        Some("invite_not_found") => anyhow!("the broker does not know this invite (it was never registered); ask for a new one"),
-        Some("member_revoked") => anyhow!("you have been banned from this mesh"),
-        _ => e.context("joining failed"),
-    })?;
+    let resp = api::join(&http_base(&invite.broker_url)?, &request)
+        .await
+        .map_err(join_refused)?;
     let member_id = resp
         .member_id
         .ok_or_else(|| anyhow!("the broker accepted the join but sent no member id"))?;

@@ -113,6 +113,25 @@ fn meshes(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<MeshEntry>>
     Ok(list)
 }
 
+/// What this session announces in every mesh (display name, session id, groups and reach
+/// are set per mesh on activation).
+fn presence(claude_pid: u32, project: &str) -> PresenceInfo {
+    let max = claudemesh_proto::limits::MAX_SHORT_TEXT_BYTES;
+    PresenceInfo {
+        pid: i64::from(claude_pid),
+        cwd: fit(project, max),
+        hostname: hostname().map(|h| fit(&h, max)),
+        peer_type: Some("ai".into()),
+        channel: Some("claude-code".into()),
+        capabilities: Some(vec![
+            cap::E2E_MULTICAST.into(),
+            cap::LIST_MEMBERS.into(),
+            cap::REACHABILITY.into(),
+        ]),
+        ..PresenceInfo::default()
+    }
+}
+
 /// Run the server until Claude Code closes stdin or signals it to stop, then leave every
 /// mesh on purpose and remove the hook socket, within Claude Code's 100 ms SIGINT window.
 pub async fn run(dir: ConfigDir, config: Config, only_mesh: Option<String>) -> anyhow::Result<()> {
@@ -130,20 +149,7 @@ pub async fn run(dir: ConfigDir, config: Config, only_mesh: Option<String>) -> a
     } else {
         Channels::Off
     };
-    let max = claudemesh_proto::limits::MAX_SHORT_TEXT_BYTES;
-    let presence = PresenceInfo {
-        pid: i64::from(claude),
-        cwd: fit(&project, max),
-        hostname: hostname().map(|h| fit(&h, max)),
-        peer_type: Some("ai".into()),
-        channel: Some("claude-code".into()),
-        capabilities: Some(vec![
-            cap::E2E_MULTICAST.into(),
-            cap::LIST_MEMBERS.into(),
-            cap::REACHABILITY.into(),
-        ]),
-        ..PresenceInfo::default()
-    };
+    let presence = presence(claude, &project);
     let resumed = session::Session::exists(&dir, &name);
     tracing::info!(session = %name, ?channels, resumed, meshes = entries.len(), "claudemesh MCP server starting");
 
