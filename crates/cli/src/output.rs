@@ -38,6 +38,15 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     lines.join("\n")
 }
 
+/// [`table`], or `none` when there are no rows.
+pub(crate) fn table_or(none: &str, headers: &[&str], rows: &[Vec<String>]) -> String {
+    if rows.is_empty() {
+        none.to_owned()
+    } else {
+        table(headers, rows)
+    }
+}
+
 /// The first 8 characters of a key, for tables.
 pub(crate) fn short(key: &str) -> String {
     key.get(..8).unwrap_or(key).to_owned()

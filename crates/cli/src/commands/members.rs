@@ -88,7 +88,7 @@ pub(super) async fn join(ctx: &mut Ctx, link: &str, name: Option<String>) -> any
         .member_id
         .ok_or_else(|| anyhow!("the broker accepted the join but sent no member id"))?;
     let role = resp.role.unwrap_or_else(|| invite.role.as_str().to_owned());
-    ctx.config.insert(MeshEntry {
+    ctx.add_mesh(MeshEntry {
         mesh_id: invite.mesh_id.clone(),
         slug: invite.mesh_slug.clone(),
         broker_url: invite.broker_url.clone(),
@@ -97,8 +97,7 @@ pub(super) async fn join(ctx: &mut Ctx, link: &str, name: Option<String>) -> any
         role: role.clone(),
         secret_key: key.to_sk64_hex().to_string(),
         joined_at: now_ms(),
-    });
-    ctx.dir.save(&ctx.config)?;
+    })?;
     out(
         ctx.json,
         &json!({ "slug": invite.mesh_slug, "meshId": invite.mesh_id, "memberId": member_id, "name": display_name, "role": role }),

@@ -12,7 +12,7 @@ use super::Ctx;
 use super::input::{default_name, parse_duration, slugify};
 use crate::api::{self, Admin};
 use crate::config::{MeshEntry, http_base};
-use crate::output::{out, table};
+use crate::output::{out, table_or};
 
 pub(super) async fn mesh_create(
     ctx: &mut Ctx,
@@ -35,7 +35,7 @@ pub(super) async fn mesh_create(
     let resp = api::create_mesh(&base, &key, name, &slug, &display_name, token)
         .await
         .context("creating the mesh failed")?;
-    ctx.config.insert(MeshEntry {
+    ctx.add_mesh(MeshEntry {
         mesh_id: resp.mesh_id.clone(),
         slug: resp.slug.clone(),
         broker_url: broker.to_owned(),
@@ -44,8 +44,7 @@ pub(super) async fn mesh_create(
         role: "owner".into(),
         secret_key: key.to_sk64_hex().to_string(),
         joined_at: now_ms(),
-    });
-    ctx.dir.save(&ctx.config)?;
+    })?;
     out(
         ctx.json,
         &json!({ "slug": resp.slug, "meshId": resp.mesh_id, "broker": broker, "role": "owner" }),
@@ -86,11 +85,11 @@ pub(super) fn mesh_list(ctx: &Ctx) -> anyhow::Result<()> {
                 ]
             })
             .collect();
-        if rows.is_empty() {
-            "no meshes yet".into()
-        } else {
-            table(&["", "MESH", "YOU", "ROLE", "BROKER"], &rows)
-        }
+        table_or(
+            "no meshes yet",
+            &["", "MESH", "YOU", "ROLE", "BROKER"],
+            &rows,
+        )
     });
     Ok(())
 }
@@ -188,11 +187,11 @@ pub(super) async fn invite_list(ctx: &Ctx) -> anyhow::Result<()> {
                 ]
             })
             .collect();
-        if rows.is_empty() {
-            "no invites".into()
-        } else {
-            table(&["INVITE", "ROLE", "USES", "EXPIRES", "STATE"], &rows)
-        }
+        table_or(
+            "no invites",
+            &["INVITE", "ROLE", "USES", "EXPIRES", "STATE"],
+            &rows,
+        )
     });
     Ok(())
 }

@@ -30,6 +30,12 @@ impl Ctx {
     fn entry(&self) -> anyhow::Result<&MeshEntry> {
         self.config.mesh(self.mesh.as_deref())
     }
+
+    /// Keep a mesh just created or joined, in the config file at once.
+    fn add_mesh(&mut self, entry: MeshEntry) -> anyhow::Result<()> {
+        self.config.insert(entry);
+        self.dir.save(&self.config)
+    }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {

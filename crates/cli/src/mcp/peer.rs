@@ -311,6 +311,17 @@ impl Peer {
         link::set_reach(self.links(), self.shown.channels().reach()).await;
     }
 
+    /// Messages with the slug of their mesh, as the renderers take them.
+    pub fn labelled<'a>(
+        &'a self,
+        messages: impl IntoIterator<Item = &'a (usize, Record)>,
+    ) -> Vec<(&'a str, &'a Record)> {
+        messages
+            .into_iter()
+            .map(|(i, r)| (self.slug(*i), r))
+            .collect()
+    }
+
     /// Unread messages of every mesh, oldest first, with the index of their link.
     pub fn unread(&self) -> Vec<(usize, Record)> {
         let mesh_ids: Vec<&str> = self.links().iter().map(|l| l.mesh_id.as_str()).collect();
@@ -350,17 +361,9 @@ impl Peer {
         let (low, urgent): (Vec<_>, Vec<_>) = unread
             .iter()
             .partition(|(_, r)| r.priority == Priority::Low.as_str());
-        let list: Vec<(&str, &Record)> = urgent.iter().map(|(i, r)| (self.slug(*i), r)).collect();
+        let list = self.labelled(urgent);
         let (context, shown) = replies::prompt_context(&list, low.len());
-        let ids = list
-            .iter()
-            .take(shown)
-            .map(|(_, r)| r.message_id.clone())
-            .collect();
-        if !info.human {
-            self.shown
-                .shown_to_model(list.iter().take(shown).map(|(_, r)| r.depth));
-        }
+        let ids = self.shown.handed(&list, shown, !info.human);
         (context, ids)
     }
 

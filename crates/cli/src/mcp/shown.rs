@@ -333,6 +333,17 @@ impl Shown {
         self.lock().pushed.contains_key(message_id)
     }
 
+    /// The first `shown` messages of `list` are in what the model is handed now. Returns
+    /// their ids, to mark read once it is delivered; `causal` (they reach the model
+    /// outside a person's prompt) makes their depth count for what the session writes.
+    pub fn handed(&self, list: &[(&str, &Record)], shown: usize, causal: bool) -> Vec<String> {
+        let handed = || list.iter().take(shown).map(|(_, r)| *r);
+        if causal {
+            self.shown_to_model(handed().map(|r| r.depth));
+        }
+        handed().map(|r| r.message_id.clone()).collect()
+    }
+
     /// A person submitted a prompt: what the session writes next starts a new chain.
     pub fn human_prompt(&self) {
         self.lock().depth = None;

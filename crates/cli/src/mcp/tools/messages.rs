@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use claudemesh_client::envelope::Body;
-use claudemesh_client::inbox::Record;
 use claudemesh_client::{ConnectError, Target};
 
 use super::ToolResult;
@@ -68,16 +67,10 @@ pub async fn check_messages(peer: &Arc<Peer>, _args: CheckArgs) -> ToolResult {
     peer.settle().await;
     let unread = peer.unread();
     let rejected = peer.shown.take_rejected();
-    let list: Vec<(&str, &Record)> = unread.iter().map(|(i, r)| (peer.slug(*i), r)).collect();
+    let list = peer.labelled(&unread);
     let (text, shown) = replies::checked(&list, rejected);
-    let ids: Vec<String> = list
-        .iter()
-        .take(shown)
-        .map(|(_, r)| r.message_id.clone())
-        .collect();
+    let ids = peer.shown.handed(&list, shown, true);
     peer.shown.mark_read(&ids);
-    peer.shown
-        .shown_to_model(list.iter().take(shown).map(|(_, r)| r.depth));
     Ok(text)
 }
 
