@@ -1,33 +1,169 @@
-//! The broker's HTTP side as the CLI uses it: `POST /join` and the signed mesh-admin API.
-//! Every admin request is signed over its purpose-bound canonical string.
+//! The broker's HTTP side as the CLI uses it: `POST /join` and the signed mesh-admin API,
+//! one function per endpoint, with the typed bodies of [`claudemesh_proto::http`]. Every
+//! admin request is signed here over its purpose-bound canonical string, so the signed
+//! arguments stand beside the endpoint they authorize.
+//!
+//! What it must not do: print anything, or put a secret key in a request or an error.
 
 use claudemesh_proto::time::now_ms;
 
 use anyhow::{Context as _, anyhow};
 use claudemesh_crypto::SecretKey;
 use claudemesh_proto::canonical::{self, AdminAction};
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use claudemesh_proto::http::{
+    CreateMeshRequest, CreateMeshResponse, InviteListResponse, JoinRequest, JoinResponse,
+    MemberListResponse, RegisterInviteRequest, RegisterInviteResponse, RemoveMemberRequest,
+    RemoveMode, Signed,
+};
+use claudemesh_proto::invite::InvitePayload;
+use serde::Serialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde_json::Value;
+
+use crate::config::MeshEntry;
 
 /// `{signerPubkey, timestamp, signature}` for an admin action.
-pub fn signed(key: &SecretKey, action: AdminAction, mesh_id: &str, args: &[&str]) -> Value {
-    let ts = now_ms();
-    let pk = key.public().to_hex();
+fn signed(key: &SecretKey, action: AdminAction, mesh_id: &str, args: &[&str]) -> Signed {
+    let timestamp = now_ms();
+    let signer_pubkey = key.public().to_hex();
     let signature = key
-        .sign_str(&canonical::admin(action, mesh_id, &pk, ts, args))
+        .sign_str(&canonical::admin(
+            action,
+            mesh_id,
+            &signer_pubkey,
+            timestamp,
+            args,
+        ))
         .to_hex();
-    json!({ "signerPubkey": pk, "timestamp": ts, "signature": signature })
+    Signed {
+        signer_pubkey,
+        timestamp,
+        signature,
+    }
 }
 
-pub fn merge(mut a: Value, b: Value) -> Value {
-    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
-        a.extend(b);
+/// `POST /api/meshes`: a new mesh owned by `key` (signed by it, args `{slug}|{name}`).
+pub async fn create_mesh(
+    base: &str,
+    key: &SecretKey,
+    name: &str,
+    slug: &str,
+    owner_display_name: &str,
+    creation_token: Option<String>,
+) -> anyhow::Result<CreateMeshResponse> {
+    let request = CreateMeshRequest {
+        name: name.to_owned(),
+        slug: slug.to_owned(),
+        owner_display_name: Some(owner_display_name.to_owned()),
+        creation_token,
+        signed: signed(key, AdminAction::CreateMesh, "", &[slug, name]),
+    };
+    post(base, "/api/meshes", &request).await
+}
+
+/// `POST /join`: enroll `request.peer_pubkey` with an invite.
+pub async fn join(base: &str, request: &JoinRequest) -> anyhow::Result<JoinResponse> {
+    post(base, "/join", request).await
+}
+
+/// The admin API of one mesh as one of its members: every request is signed with the
+/// member key.
+pub struct Admin {
+    base: String,
+    mesh_id: String,
+    key: SecretKey,
+}
+
+impl Admin {
+    /// The member key and the broker's HTTP base of `entry`.
+    pub fn new(entry: &MeshEntry) -> anyhow::Result<Self> {
+        let key = entry.key()?;
+        Ok(Self {
+            base: entry.http_base()?,
+            mesh_id: entry.mesh_id.clone(),
+            key,
+        })
     }
-    a
+
+    /// The member key (invites are signed with it before they are registered).
+    pub fn key(&self) -> &SecretKey {
+        &self.key
+    }
+
+    fn signed(&self, action: AdminAction, args: &[&str]) -> Signed {
+        signed(&self.key, action, &self.mesh_id, args)
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        post(
+            &self.base,
+            &format!("/api/meshes/{}{path}", self.mesh_id),
+            body,
+        )
+        .await
+    }
+
+    /// `POST …/invites`: register a signed invite (args `{inviteId}|{maxUses}`).
+    pub async fn register_invite(
+        &self,
+        invite: &InvitePayload,
+        max_uses: u32,
+    ) -> anyhow::Result<RegisterInviteResponse> {
+        let request = RegisterInviteRequest {
+            invite: invite.clone(),
+            max_uses,
+            signed: self.signed(
+                AdminAction::RegisterInvite,
+                &[&invite.invite_id(), &max_uses.to_string()],
+            ),
+        };
+        self.post("/invites", &request).await
+    }
+
+    /// `POST …/invites/list`.
+    pub async fn list_invites(&self) -> anyhow::Result<InviteListResponse> {
+        let request = self.signed(AdminAction::ListInvites, &[]);
+        self.post("/invites/list", &request).await
+    }
+
+    /// `POST …/invites/{inviteId}/revoke`.
+    pub async fn revoke_invite(&self, invite_id: &str) -> anyhow::Result<()> {
+        let request = self.signed(AdminAction::RevokeInvite, &[invite_id]);
+        let _: IgnoredAny = self
+            .post(&format!("/invites/{invite_id}/revoke"), &request)
+            .await?;
+        Ok(())
+    }
+
+    /// `POST …/members/list`.
+    pub async fn list_members(&self) -> anyhow::Result<MemberListResponse> {
+        let request = self.signed(AdminAction::ListMembers, &[]);
+        self.post("/members/list", &request).await
+    }
+
+    /// `POST …/members/{memberId}/remove` (args `{memberId}|{mode}`).
+    pub async fn remove_member(&self, member_id: &str, mode: RemoveMode) -> anyhow::Result<()> {
+        let request = RemoveMemberRequest {
+            mode,
+            signed: self.signed(AdminAction::RemoveMember, &[member_id, mode.as_str()]),
+        };
+        let _: IgnoredAny = self
+            .post(&format!("/members/{member_id}/remove"), &request)
+            .await?;
+        Ok(())
+    }
 }
 
 /// POST JSON; a 2xx body parses as `T`, anything else becomes one readable error line.
-pub async fn post<T: DeserializeOwned>(base: &str, path: &str, body: &Value) -> anyhow::Result<T> {
+async fn post<B: Serialize, T: DeserializeOwned>(
+    base: &str,
+    path: &str,
+    body: &B,
+) -> anyhow::Result<T> {
     let url = format!("{base}{path}");
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(15))

@@ -11,8 +11,8 @@ use claudemesh_proto::frames::PresenceInfo;
 use serde_json::{Value, json};
 
 use crate::claude::{self, ClaudeHome, SERVER_NAME};
-use crate::commands::out;
 use crate::config::{Config, ConfigDir, MeshEntry};
+use crate::output::out;
 
 /// Signed hellos are refused beyond ±60 s; warn well before.
 const SKEW_WARN_S: i64 = 20;
@@ -44,6 +44,7 @@ impl Report {
     }
 }
 
+/// The broker's health and clock, then (when it is healthy) membership.
 async fn check_broker(report: &mut Report, entry: &MeshEntry) {
     let mesh = &entry.slug;
     let base = match entry.http_base() {
@@ -79,6 +80,14 @@ async fn check_broker(report: &mut Report, entry: &MeshEntry) {
             format!("{mesh}: {base}/health answered {status}; the broker's database is down (see its log)"),
         );
     }
+    check_clock(report, mesh, date);
+    if status.is_success() {
+        check_member(report, entry).await;
+    }
+}
+
+/// The clock against the broker's `Date` header (seconds since the epoch, if it sent one).
+fn check_clock(report: &mut Report, mesh: &str, date: Option<i64>) {
     match date {
         Some(t) => {
             let skew = claudemesh_proto::time::now_s() - t;
@@ -102,9 +111,11 @@ async fn check_broker(report: &mut Report, entry: &MeshEntry) {
             format!("{mesh}: the broker sent no Date header; skew not checked"),
         ),
     }
-    if !status.is_success() {
-        return;
-    }
+}
+
+/// Membership: a real signed hello as the member.
+async fn check_member(report: &mut Report, entry: &MeshEntry) {
+    let mesh = &entry.slug;
     let key = match entry.key() {
         Ok(k) => k,
         Err(e) => return report.add(Level::Fail, "keys", format!("{e:#}")),

@@ -11,7 +11,7 @@ use anyhow::{Context as _, anyhow, bail};
 use serde_json::{Value, json};
 
 use crate::claude::{self, ClaudeHome, Plan, SERVER_NAME};
-use crate::commands::out;
+use crate::output::out;
 
 /// What install and uninstall act with.
 fn plan() -> anyhow::Result<Plan> {

@@ -14,6 +14,7 @@ mod doctor;
 mod hook;
 mod install;
 mod mcp;
+mod output;
 mod resolve;
 mod sessions;
 

@@ -9,15 +9,16 @@
 //!
 //! What it must not do: touch a session whose lock a running server holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Context as _;
 use claudemesh_proto::codes::cap;
 use serde_json::json;
 
-use crate::commands::{connect, out, short, table};
+use crate::commands::live::connect;
 use crate::config::{Config, ConfigDir};
 use crate::mcp::session::{Local, Session};
+use crate::output::{out, short, table};
 
 /// How the broker of one mesh sees one session key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +86,9 @@ fn state(local: &Local, mesh: &str, key: &str, view: &BrokerView) -> (Seen, Stri
     }
 }
 
+/// One session key: its session here, mesh id, key, how the broker sees it, its name there.
+type Row<'a> = (&'a Local, String, String, Seen, String);
+
 pub async fn run(
     dir: &ConfigDir,
     config: &Config,
@@ -94,13 +98,6 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let locals = Session::list(dir);
     let view = broker_view(config, only).await;
-    let slug_of = |mesh: &str| {
-        config
-            .meshes
-            .values()
-            .find(|m| m.mesh_id == mesh)
-            .map_or_else(|| short(mesh), |m| m.slug.clone())
-    };
     let mut rows = Vec::new();
     for local in &locals {
         for (mesh, key) in &local.keys {
@@ -111,83 +108,124 @@ pub async fn run(
             rows.push((local, mesh.clone(), key.clone(), seen, name));
         }
     }
-    let Some(print_only) = prune else {
-        let value =
-            json!(rows
-            .iter()
+    match prune {
+        None => {
+            list(config, json, &rows);
+            Ok(())
+        }
+        Some(print_only) => {
+            // Every session that is not live anywhere.
+            let stale: Vec<&Local> = locals
+                .iter()
+                .filter(|l| !l.running)
+                .filter(|l| {
+                    !rows.iter().any(|(r, _, _, seen, _)| {
+                        r.name == l.name && matches!(seen, Seen::Online | Seen::Unknown)
+                    })
+                })
+                .collect();
+            prune_stale(config, only, json, print_only, &stale, &view).await
+        }
+    }
+}
+
+/// `claudemesh sessions`: one row per session key.
+fn list(config: &Config, json: bool, rows: &[Row<'_>]) {
+    let slug_of = |mesh: &str| {
+        config
+            .meshes
+            .values()
+            .find(|m| m.mesh_id == mesh)
+            .map_or_else(|| short(mesh), |m| m.slug.clone())
+    };
+    let value = json!(
+        rows.iter()
             .map(|(l, mesh, key, seen, name)| json!({
                 "session": l.name, "mesh": slug_of(mesh), "name": name, "state": seen.as_str(),
                 "lastUsed": l.last_used, "key": key, "running": l.running,
             }))
-            .collect::<Vec<_>>());
-        out(json, &value, || {
-            let lines: Vec<Vec<String>> = rows
-                .iter()
-                .map(|(l, mesh, key, seen, name)| {
-                    vec![
-                        l.name.clone(),
-                        slug_of(mesh),
-                        name.clone(),
-                        seen.as_str().to_owned(),
-                        claudemesh_proto::time::readable(l.last_used),
-                        short(key),
-                    ]
-                })
-                .collect();
-            table(
-                &["SESSION", "MESH", "NAME", "STATE", "LAST USED", "KEY"],
-                &lines,
-            )
-        });
-        return Ok(());
-    };
-    // Prune: every session that is not live anywhere.
-    let stale: Vec<&Local> = locals
-        .iter()
-        .filter(|l| !l.running)
-        .filter(|l| {
-            !rows.iter().any(|(r, _, _, seen, _)| {
-                r.name == l.name && matches!(seen, Seen::Online | Seen::Unknown)
+            .collect::<Vec<_>>()
+    );
+    out(json, &value, || {
+        let lines: Vec<Vec<String>> = rows
+            .iter()
+            .map(|(l, mesh, key, seen, name)| {
+                vec![
+                    l.name.clone(),
+                    slug_of(mesh),
+                    name.clone(),
+                    seen.as_str().to_owned(),
+                    claudemesh_proto::time::readable(l.last_used),
+                    short(key),
+                ]
             })
-        })
-        .collect();
+            .collect();
+        table(
+            &["SESSION", "MESH", "NAME", "STATE", "LAST USED", "KEY"],
+            &lines,
+        )
+    });
+}
+
+/// Retire the keys of `stale` sessions on their brokers. Returns how many the brokers
+/// retired, and the keys that are gone: retired, or on a broker without retirement that
+/// forgets them by itself.
+async fn retire(
+    config: &Config,
+    only: Option<&str>,
+    stale: &[&Local],
+) -> anyhow::Result<(usize, HashSet<String>)> {
     let mut retired = 0usize;
-    // Keys the brokers retired, or that a broker without retirement will forget itself:
-    // only a session all of whose keys are in here loses its directory (and so its keys).
-    let mut gone: std::collections::HashSet<String> = std::collections::HashSet::new();
-    if !print_only {
-        for entry in config.meshes.values() {
-            if only.is_some_and(|m| m != entry.slug) {
-                continue;
-            }
-            let keys: Vec<String> = stale
-                .iter()
-                .filter_map(|l| l.keys.get(&entry.mesh_id).cloned())
-                .collect();
-            if keys.is_empty() {
-                continue;
-            }
-            let live = connect(entry).await?;
-            if live.conn.has_capability(cap::SESSION_RETIRE) {
-                let done = live
-                    .conn
-                    .retire_sessions(keys)
-                    .await
-                    .with_context(|| format!("retiring sessions in mesh '{}'", entry.slug))?;
-                retired += done.len();
-                gone.extend(done);
-            } else {
-                gone.extend(keys);
-                eprintln!(
-                    "claudemesh: note: the broker of mesh '{}' cannot retire sessions; it forgets them by itself",
-                    entry.slug
-                );
-            }
-            live.conn.close().await;
+    let mut gone = HashSet::new();
+    for entry in config.meshes.values() {
+        if only.is_some_and(|m| m != entry.slug) {
+            continue;
         }
+        let keys: Vec<String> = stale
+            .iter()
+            .filter_map(|l| l.keys.get(&entry.mesh_id).cloned())
+            .collect();
+        if keys.is_empty() {
+            continue;
+        }
+        let live = connect(entry).await?;
+        if live.conn.has_capability(cap::SESSION_RETIRE) {
+            let done = live
+                .conn
+                .retire_sessions(keys)
+                .await
+                .with_context(|| format!("retiring sessions in mesh '{}'", entry.slug))?;
+            retired += done.len();
+            gone.extend(done);
+        } else {
+            gone.extend(keys);
+            eprintln!(
+                "claudemesh: note: the broker of mesh '{}' cannot retire sessions; it forgets them by itself",
+                entry.slug
+            );
+        }
+        live.conn.close().await;
     }
+    Ok((retired, gone))
+}
+
+/// `claudemesh sessions prune [--print]`: retire the stale sessions on their brokers,
+/// then remove the directory of every session all of whose keys are gone.
+async fn prune_stale(
+    config: &Config,
+    only: Option<&str>,
+    json: bool,
+    print_only: bool,
+    stale: &[&Local],
+    view: &BrokerView,
+) -> anyhow::Result<()> {
+    let (retired, gone) = if print_only {
+        (0, HashSet::new())
+    } else {
+        retire(config, only, stale).await?
+    };
     let mut names: Vec<&str> = Vec::new();
-    for l in &stale {
+    for l in stale {
         let all_gone = l
             .keys
             .iter()

@@ -191,6 +191,6 @@ async fn handle(stream: UnixStream, peer: &Arc<Peer>) {
     bytes.push(b'\n');
     let written = write.write_all(&bytes).await.is_ok() && write.flush().await.is_ok();
     if written && !shown.is_empty() {
-        peer.mark_read(&shown);
+        peer.shown.mark_read(&shown);
     }
 }

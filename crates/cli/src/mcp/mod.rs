@@ -3,15 +3,18 @@
 //! serves the tools, pushes inbound messages into the session as channel notifications,
 //! and answers the session's hooks over a private unix socket.
 //!
-//! Layout: `session` (which session, its keys and files), `peer` (connections, inbox,
-//! what the tools and hooks do), `render` (text for the model), `tools` (schemas and
-//! dispatch), `server` (rmcp handler and the notification writer), `hooks` (the socket).
+//! Layout: `session` (which session, its keys and files), `peer` (activation, receiving,
+//! the hooks' actions), `link` (one mesh's broker connection), `shown` (the inbox and
+//! what the model has been shown), `tools` (schemas, argument structs, one function per
+//! tool), `render` (text for the model), `server` (rmcp handler and the notification
+//! writer), `hooks` (the socket), `transcript` (evidence of channel events).
 //!
 //! What it must not do: write anything but JSON-RPC to stdout, or stop because the
 //! broker is unreachable — connections are retried in the background for as long as the
 //! session lives.
 
 mod hooks;
+mod link;
 mod peer;
 mod render;
 mod server;
@@ -30,7 +33,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::{Config, ConfigDir, MeshEntry};
-use peer::{Peer, Plan, fit};
+use link::fit;
+use peer::{Peer, Plan};
 use shown::{Channels, Shown};
 
 pub use session::{claude_pid, session_name};
@@ -109,6 +113,25 @@ fn meshes(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<MeshEntry>>
     Ok(list)
 }
 
+/// What this session announces in every mesh (display name, session id, groups and reach
+/// are set per mesh on activation).
+fn presence(claude_pid: u32, project: &str) -> PresenceInfo {
+    let max = claudemesh_proto::limits::MAX_SHORT_TEXT_BYTES;
+    PresenceInfo {
+        pid: i64::from(claude_pid),
+        cwd: fit(project, max),
+        hostname: hostname().map(|h| fit(&h, max)),
+        peer_type: Some("ai".into()),
+        channel: Some("claude-code".into()),
+        capabilities: Some(vec![
+            cap::E2E_MULTICAST.into(),
+            cap::LIST_MEMBERS.into(),
+            cap::REACHABILITY.into(),
+        ]),
+        ..PresenceInfo::default()
+    }
+}
+
 /// Run the server until Claude Code closes stdin or signals it to stop, then leave every
 /// mesh on purpose and remove the hook socket, within Claude Code's 100 ms SIGINT window.
 pub async fn run(dir: ConfigDir, config: Config, only_mesh: Option<String>) -> anyhow::Result<()> {
@@ -126,20 +149,7 @@ pub async fn run(dir: ConfigDir, config: Config, only_mesh: Option<String>) -> a
     } else {
         Channels::Off
     };
-    let max = claudemesh_proto::limits::MAX_SHORT_TEXT_BYTES;
-    let presence = PresenceInfo {
-        pid: i64::from(claude),
-        cwd: fit(&project, max),
-        hostname: hostname().map(|h| fit(&h, max)),
-        peer_type: Some("ai".into()),
-        channel: Some("claude-code".into()),
-        capabilities: Some(vec![
-            cap::E2E_MULTICAST.into(),
-            cap::LIST_MEMBERS.into(),
-            cap::REACHABILITY.into(),
-        ]),
-        ..PresenceInfo::default()
-    };
+    let presence = presence(claude, &project);
     let resumed = session::Session::exists(&dir, &name);
     tracing::info!(session = %name, ?channels, resumed, meshes = entries.len(), "claudemesh MCP server starting");
 

@@ -123,7 +123,8 @@ pub async fn write_notices(
             let sent = client
                 .send_notification(ServerNotification::CustomNotification(n))
                 .await;
-            peer.notified(&notice.message_id, sent.is_ok(), notice.depth);
+            peer.shown
+                .written(&notice.message_id, sent.is_ok(), notice.depth);
             if let Err(e) = sent {
                 tracing::warn!(error = %e, "the MCP client is gone; stopping notifications");
                 break;
@@ -133,7 +134,7 @@ pub async fn write_notices(
     // Whatever was not written stays unread for the hook and check_messages.
     notices.close();
     while let Ok(notice) = notices.try_recv() {
-        peer.notified(&notice.message_id, false, notice.depth);
+        peer.shown.written(&notice.message_id, false, notice.depth);
     }
 }
 

@@ -1,7 +1,11 @@
-//! What the model has been shown, and the evidence for it: the one owner of the channel
-//! state, the pushes awaiting confirmation, and the causal depth of what this session
-//! writes (the loop guard).
+//! What the model has been shown, and the evidence for it: the one owner of the
+//! session's inbox (what is recorded, unread, read), the channel state, the pushes
+//! awaiting confirmation, the count of messages that failed verification, and the causal
+//! depth of what this session writes (the loop guard).
 //!
+//! - Every push is recorded here first (deduped); whether it is pushed as a channel
+//!   notification is decided under the same inbox lock, so a prompt hook or
+//!   `check_messages` in between never finds a message neither unread nor in flight.
 //! - A message counts as shown only on evidence: the text returned by a tool, added by a
 //!   hook, or a channel event found in the transcript ([`super::transcript`]). A push
 //!   that is written but not confirmed within [`CONFIRM_WAIT`] is offered again at the
@@ -15,16 +19,23 @@
 //!   `d` reached the model outside a person's prompt (a push, `check_messages`), what the
 //!   session writes carries `d + 1`. Sending past the limit is refused.
 //!
-//! What it must not do: mark anything read itself (it returns ids to the caller), or
-//! block on I/O for longer than one bounded transcript read.
+//! What it must not do: mark anything read without evidence (it marks confirmed pushes
+//! itself; a hook reply or a `check_messages` result is marked by whoever wrote it, once
+//! written), talk to the network, or block on I/O for longer than one bounded transcript
+//! read or inbox write. Lock order: the inbox, then the state, never the other way.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use claudemesh_proto::frames::Reach;
+use claudemesh_client::envelope::Keyring;
+use claudemesh_client::inbox::{Inbox, InboxError, Kind, Record};
+use claudemesh_client::messaging;
+use claudemesh_proto::frames::{Priority, Push, Reach};
 
+use super::render::replies;
 use super::transcript::Transcript;
 
 /// How long a written push may take to appear in the transcript before it is offered
@@ -90,6 +101,25 @@ struct State {
 pub struct Shown {
     state: Mutex<State>,
     max_depth: u32,
+    /// The session's inbox, once the session is a peer.
+    inbox: OnceLock<Mutex<Inbox>>,
+    /// Messages that failed verification since the last `check_messages`.
+    rejected: AtomicU64,
+}
+
+/// What became of one inbound push.
+#[derive(Debug)]
+pub enum Recorded {
+    /// New, and to be pushed as a channel notification: in flight until
+    /// [`Shown::written`].
+    Push(Record),
+    /// New, and waits unread for the next prompt or `check_messages` (`low`, or channels
+    /// off or dropped).
+    Held,
+    /// Failed decryption or verification: recorded as rejected and counted, never shown.
+    Rejected,
+    /// A redelivery or a replay: already shown or pending.
+    Known,
 }
 
 /// What a confirmation pass found.
@@ -111,7 +141,78 @@ impl Shown {
                 depth: None,
             }),
             max_depth,
+            inbox: OnceLock::new(),
+            rejected: AtomicU64::new(0),
         }
+    }
+
+    /// The session became a peer: this is its inbox from now on.
+    pub fn open_inbox(&self, inbox: Inbox) {
+        let _ = self.inbox.set(Mutex::new(inbox));
+    }
+
+    fn with_inbox<T>(&self, f: impl FnOnce(&mut Inbox) -> T) -> Option<T> {
+        let mut inbox = self.inbox.get()?.lock().ok()?;
+        Some(f(&mut inbox))
+    }
+
+    /// Open, verify and record `push` (deduped) and decide, under the inbox lock, whether
+    /// to push it. `None` or an error: not recorded, so it must not be acked (the broker
+    /// pushes it again).
+    pub fn record(&self, ring: &mut Keyring, push: &Push) -> Option<Result<Recorded, InboxError>> {
+        self.with_inbox(|inbox| {
+            let recorded = match messaging::receive(ring, push, inbox)? {
+                None => Recorded::Known,
+                Some(record) if record.kind == Kind::Rejected => {
+                    self.rejected.fetch_add(1, Ordering::Relaxed);
+                    Recorded::Rejected
+                }
+                Some(record)
+                    if record.priority != Priority::Low.as_str()
+                        && self.start_push(&record.message_id) =>
+                {
+                    Recorded::Push(record)
+                }
+                Some(_) => Recorded::Held,
+            };
+            Ok(recorded)
+        })
+    }
+
+    /// Unread messages of these meshes (by mesh id), oldest first, with the index of
+    /// their mesh; not system events, not pushes still awaiting confirmation.
+    pub fn unread(&self, mesh_ids: &[&str]) -> Vec<(usize, Record)> {
+        self.with_inbox(|inbox| {
+            let mut all = Vec::new();
+            for (i, mesh_id) in mesh_ids.iter().enumerate() {
+                if let Ok(records) = inbox.unread(mesh_id) {
+                    all.extend(
+                        records
+                            .into_iter()
+                            .filter(|r| r.kind != Kind::System && !self.in_flight(&r.message_id))
+                            .map(|r| (i, r)),
+                    );
+                }
+            }
+            all.sort_by_key(|(_, r)| r.received_at);
+            all
+        })
+        .unwrap_or_default()
+    }
+
+    /// These messages reached the model: mark them read.
+    pub fn mark_read(&self, message_ids: &[String]) {
+        if message_ids.is_empty() {
+            return;
+        }
+        if let Some(Err(e)) = self.with_inbox(|inbox| inbox.mark_read(message_ids)) {
+            tracing::warn!(error = %e, "could not mark messages read");
+        }
+    }
+
+    /// How many inbound messages failed verification since the last call.
+    pub fn take_rejected(&self) -> u64 {
+        self.rejected.swap(0, Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -156,9 +257,33 @@ impl Shown {
         }
     }
 
-    /// Read the transcript for evidence; pushes older than [`CONFIRM_WAIT`] without it
-    /// stop being in flight (they will be offered again).
+    /// Read the transcript for evidence and mark what it confirms read; pushes older than
+    /// [`CONFIRM_WAIT`] without it stop being in flight (they will be offered again).
     pub fn confirm(&self) -> Confirmed {
+        let confirmed = self.scan();
+        self.mark_read(&confirmed.shown);
+        confirmed
+    }
+
+    /// Before showing messages (a prompt, `check_messages`): decide every push, waiting
+    /// at most [`CONFIRM_WAIT`] for one just written to appear in the transcript, so a
+    /// dropped push is shown now and a live one is never shown twice. `dropped` runs
+    /// when channels turn out to be dropped (to announce the new reach).
+    pub async fn settle<F: Future<Output = ()>>(&self, dropped: impl Fn() -> F) {
+        let deadline = Instant::now() + CONFIRM_WAIT + Duration::from_millis(100);
+        loop {
+            if self.confirm().dropped_now {
+                dropped().await;
+            }
+            if !self.unsettled() || Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// [`Shown::confirm`] under the state lock, without touching the inbox.
+    fn scan(&self) -> Confirmed {
         let mut state = self.lock();
         let mut out = Confirmed::default();
         let found = match state.transcript.as_mut().map(Transcript::scan) {
@@ -198,7 +323,7 @@ impl Shown {
         out
     }
 
-    /// Whether some push still awaits evidence (see [`Peer::settle`](super::peer::Peer)).
+    /// Whether some push still awaits evidence (see [`Shown::settle`]).
     pub fn unsettled(&self) -> bool {
         !self.lock().pushed.is_empty()
     }
@@ -206,6 +331,17 @@ impl Shown {
     /// Whether `message_id` is a push still awaiting evidence (offered nowhere else).
     pub fn in_flight(&self, message_id: &str) -> bool {
         self.lock().pushed.contains_key(message_id)
+    }
+
+    /// The first `shown` messages of `list` are in what the model is handed now. Returns
+    /// their ids, to mark read once it is delivered; `causal` (they reach the model
+    /// outside a person's prompt) makes their depth count for what the session writes.
+    pub fn handed(&self, list: &[(&str, &Record)], shown: usize, causal: bool) -> Vec<String> {
+        let handed = || list.iter().take(shown).map(|(_, r)| *r);
+        if causal {
+            self.shown_to_model(handed().map(|r| r.depth));
+        }
+        handed().map(|r| r.message_id.clone()).collect()
     }
 
     /// A person submitted a prompt: what the session writes next starts a new chain.
@@ -225,11 +361,7 @@ impl Shown {
     pub fn send_depth(&self) -> Result<u32, String> {
         let depth = self.lock().depth.map_or(0, |d| d.saturating_add(1));
         if depth >= self.max_depth {
-            return Err(format!(
-                "Not sent: this would be hop {} of agents answering agents with no person in between (the limit is {}). Stop here and ask your user whether to continue the exchange; a new prompt from them resets the count.",
-                depth.saturating_add(1),
-                self.max_depth
-            ));
+            return Err(replies::too_deep(depth, self.max_depth));
         }
         Ok(depth)
     }

@@ -8,7 +8,7 @@
 //!
 //! The scan is incremental (only bytes appended since the last scan are read, a bounded
 //! amount per call) and looks only inside the attributes of a `<channel
-//! source="claudemesh"` tag, which peer text can never contain (render.rs neutralises
+//! source="claudemesh"` tag, which peer text can never contain (`render` neutralises
 //! it), so a peer cannot forge a confirmation.
 //!
 //! What it must not do: write to the transcript, or read more than [`MAX_SCAN`] bytes per
@@ -142,7 +142,7 @@ mod tests {
     #[test]
     fn peer_text_cannot_forge_a_tag() {
         let mut ids = Vec::new();
-        // What render.rs makes of a body that tries: `‹channel`, never `<channel`.
+        // What `render` makes of a body that tries: `‹channel`, never `<channel`.
         channel_ids(
             br#"{"content":"\u2039channel source=\"claudemesh\" message_id=\"ee55\">"}"#,
             &mut ids,

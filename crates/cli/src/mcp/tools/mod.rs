@@ -1,14 +1,25 @@
 //! The MCP tools: names, descriptions that tell Claude when to use each, input schemas,
-//! and the dispatch from a `tools/call` to the [`Peer`]. Arguments are checked here and a
-//! wrong one is answered with a tool error that says what was expected.
+//! and the dispatch from a `tools/call` to the tool's function. Each tool has one
+//! argument struct ([`args`]); a wrong argument is answered with a tool error that says
+//! what was expected. The tools themselves, one function each, are in [`messages`]
+//! (`send_message`, `check_messages`, `message_status`) and [`presence`] (`list_peers`,
+//! `set_summary`, `set_status`, `join_group`, `leave_group`); what they reply is worded
+//! in [`super::render`].
+
+pub mod args;
+pub mod messages;
+pub mod presence;
 
 use std::sync::Arc;
 
-use claudemesh_proto::frames::{Priority, Status};
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::peer::{Peer, ToolResult};
+use super::peer::Peer;
+
+/// The outcome of a tool: text for the model, and whether it is an error.
+pub type ToolResult = Result<String, String>;
 
 fn schema(v: Value) -> JsonObject {
     match v {
@@ -91,71 +102,28 @@ pub fn list() -> Vec<Tool> {
     ]
 }
 
-fn text<'a>(args: &'a JsonObject, key: &str) -> Result<&'a str, String> {
-    match args.get(key) {
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(format!("`{key}` must be a string.")),
-        None => Err(format!("`{key}` is required.")),
-    }
-}
-
-fn optional<'a>(args: &'a JsonObject, key: &str) -> Result<Option<&'a str>, String> {
-    match args.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(format!("`{key}` must be a string.")),
-    }
-}
-
 /// Run tool `name` with `args`. `None` for a tool this server does not have.
 pub async fn call(peer: &Arc<Peer>, name: &str, args: &JsonObject) -> Option<ToolResult> {
     let result = match name {
-        "list_peers" => match optional(args, "mesh") {
-            Ok(mesh) => peer.list_peers(mesh).await,
-            Err(e) => Err(e),
-        },
-        "send_message" => send(peer, args).await,
-        "check_messages" => peer.check_messages().await,
-        "set_summary" => match text(args, "summary") {
-            Ok(s) => peer.set_summary(s).await,
-            Err(e) => Err(e),
-        },
-        "set_status" => match text(args, "status") {
-            Ok("idle") => peer.set_status(Status::Idle).await,
-            Ok("working") => peer.set_status(Status::Working).await,
-            Ok("dnd") => peer.set_status(Status::Dnd).await,
-            Ok(other) => Err(format!(
-                "Unknown status '{other}'; use idle, working or dnd."
-            )),
-            Err(e) => Err(e),
-        },
-        "join_group" | "leave_group" => match (text(args, "name"), optional(args, "role")) {
-            (Ok(group), Ok(role)) => {
-                peer.group(group, role.map(str::to_owned), name == "join_group")
-                    .await
-            }
-            (Err(e), _) | (_, Err(e)) => Err(e),
-        },
-        "message_status" => match optional(args, "message_id") {
-            Ok(id) => peer.message_status(id).await,
-            Err(e) => Err(e),
-        },
+        "list_peers" => run(args, |a| presence::list_peers(peer, a)).await,
+        "send_message" => run(args, |a| messages::send_message(peer, a)).await,
+        "check_messages" => run(args, |a| messages::check_messages(peer, a)).await,
+        "set_summary" => run(args, |a| presence::set_summary(peer, a)).await,
+        "set_status" => run(args, |a| presence::set_status(peer, a)).await,
+        "join_group" => run(args, |a| presence::join_group(peer, a)).await,
+        "leave_group" => run(args, |a| presence::leave_group(peer, a)).await,
+        "message_status" => run(args, |a| messages::message_status(peer, a)).await,
         _ => return None,
     };
     Some(result)
 }
 
-async fn send(peer: &Arc<Peer>, args: &JsonObject) -> ToolResult {
-    let to = text(args, "to")?;
-    let message = text(args, "message")?;
-    let priority = match optional(args, "priority")? {
-        None => Priority::Next,
-        Some(p) => Priority::parse(p)
-            .ok_or_else(|| format!("Unknown priority '{p}'; use now, next or low."))?,
-    };
-    peer.send_message(to, message, priority, optional(args, "mesh")?)
-        .await
+/// Deserialize the arguments of a tool, then run it; bad arguments are its error.
+async fn run<A: DeserializeOwned, F: Future<Output = ToolResult>>(
+    args: &JsonObject,
+    tool: impl FnOnce(A) -> F,
+) -> ToolResult {
+    tool(args::parse(args)?).await
 }
 
 #[cfg(test)]

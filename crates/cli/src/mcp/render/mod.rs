@@ -1,5 +1,6 @@
 //! Text for the model: channel notifications, message lists, peer lists and delivery
-//! status. Short lines, names before keys, and peer text kept apart from our own words.
+//! status here; what the tools and the prompt hook reply in [`replies`]. Short lines,
+//! names before keys, and peer text kept apart from our own words.
 //!
 //! What it must not do: let peer text pose as our framing. A body can never close the
 //! `<channel>` tag Claude Code wraps it in; names, summaries, paths and groups (all
@@ -12,6 +13,8 @@ use serde_json::{Map, Value};
 
 use super::peer::Notice;
 use super::shown::DEEP;
+
+pub mod replies;
 
 /// Claude Code caps hook context at 10 000 characters; stay under it.
 pub const HOOK_BUDGET: usize = 9_000;
