@@ -5,6 +5,7 @@
 //!
 //! What it must not do: print anything, or put a secret key in a request or an error.
 
+use claudemesh_proto::codes::AnyCode;
 use claudemesh_proto::time::now_ms;
 
 use anyhow::{Context as _, anyhow};
@@ -186,7 +187,7 @@ async fn post<B: Serialize, T: DeserializeOwned>(
             .unwrap_or("error");
         let message = value.get("message").and_then(Value::as_str).unwrap_or(code);
         return Err(anyhow!(ApiError {
-            code: code.to_owned(),
+            code: AnyCode::parse(code),
             message: message.to_owned()
         }));
     }
@@ -198,6 +199,6 @@ async fn post<B: Serialize, T: DeserializeOwned>(
 #[derive(Debug, thiserror::Error)]
 #[error("{message} ({code})")]
 pub struct ApiError {
-    pub code: String,
+    pub code: AnyCode,
     pub message: String,
 }

@@ -7,6 +7,7 @@
 //! Secret keys live only here. Nothing in this module prints them; `MeshEntry`'s `Debug`
 //! omits the key.
 
+use claudemesh_proto::authority::Role;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ pub struct MeshEntry {
     pub member_id: String,
     pub display_name: String,
     /// `owner`, `admin` or `member`.
-    pub role: String,
+    pub role: Role,
     /// libsodium-style seed‖pk, 128 hex. Never printed.
     pub secret_key: String,
     pub joined_at: i64,
@@ -308,7 +309,7 @@ mod tests {
             broker_url: "ws://127.0.0.1:1/ws".into(),
             member_id: "u".into(),
             display_name: "me".into(),
-            role: "member".into(),
+            role: Role::Member,
             secret_key: SecretKey::generate().to_sk64_hex().to_string(),
             joined_at: 0,
         }

@@ -3,6 +3,7 @@
 //! (a real signed hello), the Claude Code registration and hooks, and — when run inside
 //! a Claude Code session — that session's MCP server. Exits non-zero if a check fails.
 
+use claudemesh_proto::codes::AnyCode;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -142,26 +143,23 @@ async fn check_member(report: &mut Report, entry: &MeshEntry) {
             let role = conn
                 .hello()
                 .and_then(|h| h.member_role)
-                .unwrap_or_else(|| entry.role.clone());
-            report.add(Level::Ok, "member", format!("{mesh}: signed in as {} ({role})", entry.display_name));
+                .unwrap_or_else(|| entry.role.as_str().to_owned());
+            report.add(
+                Level::Ok,
+                "member",
+                format!("{mesh}: signed in as {} ({role})", entry.display_name),
+            );
             conn.close().await;
         }
-        Err(ConnectError::Refused { code, .. }) if code == "revoked" => report.add(
+        Err(ConnectError::Refused {
+            code: AnyCode::Known(code),
+            ..
+        }) => report.add(Level::Fail, "member", format!("{mesh}: {}", code.explain())),
+        Err(e) => report.add(
             Level::Fail,
             "member",
-            format!("{mesh}: this member was revoked; ask an admin, or `claudemesh leave` and join with a new invite"),
+            format!("{mesh}: {:#}", anyhow::Error::from(e)),
         ),
-        Err(ConnectError::Refused { code, .. }) if code == "unauthorized" => report.add(
-            Level::Fail,
-            "member",
-            format!("{mesh}: the broker no longer knows this member (removed?); join again with a new invite"),
-        ),
-        Err(ConnectError::Refused { code, .. }) if code == "timestamp_skew" => report.add(
-            Level::Fail,
-            "member",
-            format!("{mesh}: the broker refused the hello for clock skew; sync the system time"),
-        ),
-        Err(e) => report.add(Level::Fail, "member", format!("{mesh}: {:#}", anyhow::Error::from(e))),
     }
 }
 

@@ -18,6 +18,8 @@ mod output;
 mod resolve;
 mod sessions;
 
+use claudemesh_proto::frames::{Priority, Status};
+use claudemesh_proto::invite::InviteRole;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -50,8 +52,8 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<InviteCommand>,
         /// Role the invite grants.
-        #[arg(long, default_value = "member", value_parser = ["member", "admin"])]
-        role: String,
+        #[arg(long, value_enum, default_value_t = InviteRole::Member)]
+        role: InviteRole,
         /// How many people may use it (0 = unlimited).
         #[arg(long, default_value_t = 1)]
         uses: u32,
@@ -82,8 +84,8 @@ pub enum Command {
     Send {
         to: String,
         message: String,
-        #[arg(long, default_value = "next", value_parser = ["now", "next", "low"])]
-        priority: String,
+        #[arg(long, value_enum, default_value_t = Priority::Next)]
+        priority: Priority,
     },
     /// Fetch and show new messages.
     Inbox {
@@ -182,8 +184,8 @@ pub enum InviteCommand {
 pub enum StatusCommand {
     /// idle, working or dnd.
     Set {
-        #[arg(value_parser = ["idle", "working", "dnd"])]
-        status: String,
+        #[arg(value_enum)]
+        status: Status,
     },
 }
 

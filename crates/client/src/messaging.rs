@@ -7,6 +7,7 @@
 //! multicast becomes one direct message per *online* peer, and the report says who could
 //! not be reached — this product never sends multicast in plaintext.
 
+use claudemesh_proto::codes::AnyCode;
 use claudemesh_proto::time::now_ms;
 
 use claudemesh_crypto::PublicKey;
@@ -76,7 +77,7 @@ pub enum SendError {
     Connection(#[from] ConnectError),
     /// The broker refused the message (`unknown_recipient`, `rate_limited`, …).
     #[error("the broker refused the message: {0}")]
-    Refused(String),
+    Refused(AnyCode),
     #[error("no one to send to: {0}")]
     NoRecipients(String),
 }
@@ -85,7 +86,7 @@ async fn send_one(conn: &Connection, frame: Send) -> Result<(String, u32), SendE
     let ack = conn.send(frame).await?;
     match (ack.queued, ack.error) {
         (true, _) => Ok((ack.message_id, ack.recipients.unwrap_or(1))),
-        (false, Some(code)) => Err(SendError::Refused(code)),
+        (false, Some(code)) => Err(SendError::Refused(AnyCode::parse(&code))),
         // Not queued and no code says why: the broker broke the protocol.
         (false, None) => Err(ConnectError::UnexpectedReply("send").into()),
     }

@@ -124,7 +124,7 @@ impl Code {
                 "this key is not a member of the mesh (it may have been removed); join again with a new invite"
             }
             Code::Revoked | Code::MemberRevoked => {
-                "this key was revoked from the mesh and may not rejoin"
+                "this member was revoked (banned) from the mesh and may not rejoin"
             }
             Code::Expired | Code::TtlTooLong => {
                 "the session attestation expired; restart the session"
@@ -132,7 +132,7 @@ impl Code {
             Code::RateLimited => "too many requests; wait a few seconds and retry",
             Code::PayloadTooLarge => "the message is too large; send less text",
             Code::UnknownRecipient => {
-                "no such peer or member in this mesh (it may have left); check `claudemesh peers`"
+                "the broker does not know this recipient (it left or was removed)"
             }
             Code::NoRecipients => "nobody matches that target",
             Code::BadTarget => "the target is not a peer key, `*` or `@group`",
@@ -146,10 +146,12 @@ impl Code {
                 "the invite is not valid for this mesh; ask for a new one"
             }
             Code::MeshNotFound => "the broker does not know this mesh; check the broker URL",
-            Code::InviteNotFound => "the broker does not know this invite; ask for a new one",
+            Code::InviteNotFound => {
+                "the broker does not know this invite (it was never registered); ask for a new one"
+            }
             Code::InviteRevoked => "the invite was revoked; ask for a new one",
             Code::InviteExpired => "the invite expired; ask for a new one",
-            Code::InviteExhausted => "the invite has no uses left; ask for a new one",
+            Code::InviteExhausted => "the invite has been used up; ask for a new one",
             Code::Forbidden => "your role in this mesh does not allow this",
             Code::CreationDisabled => {
                 "this broker does not allow creating meshes (or needs a creation token)"
@@ -158,6 +160,77 @@ impl Code {
             Code::NotFound => "no such item",
             Code::Conflict => "this already exists",
         }
+    }
+}
+
+/// A code as a client receives it: one this protocol defines, or the text of another
+/// implementation (a v1 broker's `ack.error` may be free text). Parsed once at the
+/// boundary; compared with [`Code`] directly.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AnyCode {
+    Known(Code),
+    Unknown(String),
+}
+
+impl AnyCode {
+    pub fn parse(s: &str) -> Self {
+        Code::parse(s).map_or_else(|| AnyCode::Unknown(s.to_owned()), AnyCode::Known)
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            AnyCode::Known(c) => c.as_str(),
+            AnyCode::Unknown(s) => s,
+        }
+    }
+
+    pub fn known(&self) -> Option<Code> {
+        match self {
+            AnyCode::Known(c) => Some(*c),
+            AnyCode::Unknown(_) => None,
+        }
+    }
+}
+
+impl From<Code> for AnyCode {
+    fn from(c: Code) -> Self {
+        AnyCode::Known(c)
+    }
+}
+
+impl From<&str> for AnyCode {
+    fn from(s: &str) -> Self {
+        AnyCode::parse(s)
+    }
+}
+
+impl From<String> for AnyCode {
+    fn from(s: String) -> Self {
+        AnyCode::parse(&s)
+    }
+}
+
+impl PartialEq<Code> for AnyCode {
+    fn eq(&self, other: &Code) -> bool {
+        self.known() == Some(*other)
+    }
+}
+
+impl PartialEq<str> for AnyCode {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for AnyCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for AnyCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -206,5 +279,9 @@ mod tests {
         assert_eq!(texts.len(), Code::ALL.len());
         assert!(Code::ALL.iter().all(|c| !c.explain().is_empty()));
         assert_eq!(Code::parse("rate_limited"), Some(Code::RateLimited));
+        assert_eq!(super::AnyCode::from("revoked"), Code::Revoked);
+        let other = super::AnyCode::from("rate limit exceeded");
+        assert_eq!(other.known(), None);
+        assert_eq!(other.to_string(), "rate limit exceeded");
     }
 }

@@ -5,6 +5,7 @@
 use anyhow::anyhow;
 use claudemesh_client::{ConnectOptions, Connection, Identity};
 use claudemesh_crypto::SecretKey;
+use claudemesh_proto::codes::AnyCode;
 use claudemesh_proto::codes::cap;
 use claudemesh_proto::frames::{PresenceInfo, Push};
 use tokio::sync::mpsc;
@@ -51,17 +52,11 @@ pub(crate) async fn connect(entry: &MeshEntry) -> anyhow::Result<Live> {
         reconnect: false,
     };
     let (conn, pushes) = Connection::connect(opts).await.map_err(|e| match e {
-        claudemesh_client::ConnectError::Refused { code, .. } if code == "revoked" => {
-            anyhow!("you have been revoked from mesh '{}'", entry.slug)
-        }
-        claudemesh_client::ConnectError::Refused { code, .. } if code == "unauthorized" => anyhow!(
-            "you are not a member of mesh '{}' (removed?); join again with a new invite",
-            entry.slug
-        ),
-        claudemesh_client::ConnectError::Refused { code, .. } if code == "timestamp_skew" => {
-            anyhow!("your clock is off by more than a minute; fix the system time")
-        }
-        other => anyhow!("{other}"),
+        claudemesh_client::ConnectError::Refused {
+            code: AnyCode::Known(code),
+            message,
+        } => anyhow!("mesh '{}': {} ({message})", entry.slug, code.explain()),
+        other => other.into(), // keeps the cause for main's {:#}
     })?;
     Ok(Live { conn, pushes, key })
 }

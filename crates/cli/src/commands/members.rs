@@ -4,6 +4,8 @@
 use anyhow::{Context as _, anyhow, bail};
 use claudemesh_client::safety;
 use claudemesh_crypto::SecretKey;
+use claudemesh_proto::authority::Role;
+use claudemesh_proto::codes::Code;
 use claudemesh_proto::http::{JoinRequest, MemberSummary, RemoveMode};
 use claudemesh_proto::invite::{InviteError, InvitePayload};
 use claudemesh_proto::time::{now_ms, readable};
@@ -39,14 +41,17 @@ fn checked_invite(link: &str) -> anyhow::Result<InvitePayload> {
 
 /// A refused join, explained.
 fn join_refused(e: anyhow::Error) -> anyhow::Error {
-    match e.downcast_ref::<api::ApiError>().map(|a| a.code.as_str()) {
-        Some("invite_expired") => anyhow!("this invite has expired; ask for a new one"),
-        Some("invite_exhausted") => anyhow!("this invite has been used up; ask for a new one"),
-        Some("invite_revoked") => anyhow!("this invite was revoked; ask for a new one"),
-        Some("invite_not_found") => anyhow!(
-            "the broker does not know this invite (it was never registered); ask for a new one"
-        ),
-        Some("member_revoked") => anyhow!("you have been banned from this mesh"),
+    match e
+        .downcast_ref::<api::ApiError>()
+        .and_then(|a| a.code.known())
+    {
+        Some(
+            code @ (Code::InviteExpired
+            | Code::InviteExhausted
+            | Code::InviteRevoked
+            | Code::InviteNotFound
+            | Code::MemberRevoked),
+        ) => anyhow!("{}", code.explain()),
         _ => e.context("joining failed"),
     }
 }
@@ -87,14 +92,18 @@ pub(super) async fn join(ctx: &mut Ctx, link: &str, name: Option<String>) -> any
     let member_id = resp
         .member_id
         .ok_or_else(|| anyhow!("the broker accepted the join but sent no member id"))?;
-    let role = resp.role.unwrap_or_else(|| invite.role.as_str().to_owned());
+    let role = resp
+        .role
+        .as_deref()
+        .and_then(Role::parse)
+        .unwrap_or(Role::granted_by(invite.role));
     ctx.add_mesh(MeshEntry {
         mesh_id: invite.mesh_id.clone(),
         slug: invite.mesh_slug.clone(),
         broker_url: invite.broker_url.clone(),
         member_id: member_id.clone(),
         display_name: display_name.clone(),
-        role: role.clone(),
+        role,
         secret_key: key.to_sk64_hex().to_string(),
         joined_at: now_ms(),
     })?;
@@ -113,7 +122,7 @@ pub(super) async fn join(ctx: &mut Ctx, link: &str, name: Option<String>) -> any
 
 pub(super) async fn leave(ctx: &mut Ctx) -> anyhow::Result<()> {
     let entry = ctx.entry()?.clone();
-    if entry.role == "owner" {
+    if entry.role == Role::Owner {
         bail!("you own mesh '{}'; the owner cannot leave it", entry.slug);
     }
     let told = Admin::new(&entry)?

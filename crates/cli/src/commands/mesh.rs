@@ -4,6 +4,7 @@
 
 use anyhow::{Context as _, bail};
 use claudemesh_crypto::SecretKey;
+use claudemesh_proto::authority::Role;
 use claudemesh_proto::invite::{InvitePayload, InviteRole};
 use claudemesh_proto::time::{now_ms, readable};
 use serde_json::{Value, json};
@@ -41,7 +42,7 @@ pub(super) async fn mesh_create(
         broker_url: broker.to_owned(),
         member_id: resp.owner_member_id.clone(),
         display_name,
-        role: "owner".into(),
+        role: Role::Owner,
         secret_key: key.to_sk64_hex().to_string(),
         joined_at: now_ms(),
     })?;
@@ -80,7 +81,7 @@ pub(super) fn mesh_list(ctx: &Ctx) -> anyhow::Result<()> {
                     },
                     m.slug.clone(),
                     m.display_name.clone(),
-                    m.role.clone(),
+                    m.role.as_str().to_owned(),
                     m.broker_url.clone(),
                 ]
             })
@@ -106,16 +107,11 @@ pub(super) fn mesh_use(ctx: &mut Ctx, slug: &str) -> anyhow::Result<()> {
 
 pub(super) async fn invite_create(
     ctx: &Ctx,
-    role: &str,
+    role: InviteRole,
     uses: u32,
     expires: &str,
 ) -> anyhow::Result<()> {
     let entry = ctx.entry()?;
-    let role = if role == "admin" {
-        InviteRole::Admin
-    } else {
-        InviteRole::Member
-    };
     let expires_at = now_ms() / 1000 + parse_duration(expires)?;
     let admin = Admin::new(entry)?;
     let invite = InvitePayload::sign(

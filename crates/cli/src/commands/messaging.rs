@@ -2,6 +2,7 @@
 //! `summary` and `verify`. Every message is end-to-end encrypted; `inbox` records and
 //! acks every delivery it receives, so nothing loops and nothing shows twice.
 
+use claudemesh_proto::codes::AnyCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
@@ -55,9 +56,13 @@ pub(super) async fn peers(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) async fn send(ctx: &Ctx, to: &str, message: &str, priority: &str) -> anyhow::Result<()> {
+pub(super) async fn send(
+    ctx: &Ctx,
+    to: &str,
+    message: &str,
+    priority: Priority,
+) -> anyhow::Result<()> {
     let entry = ctx.entry()?;
-    let priority = Priority::parse(priority).unwrap_or_default();
     let live = connect(entry).await?;
     let (target, who) = resolve(to, &candidates(&live).await?)?;
     let mut ring = Keyring::new(live.key.clone());
@@ -71,8 +76,8 @@ pub(super) async fn send(ctx: &Ctx, to: &str, message: &str, priority: &str) -> 
     )
     .await
     .map_err(|e| match e {
-        messaging::SendError::Refused(code) if code == "unknown_recipient" => {
-            anyhow!("the broker does not know '{to}' any more (left or removed)")
+        messaging::SendError::Refused(AnyCode::Known(code)) => {
+            anyhow!("nothing was sent to '{to}': {}", code.explain())
         }
         other => anyhow!("{other}"),
     })?;
@@ -202,13 +207,8 @@ fn record_line(r: &Record) -> String {
     }
 }
 
-pub(super) async fn status_set(ctx: &Ctx, status: &str) -> anyhow::Result<()> {
+pub(super) async fn status_set(ctx: &Ctx, status: Status) -> anyhow::Result<()> {
     let entry = ctx.entry()?;
-    let status = match status {
-        "working" => Status::Working,
-        "dnd" => Status::Dnd,
-        _ => Status::Idle,
-    };
     let live = connect(entry).await?;
     live.conn.set_status(status).await?;
     live.conn.sync().await?;

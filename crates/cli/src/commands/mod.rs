@@ -65,7 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             role,
             uses,
             expires,
-        } => mesh::invite_create(&ctx, &role, uses, &expires).await,
+        } => mesh::invite_create(&ctx, role, uses, &expires).await,
         Command::Invite {
             action: Some(InviteCommand::List),
             ..
@@ -85,11 +85,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             to,
             message,
             priority,
-        } => messaging::send(&ctx, &to, &message, &priority).await,
+        } => messaging::send(&ctx, &to, &message, priority).await,
         Command::Inbox { wait, all } => messaging::inbox(&ctx, wait, all).await,
-        Command::Status(StatusCommand::Set { status }) => {
-            messaging::status_set(&ctx, &status).await
-        }
+        Command::Status(StatusCommand::Set { status }) => messaging::status_set(&ctx, status).await,
         Command::Summary { text } => messaging::summary(&ctx, &text).await,
         Command::Verify { peer } => messaging::verify(&ctx, &peer).await,
         Command::Install { print } => crate::install::install(ctx.json, print),

@@ -7,6 +7,7 @@
 //! What it must not do: decrypt, decide what to show, print anything, or block on the
 //! caller (pushes go through a bounded channel; a closed handle ends the task).
 
+use claudemesh_proto::codes::AnyCode;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -119,7 +120,7 @@ pub(super) async fn open(opts: &ConnectOptions) -> Result<(Ws, HelloAck), Connec
             Ok(BrokerFrame::HelloAck(ack)) => return Ok((ws, ack)),
             Ok(BrokerFrame::Error(e)) => {
                 return Err(ConnectError::Refused {
-                    code: e.code,
+                    code: AnyCode::parse(&e.code),
                     message: e.message,
                 });
             }

@@ -20,6 +20,7 @@
 //!
 //! What it must not do: decrypt, decide what to show, or print anything.
 
+use claudemesh_proto::codes::AnyCode;
 mod actor;
 mod hello;
 
@@ -58,7 +59,7 @@ pub enum ConnectError {
     NotConnected { url: String, reason: String },
     /// The broker refused the hello (`code` as in PROTOCOL.md, e.g. `unauthorized`, `revoked`).
     #[error("the broker refused this identity ({code}): {message}")]
-    Refused { code: String, message: String },
+    Refused { code: AnyCode, message: String },
     /// The connection closed and the request could not complete.
     #[error("the connection to the broker closed")]
     Closed,
@@ -70,7 +71,7 @@ pub enum ConnectError {
     Unsupported(&'static str),
     /// The broker answered the request with an error (`code` as in PROTOCOL.md).
     #[error("the broker answered {code}: {message}")]
-    Rejected { code: String, message: String },
+    Rejected { code: AnyCode, message: String },
     /// The broker answered the request (by its wire type) with a reply the protocol does
     /// not allow, e.g. a `send` neither queued nor refused with a code.
     #[error("the broker answered {0} with a reply the protocol does not allow")]
@@ -157,7 +158,7 @@ pub enum Failure {
     /// The broker refused the identity (`code` as in PROTOCOL.md: `revoked`,
     /// `unauthorized`…); no retry can fix it.
     #[error("{code}: {message}")]
-    Refused { code: String, message: String },
+    Refused { code: AnyCode, message: String },
     /// The socket of a connection without reconnect (a one-shot command) closed.
     #[error("connection closed")]
     Dropped,
@@ -295,7 +296,7 @@ impl Connection {
             .map_err(|_| ConnectError::Closed)?;
         match reply {
             BrokerFrame::Error(e) => Err(ConnectError::Rejected {
-                code: e.code,
+                code: AnyCode::parse(&e.code),
                 message: e.message,
             }),
             other => pick(other).ok_or(ConnectError::UnexpectedReply(kind)),

@@ -6,6 +6,7 @@
 
 use claudemesh_client::inbox::Record;
 use claudemesh_client::{ConnectError, Delivery, SendError, SendReport};
+use claudemesh_proto::codes::{AnyCode, Code};
 use claudemesh_proto::frames::Status;
 
 use super::{HOOK_BUDGET, TOOL_BUDGET, line, messages, short_id};
@@ -121,11 +122,15 @@ pub fn several_meshes(to: &str, slugs: &[&str]) -> String {
 /// A send that failed, and whether anything went out.
 pub fn send_failed(to: &str, e: SendError) -> String {
     match e {
-        SendError::Refused(code) if code == "unknown_recipient" => format!(
-            "The broker no longer knows '{to}' (they left or were removed). Nothing was sent; use list_peers to see who is there."
+        SendError::Refused(code) if code == Code::UnknownRecipient => format!(
+            "Nothing was sent to '{to}': {}. Use list_peers to see who is there.",
+            Code::UnknownRecipient.explain()
         ),
-        SendError::Refused(code) if code == "rate_limited" => {
-            "The broker is rate-limiting this member; nothing was sent. Wait a few seconds and try again.".to_owned()
+        SendError::Refused(AnyCode::Known(code)) => {
+            format!(
+                "The broker refused the message; nothing was sent: {}.",
+                code.explain()
+            )
         }
         SendError::Refused(code) => {
             format!("The broker refused the message ({code}); nothing was sent.")

@@ -5,6 +5,7 @@
 //! What it must not do: mark a message read before its text is returned, or send past
 //! the loop guard.
 
+use claudemesh_proto::codes::Code;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
@@ -178,7 +179,7 @@ pub async fn message_status(peer: &Arc<Peer>, args: MessageStatusArgs) -> ToolRe
             Err(ConnectError::Unsupported(_)) => {
                 return Ok(replies::status_unsupported(&link.slug, id));
             }
-            Err(ConnectError::Rejected { code, .. }) if code == "not_found" => {
+            Err(ConnectError::Rejected { code, .. }) if code == Code::NotFound => {
                 return Err(replies::unknown_message(id));
             }
             Err(e) => return Err(replies::could_not("get the status", &e)),
