@@ -273,32 +273,9 @@ impl Connection {
                 return Flow::Close(close::NORMAL, String::new());
             }
         };
-        let raw_req_id = || {
-            serde_json::from_str::<serde_json::Value>(text.as_str())
-                .ok()
-                .and_then(|v| v.get("_reqId").cloned())
-                .and_then(|v| serde_json::from_value::<ReqId>(v).ok())
-        };
-        let frame: ClientFrame = match serde_json::from_str(text.as_str()) {
-            Ok(ClientFrame::Unknown) if self.attached.is_some() => {
-                return self
-                    .send_now(text_error(
-                        Code::UnknownMessageType,
-                        "unknown message type",
-                        raw_req_id(),
-                    ))
-                    .await;
-            }
-            Ok(f) => f,
-            Err(_) => {
-                return self
-                    .send_now(text_error(
-                        Code::Malformed,
-                        "frame is not valid JSON of a known shape",
-                        raw_req_id(),
-                    ))
-                    .await;
-            }
+        let frame = match parse(text.as_str(), self.attached.is_some()) {
+            Ok(frame) => frame,
+            Err(refusal) => return self.send_now(refusal).await,
         };
         match (&self.attached, frame) {
             (None, ClientFrame::Hello(h)) => {
@@ -391,6 +368,30 @@ impl Connection {
                 Flow::Close(r.close, r.code.as_str().to_owned())
             }
         }
+    }
+}
+
+/// A client frame, or the `error` that answers it: malformed JSON, or (once attached) an
+/// unknown `type`; both keep the frame's `_reqId` when it has one.
+fn parse(text: &str, attached: bool) -> Result<ClientFrame, Message> {
+    let raw_req_id = || {
+        serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v.get("_reqId").cloned())
+            .and_then(|v| serde_json::from_value::<ReqId>(v).ok())
+    };
+    match serde_json::from_str(text) {
+        Ok(ClientFrame::Unknown) if attached => Err(text_error(
+            Code::UnknownMessageType,
+            "unknown message type",
+            raw_req_id(),
+        )),
+        Ok(frame) => Ok(frame),
+        Err(_) => Err(text_error(
+            Code::Malformed,
+            "frame is not valid JSON of a known shape",
+            raw_req_id(),
+        )),
     }
 }
 

@@ -15,7 +15,7 @@ use claudemesh_store::{MemberRow, PeerRow};
 use tokio::sync::oneshot;
 
 use super::delivery::Mailbox;
-use super::directory::{Presence, groups_json, parse_groups};
+use super::directory::{Mesh, Presence, groups_json, parse_groups};
 use super::{Attached, ConnEntry, ConnHandle, ConnId, Effect, Engine, Outbound};
 use crate::auth::{Rejection, Role, VerifiedHello};
 
@@ -34,6 +34,29 @@ struct Bound {
     replaced: Vec<ConnId>,
     /// The key had connected before (it is a known recipient).
     known: bool,
+}
+
+/// A key that is a member key cannot be used as another identity's session key (this
+/// covers `hello.sessionPubkey` too, which carries no proof of possession), and a session
+/// key belongs to one member for good.
+fn key_owned_by(mesh: &Mesh, key: &str, member: &MemberRow) -> Result<(), Rejection> {
+    if key != member.pubkey && mesh.member_by_key.contains_key(key) {
+        return Err(Rejection::new(
+            Code::BadSessionPubkey,
+            "sessionPubkey is a member key",
+        ));
+    }
+    if mesh
+        .peers
+        .get(key)
+        .is_some_and(|p| p.member_id != member.id)
+    {
+        return Err(Rejection::new(
+            Code::BadSessionPubkey,
+            "sessionPubkey belongs to another member",
+        ));
+    }
+    Ok(())
 }
 
 impl Engine {
@@ -133,24 +156,7 @@ impl Engine {
             }
             None => {}
         }
-        // A key that is a member key cannot be used as another identity's session key
-        // (this covers hello.sessionPubkey too, which carries no proof of possession).
-        if hello.key != member.pubkey && mesh.member_by_key.contains_key(&hello.key) {
-            return Err(Rejection::new(
-                Code::BadSessionPubkey,
-                "sessionPubkey is a member key",
-            ));
-        }
-        if mesh
-            .peers
-            .get(&hello.key)
-            .is_some_and(|p| p.member_id != member.id)
-        {
-            return Err(Rejection::new(
-                Code::BadSessionPubkey,
-                "sessionPubkey belongs to another member",
-            ));
-        }
+        key_owned_by(mesh, &hello.key, &member)?;
         let kind = if hello.role == Role::Session || hello.key != member.pubkey {
             PeerKind::Session
         } else {

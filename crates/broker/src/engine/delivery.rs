@@ -63,6 +63,30 @@ impl Mailbox {
             ..Self::default()
         }
     }
+
+    /// Load the next deliveries from the database when the in-memory queue runs low.
+    fn refill(
+        &mut self,
+        store: &mut dyn claudemesh_store::Store,
+        mesh_id: &str,
+        key: &str,
+    ) -> claudemesh_store::Result<()> {
+        if !self.spilled || self.pending.len() >= REFILL_BELOW {
+            return Ok(());
+        }
+        let want = MAX_PENDING - self.pending.len();
+        let rows = store.pending(mesh_id, key, self.loaded_upto, want, now_ms())?;
+        if rows.len() < want {
+            self.spilled = false;
+        }
+        for row in rows {
+            self.loaded_upto = row.seq;
+            if !self.inflight.contains_key(&row.seq) {
+                self.pending.push_back(delivery_from(row));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn delivery_from(p: PendingDelivery) -> Arc<Delivery> {
@@ -82,88 +106,98 @@ impl Engine {
         self.reply(conn, slot, BrokerFrame::Ack(ack));
     }
 
+    /// Who a send reaches, each recipient with the key sealed for it (extension
+    /// e2e-multicast), or the code it is refused with.
+    fn recipients(
+        &self,
+        mesh_id: &str,
+        sender: &str,
+        send: &mut Send,
+    ) -> Result<Vec<(String, Option<String>)>, Code> {
+        let mesh = self.dir.mesh(mesh_id).ok_or(Code::Unauthorized)?;
+        let target = Target::parse(&send.target_spec).ok_or(Code::BadTarget)?;
+        let cmid_too_long = send
+            .client_message_id
+            .as_ref()
+            .is_some_and(|c| c.len() > limits::MAX_SHORT_TEXT_BYTES);
+        if send.nonce.len() > 64 || cmid_too_long {
+            return Err(Code::Malformed);
+        }
+        let recipients = match target {
+            Target::Direct(key) if mesh.is_recipient(key) => vec![key.to_owned()],
+            Target::Direct(_) => return Err(Code::UnknownRecipient),
+            Target::Broadcast => mesh.broadcast_recipients(sender),
+            Target::Group(name) => mesh.group_recipients(name, sender),
+        };
+        // Extension e2e-multicast: only recipients the sender sealed a key for.
+        let sealed = send.sealed_keys.take();
+        match sealed.filter(|_| target.is_multicast() && !self.v1_only) {
+            None => Ok(recipients.into_iter().map(|r| (r, None)).collect()),
+            Some(sealed) if sealed.len() > limits::MAX_SEALED_KEYS => Err(Code::PayloadTooLarge),
+            Some(mut sealed) => Ok(recipients
+                .into_iter()
+                .filter_map(|r| sealed.remove(&r).map(|k| (r, Some(k))))
+                .collect()),
+        }
+    }
+
+    /// The stored form of a send from `sender` (stamped from its presence, not the frame).
+    fn message_row(&self, mesh_id: &str, sender: &str, send: Send, now: i64) -> MessageRow {
+        let (sender_member_pubkey, sender_name) = self
+            .dir
+            .mesh(mesh_id)
+            .and_then(|m| m.presences.get(sender))
+            .map(|p| (p.member_pubkey.clone(), p.display_name.clone()))
+            .unwrap_or_default();
+        MessageRow {
+            message_id: new_id(),
+            mesh_id: mesh_id.to_owned(),
+            sender_pubkey: sender.to_owned(),
+            sender_member_pubkey,
+            sender_name,
+            target_spec: send.target_spec,
+            priority: send.priority,
+            nonce: send.nonce,
+            ciphertext: send.ciphertext,
+            client_message_id: send.client_message_id,
+            created_at: now,
+            expires_at: now + limits::MESSAGE_TTL_MS,
+        }
+    }
+
+    /// `send`: store the body once and one delivery per recipient, ack once committed,
+    /// then offer each delivery to its recipient's mailbox.
     pub(super) fn send(
         &mut self,
         conn: ConnId,
         slot: ReplySlot,
         mesh_id: &str,
         sender: &str,
-        send: Send,
+        mut send: Send,
     ) {
-        let now = now_ms();
-        let Send {
-            target_spec,
-            priority,
-            nonce,
-            ciphertext,
-            id,
-            client_message_id,
-            sealed_keys,
-            req_id,
-            ..
-        } = send;
         let mut ack = Ack {
-            id: id.unwrap_or_default(),
+            id: send.id.take().unwrap_or_default(),
             message_id: String::new(),
             queued: false,
             error: None,
             recipients: None,
-            client_message_id: client_message_id.clone(),
-            req_id,
+            client_message_id: send.client_message_id.clone(),
+            req_id: send.req_id.take(),
         };
-        let Some(mesh) = self.dir.mesh(mesh_id) else {
-            return self.refuse(conn, slot, ack, Code::Unauthorized);
+        let to = match self.recipients(mesh_id, sender, &mut send) {
+            Ok(to) => to,
+            Err(code) => return self.refuse(conn, slot, ack, code),
         };
-        let Some(target) = Target::parse(&target_spec) else {
-            return self.refuse(conn, slot, ack, Code::BadTarget);
-        };
-        if nonce.len() > 64
-            || client_message_id
-                .as_ref()
-                .is_some_and(|c| c.len() > limits::MAX_SHORT_TEXT_BYTES)
-        {
-            return self.refuse(conn, slot, ack, Code::Malformed);
-        }
-        let mut recipients = match target {
-            Target::Direct(key) if mesh.is_recipient(key) => vec![key.to_owned()],
-            Target::Direct(_) => return self.refuse(conn, slot, ack, Code::UnknownRecipient),
-            Target::Broadcast => mesh.broadcast_recipients(sender),
-            Target::Group(name) => mesh.group_recipients(name, sender),
-        };
-        // Extension e2e-multicast: only recipients the sender sealed a key for.
-        let sealed = sealed_keys.filter(|_| target.is_multicast() && !self.v1_only);
-        if let Some(sealed) = &sealed {
-            if sealed.len() > limits::MAX_SEALED_KEYS {
-                return self.refuse(conn, slot, ack, Code::PayloadTooLarge);
-            }
-            recipients.retain(|k| sealed.contains_key(k));
-        }
-        let (sender_member_pubkey, sender_name) = mesh
-            .presences
-            .get(sender)
-            .map(|p| (p.member_pubkey.clone(), p.display_name.clone()))
-            .unwrap_or_default();
-        let mut stored = Vec::with_capacity(recipients.len());
-        if !recipients.is_empty() {
-            let message = Arc::new(MessageRow {
-                message_id: new_id(),
-                mesh_id: mesh_id.to_owned(),
-                sender_pubkey: sender.to_owned(),
-                sender_member_pubkey,
-                sender_name,
-                target_spec,
-                priority,
-                nonce,
-                ciphertext,
-                client_message_id,
-                created_at: now,
-                expires_at: now + limits::MESSAGE_TTL_MS,
-            });
-            let copies: Vec<NewDelivery<'_>> = recipients
+        let mut stored = Vec::with_capacity(to.len());
+        // A multicast that reaches nobody stores nothing, so it has no message id.
+        if !to.is_empty() {
+            let priority = send.priority;
+            let message = Arc::new(self.message_row(mesh_id, sender, send, now_ms()));
+            let copies: Vec<NewDelivery<'_>> = to
                 .iter()
-                .map(|r| NewDelivery {
-                    recipient: r,
-                    sealed_key: sealed.as_ref().and_then(|s| s.get(r)).map(String::as_str),
+                .map(|(recipient, sealed_key)| NewDelivery {
+                    recipient,
+                    sealed_key: sealed_key.as_deref(),
                 })
                 .collect();
             let seqs = match self.store.insert_message(&message, &copies) {
@@ -177,19 +211,18 @@ impl Engine {
                 }
                 Err(e) => return self.store_failed(conn, slot, &e, ack),
             };
-            for (r, seq) in recipients.into_iter().zip(seqs) {
-                let sealed_key = sealed.as_ref().and_then(|s| s.get(&r)).cloned();
+            for ((recipient, sealed_key), seq) in to.into_iter().zip(seqs) {
+                let message = message.clone();
                 let delivery = Delivery {
                     seq,
-                    message: message.clone(),
+                    message,
                     priority,
                     sealed_key,
                 };
-                stored.push((r, Arc::new(delivery)));
+                stored.push((recipient, Arc::new(delivery)));
             }
             ack.message_id = message.message_id.clone();
         }
-        // A multicast that reaches nobody stores nothing, so it has no message id.
         Metrics::inc(&self.metrics.messages_routed_total);
         self.queue_depth += stored.len() as i64;
         ack.queued = true;
@@ -258,28 +291,9 @@ impl Engine {
             return;
         };
 
-        if mb.spilled && mb.pending.len() < REFILL_BELOW {
-            let want = MAX_PENDING - mb.pending.len();
-            match self
-                .store
-                .pending(mesh_id, key, mb.loaded_upto, want, now_ms())
-            {
-                Ok(rows) => {
-                    if rows.len() < want {
-                        mb.spilled = false;
-                    }
-                    for row in rows {
-                        mb.loaded_upto = row.seq;
-                        if !mb.inflight.contains_key(&row.seq) {
-                            mb.pending.push_back(delivery_from(row));
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "loading pending deliveries failed; rolling back the batch");
-                    self.batch_failed = true;
-                }
-            }
+        if let Err(e) = mb.refill(self.store.as_mut(), mesh_id, key) {
+            tracing::error!(error = %e, "loading pending deliveries failed; rolling back the batch");
+            self.batch_failed = true;
         }
 
         let mut pushed = 0u64;

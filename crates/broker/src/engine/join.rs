@@ -67,7 +67,31 @@ fn joiner(req: JoinRequest) -> Result<(String, String), Refusal> {
     Ok((peer, display_name))
 }
 
+/// Why a claim of an invite use did not spend one.
+fn claim_refused(claim: Claim) -> Option<Refusal> {
+    let (code, message) = match claim {
+        Claim::Claimed => return None,
+        Claim::NotFound => (
+            Code::InviteNotFound,
+            "this invite was never registered with the broker",
+        ),
+        Claim::Revoked => (Code::InviteRevoked, "this invite has been revoked"),
+        Claim::Expired => (Code::InviteExpired, "this invite has expired"),
+        Claim::Exhausted => (Code::InviteExhausted, "this invite has no uses left"),
+    };
+    Some(Refusal::new(code, message))
+}
+
 impl Engine {
+    /// Spend one use of the invite, decided by the store in one statement.
+    fn spend_use(&mut self, mesh_id: &str, invite_id: &str) -> Result<(), Refusal> {
+        let claim = self
+            .store
+            .claim_invite_use(mesh_id, invite_id, now_s())
+            .map_err(|e| self.unavailable(&e))?;
+        claim_refused(claim).map_or(Ok(()), Err)
+    }
+
     pub(super) fn join(&mut self, req: JoinRequest, reply: Reply<JoinResponse>) {
         let r = self.enroll(req);
         self.reply_after_commit(reply, r);
@@ -123,34 +147,7 @@ impl Engine {
                 Some(Removal::Kicked) => {}
             }
         }
-        let claim = self
-            .store
-            .claim_invite_use(&invite.mesh_id, &row.id, now_s())
-            .map_err(|e| self.unavailable(&e))?;
-        match claim {
-            Claim::Claimed => {}
-            Claim::NotFound => {
-                return Err(Refusal::new(
-                    Code::InviteNotFound,
-                    "this invite was never registered with the broker",
-                ));
-            }
-            Claim::Revoked => {
-                return Err(Refusal::new(
-                    Code::InviteRevoked,
-                    "this invite has been revoked",
-                ));
-            }
-            Claim::Expired => {
-                return Err(Refusal::new(Code::InviteExpired, "this invite has expired"));
-            }
-            Claim::Exhausted => {
-                return Err(Refusal::new(
-                    Code::InviteExhausted,
-                    "this invite has no uses left",
-                ));
-            }
-        }
+        self.spend_use(&invite.mesh_id, &row.id)?;
         let member = MemberRow {
             id: existing.map(|m| m.id).unwrap_or_else(new_id),
             mesh_id: invite.mesh_id.clone(),
