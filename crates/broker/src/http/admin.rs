@@ -63,6 +63,9 @@ fn creation_allowed(shared: &Shared, req: &CreateMeshRequest) -> Result<(), Refu
 
 impl SignedBody for CreateMeshRequest {
     const ACTION: AdminAction = AdminAction::CreateMesh;
+    fn command(self, _: &PathIds) -> AdminCommand {
+        AdminCommand::CreateMesh(self)
+    }
     fn signed(&self) -> &Signed {
         &self.signed
     }
@@ -91,6 +94,10 @@ impl SignedBody for CreateMeshRequest {
 
 impl SignedBody for RegisterInviteRequest {
     const ACTION: AdminAction = AdminAction::RegisterInvite;
+    fn command(self, path: &PathIds) -> AdminCommand {
+        let mesh_id = path.get("mesh_id").to_owned();
+        AdminCommand::RegisterInvite { mesh_id, req: self }
+    }
     fn signed(&self) -> &Signed {
         &self.signed
     }
@@ -109,6 +116,14 @@ impl SignedBody for RegisterInviteRequest {
 
 impl SignedBody for RemoveMemberRequest {
     const ACTION: AdminAction = AdminAction::RemoveMember;
+    fn command(self, path: &PathIds) -> AdminCommand {
+        AdminCommand::RemoveMember {
+            mesh_id: path.get("mesh_id").to_owned(),
+            member_id: path.get("member_id").to_owned(),
+            mode: self.mode,
+            signed: self.signed,
+        }
+    }
     fn signed(&self) -> &Signed {
         &self.signed
     }
@@ -120,15 +135,19 @@ impl SignedBody for RemoveMemberRequest {
     }
 }
 
-/// A body that is only the signature envelope, for the action `A`.
+/// A body that is only the signature envelope, for one action.
 macro_rules! bare_signed {
-    ($name:ident, $action:expr, $($arg:literal),*) => {
+    ($name:ident, $action:expr, |$path:ident, $signed:ident| $command:expr, $($arg:literal),*) => {
         #[derive(Debug, Deserialize)]
         #[serde(transparent)]
         pub struct $name(Signed);
 
         impl SignedBody for $name {
             const ACTION: AdminAction = $action;
+            fn command(self, $path: &PathIds) -> AdminCommand {
+                let $signed = self.0;
+                $command
+            }
             fn signed(&self) -> &Signed {
                 &self.0
             }
@@ -139,99 +158,45 @@ macro_rules! bare_signed {
     };
 }
 
-bare_signed!(ListInvites, AdminAction::ListInvites,);
-bare_signed!(RevokeInvite, AdminAction::RevokeInvite, "invite_id");
-bare_signed!(ListMembers, AdminAction::ListMembers,);
+bare_signed!(ListInvites, AdminAction::ListInvites, |path, signed| {
+    AdminCommand::ListInvites {
+        mesh_id: path.get("mesh_id").to_owned(),
+        signed,
+    }
+},);
+bare_signed!(
+    RevokeInvite,
+    AdminAction::RevokeInvite,
+    |path, signed| AdminCommand::RevokeInvite {
+        mesh_id: path.get("mesh_id").to_owned(),
+        invite_id: path.get("invite_id").to_owned(),
+        signed
+    },
+    "invite_id"
+);
+bare_signed!(ListMembers, AdminAction::ListMembers, |path, signed| {
+    AdminCommand::ListMembers {
+        mesh_id: path.get("mesh_id").to_owned(),
+        signed,
+    }
+},);
 
-/// Hand a verified command to the engine and render its reply.
-async fn run(shared: &Shared, cmd: AdminCommand) -> Result<Response, HttpError> {
+/// Every admin route: a verified request becomes its command; the engine decides, and
+/// its reply is rendered as JSON.
+pub async fn handle<T: SignedBody>(
+    State(shared): State<Arc<Shared>>,
+    v: Verified<T>,
+) -> Result<Response, HttpError> {
+    let cmd = v.body.command(&v.path);
     let reply = shared
         .engine
         .request(|reply| Command::Admin { cmd, reply })
         .await??;
-    let ok = || serde_json::json!({ "ok": true });
     Ok(match reply {
         AdminReply::MeshCreated(r) => axum::Json(r).into_response(),
         AdminReply::InviteRegistered(r) => axum::Json(r).into_response(),
         AdminReply::Invites(r) => axum::Json(r).into_response(),
         AdminReply::Members(r) => axum::Json(r).into_response(),
-        AdminReply::Done => axum::Json(ok()).into_response(),
+        AdminReply::Done => axum::Json(serde_json::json!({ "ok": true })).into_response(),
     })
-}
-
-pub async fn create_mesh(
-    State(shared): State<Arc<Shared>>,
-    v: Verified<CreateMeshRequest>,
-) -> Result<Response, HttpError> {
-    run(&shared, AdminCommand::CreateMesh(v.body)).await
-}
-
-pub async fn register_invite(
-    State(shared): State<Arc<Shared>>,
-    v: Verified<RegisterInviteRequest>,
-) -> Result<Response, HttpError> {
-    let mesh_id = v.path.get("mesh_id").to_owned();
-    run(
-        &shared,
-        AdminCommand::RegisterInvite {
-            mesh_id,
-            req: v.body,
-        },
-    )
-    .await
-}
-
-pub async fn list_invites(
-    State(shared): State<Arc<Shared>>,
-    v: Verified<ListInvites>,
-) -> Result<Response, HttpError> {
-    let mesh_id = v.path.get("mesh_id").to_owned();
-    run(
-        &shared,
-        AdminCommand::ListInvites {
-            mesh_id,
-            signed: v.body.0,
-        },
-    )
-    .await
-}
-
-pub async fn revoke_invite(
-    State(shared): State<Arc<Shared>>,
-    v: Verified<RevokeInvite>,
-) -> Result<Response, HttpError> {
-    let cmd = AdminCommand::RevokeInvite {
-        mesh_id: v.path.get("mesh_id").to_owned(),
-        invite_id: v.path.get("invite_id").to_owned(),
-        signed: v.body.0,
-    };
-    run(&shared, cmd).await
-}
-
-pub async fn list_members(
-    State(shared): State<Arc<Shared>>,
-    v: Verified<ListMembers>,
-) -> Result<Response, HttpError> {
-    let mesh_id = v.path.get("mesh_id").to_owned();
-    run(
-        &shared,
-        AdminCommand::ListMembers {
-            mesh_id,
-            signed: v.body.0,
-        },
-    )
-    .await
-}
-
-pub async fn remove_member(
-    State(shared): State<Arc<Shared>>,
-    v: Verified<RemoveMemberRequest>,
-) -> Result<Response, HttpError> {
-    let cmd = AdminCommand::RemoveMember {
-        mesh_id: v.path.get("mesh_id").to_owned(),
-        member_id: v.path.get("member_id").to_owned(),
-        mode: v.body.mode,
-        signed: v.body.signed,
-    };
-    run(&shared, cmd).await
 }

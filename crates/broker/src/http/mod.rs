@@ -15,9 +15,11 @@ mod ws;
 
 use std::sync::Arc;
 
+use admin::{ListInvites, ListMembers, RevokeInvite, handle};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use claudemesh_proto::http::{CreateMeshRequest, RegisterInviteRequest, RemoveMemberRequest};
 use claudemesh_proto::limits;
 
 use crate::state::Shared;
@@ -28,26 +30,26 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .route("/join", post(join::join))
-        .route("/api/meshes", post(admin::create_mesh))
+        .route("/api/meshes", post(handle::<CreateMeshRequest>))
         .route(
             "/api/meshes/{mesh_id}/invites",
-            post(admin::register_invite),
+            post(handle::<RegisterInviteRequest>),
         )
         .route(
             "/api/meshes/{mesh_id}/invites/list",
-            post(admin::list_invites),
+            post(handle::<ListInvites>),
         )
         .route(
             "/api/meshes/{mesh_id}/invites/{invite_id}/revoke",
-            post(admin::revoke_invite),
+            post(handle::<RevokeInvite>),
         )
         .route(
             "/api/meshes/{mesh_id}/members/list",
-            post(admin::list_members),
+            post(handle::<ListMembers>),
         )
         .route(
             "/api/meshes/{mesh_id}/members/{member_id}/remove",
-            post(admin::remove_member),
+            post(handle::<RemoveMemberRequest>),
         )
         .layer(DefaultBodyLimit::max(limits::MAX_FRAME_BYTES))
         .with_state(shared)

@@ -17,6 +17,7 @@ use claudemesh_proto::time::now_ms;
 use serde::de::DeserializeOwned;
 
 use super::error::HttpError;
+use crate::engine::AdminCommand;
 use crate::refusal::Refusal;
 use crate::state::Shared;
 
@@ -31,8 +32,10 @@ impl PathIds {
 }
 
 /// A request body that is signed with the admin canonical string.
-pub trait SignedBody: DeserializeOwned + Send {
+pub trait SignedBody: DeserializeOwned + Send + 'static {
     const ACTION: AdminAction;
+    /// The engine command this verified request asks for.
+    fn command(self, path: &PathIds) -> AdminCommand;
     fn signed(&self) -> &Signed;
     /// The action's canonical arguments, from the path and the body.
     fn args(&self, path: &PathIds) -> Vec<String>;
