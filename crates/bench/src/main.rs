@@ -92,33 +92,31 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted.get(idx).copied().unwrap_or(0)) / 1000.0
 }
 
+/// A progress bar on stderr (indicatif; hidden when stderr is not a terminal), updated
+/// from the shared counters until `stop`.
 fn progress(
     stats: Arc<run::Stats>,
     total: u64,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(
+        "[{elapsed_precise}] {bar:30} delivered {pos}/{len} {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
     std::thread::spawn(move || {
         while !stop.load(Relaxed) {
-            let d = stats.delivered.load(Relaxed);
-            let width = 30;
-            let filled = if total == 0 {
-                0
-            } else {
-                (d * width / total.max(1)).min(width)
-            } as usize;
-            eprint!(
-                "\r[{}{}] sent {} acked {} delivered {} / {}   ",
-                "#".repeat(filled),
-                ".".repeat(width as usize - filled),
+            bar.set_length(stats.expected.load(Relaxed).max(total));
+            bar.set_position(stats.delivered.load(Relaxed));
+            bar.set_message(format!(
+                "sent {} acked {}",
                 stats.sent.load(Relaxed),
-                stats.acked.load(Relaxed),
-                d,
-                stats.expected.load(Relaxed).max(total)
-            );
-            let _ = std::io::stderr().flush();
+                stats.acked.load(Relaxed)
+            ));
             std::thread::sleep(Duration::from_millis(250));
         }
-        eprintln!();
+        bar.finish_and_clear();
     })
 }
 
@@ -346,14 +344,13 @@ async fn idle_connections(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (before, _) = broker::rss_kib(pid).context("reading /proc")?;
     let mut sockets = Vec::with_capacity(n);
+    let bar = indicatif::ProgressBar::new(n as u64).with_message("connected");
     for (i, p) in enrolled.peers.iter().enumerate() {
         sockets
             .push(run::connect(&broker.ws_url, &enrolled.mesh_id, p, &format!("idle-{i}")).await?);
-        if i % 100 == 99 {
-            eprint!("\rconnected {}/{n}   ", i + 1);
-        }
+        bar.inc(1);
     }
-    eprintln!();
+    bar.finish_and_clear();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (after, _) = broker::rss_kib(pid).context("reading /proc")?;
     let fds = broker::open_fds(pid).unwrap_or(0);

@@ -1,111 +1,149 @@
-//! Counters and gauges exposed at `/metrics` in the Prometheus text format. Plain atomics:
-//! cheap to bump from any thread, no registry, no allocation on the hot path.
+//! Counters and gauges exposed at `/metrics`, kept in a `prometheus-client` registry and
+//! rendered in its OpenMetrics text format. The metrics are atomics (cheap to bump from
+//! any thread, no allocation on the hot path); the library owns naming, escaping and the
+//! exposition format, and brings histograms and labelled families when the dashboard and
+//! several nodes need them.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    pub connections_active: AtomicI64,
-    pub messages_routed_total: AtomicU64,
-    pub messages_rejected_total: AtomicU64,
-    pub deliveries_pushed_total: AtomicU64,
-    pub deliveries_redelivered_total: AtomicU64,
-    pub deliveries_acked_total: AtomicU64,
-    pub queue_depth: AtomicI64,
-    pub commits_total: AtomicU64,
-    pub commit_batch_frames_total: AtomicU64,
-    pub commit_failures_total: AtomicU64,
-    pub slow_consumers_total: AtomicU64,
-    pub rate_limited_total: AtomicU64,
-    pub hello_rejected_total: AtomicU64,
+    pub connections_active: Gauge,
+    pub messages_routed_total: Counter,
+    pub messages_rejected_total: Counter,
+    pub deliveries_pushed_total: Counter,
+    pub deliveries_redelivered_total: Counter,
+    pub deliveries_acked_total: Counter,
+    pub queue_depth: Gauge,
+    pub commits_total: Counter,
+    pub commit_batch_frames_total: Counter,
+    pub commit_failures_total: Counter,
+    pub slow_consumers_total: Counter,
+    pub rate_limited_total: Counter,
+    pub hello_rejected_total: Counter,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Self {
+            connections_active: Gauge::default(),
+            messages_routed_total: Counter::default(),
+            messages_rejected_total: Counter::default(),
+            deliveries_pushed_total: Counter::default(),
+            deliveries_redelivered_total: Counter::default(),
+            deliveries_acked_total: Counter::default(),
+            queue_depth: Gauge::default(),
+            commits_total: Counter::default(),
+            commit_batch_frames_total: Counter::default(),
+            commit_failures_total: Counter::default(),
+            slow_consumers_total: Counter::default(),
+            rate_limited_total: Counter::default(),
+            hello_rejected_total: Counter::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "broker_connections_active",
+            "Authenticated WebSocket connections",
+            m.connections_active.clone(),
+        );
+        r.register(
+            "broker_queue_depth",
+            "Unacked, unexpired deliveries",
+            m.queue_depth.clone(),
+        );
+        // Counter names get their `_total` suffix from the library.
+        let counters = [
+            (
+                "broker_messages_routed",
+                "Messages accepted and committed",
+                &m.messages_routed_total,
+            ),
+            (
+                "broker_messages_rejected",
+                "Sends refused (unknown recipient, rate limit, malformed...)",
+                &m.messages_rejected_total,
+            ),
+            (
+                "broker_deliveries_pushed",
+                "Pushes of deliveries, first attempts",
+                &m.deliveries_pushed_total,
+            ),
+            (
+                "broker_deliveries_redelivered",
+                "Pushes after a lease expired",
+                &m.deliveries_redelivered_total,
+            ),
+            (
+                "broker_deliveries_acked",
+                "Deliveries acked by their recipient",
+                &m.deliveries_acked_total,
+            ),
+            ("broker_commits", "Group commits", &m.commits_total),
+            (
+                "broker_commit_batch_frames",
+                "Commands applied across all group commits",
+                &m.commit_batch_frames_total,
+            ),
+            (
+                "broker_commit_failures",
+                "Commits that failed",
+                &m.commit_failures_total,
+            ),
+            (
+                "broker_slow_consumers",
+                "Connections dropped because their outbound buffer was full",
+                &m.slow_consumers_total,
+            ),
+            (
+                "broker_rate_limited",
+                "Frames refused by rate limits",
+                &m.rate_limited_total,
+            ),
+            (
+                "broker_hello_rejected",
+                "Hellos refused",
+                &m.hello_rejected_total,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
+        }
+        m
+    }
 }
 
 impl Metrics {
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Relaxed);
+    pub fn inc(counter: &Counter) {
+        counter.inc();
     }
 
-    /// Render in the Prometheus text exposition format.
+    /// Render in the OpenMetrics text format (which Prometheus scrapes as is).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let mut gauge = |name: &str, help: &str, v: i64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge(
-            "broker_connections_active",
-            "Authenticated WebSocket connections.",
-            self.connections_active.load(Relaxed),
-        );
-        gauge(
-            "broker_queue_depth",
-            "Unacked, unexpired deliveries.",
-            self.queue_depth.load(Relaxed),
-        );
-        let counters: [(&str, &str, &AtomicU64); 11] = [
-            (
-                "broker_messages_routed_total",
-                "Messages accepted and committed.",
-                &self.messages_routed_total,
-            ),
-            (
-                "broker_messages_rejected_total",
-                "Sends refused (unknown recipient, rate limit, malformed…).",
-                &self.messages_rejected_total,
-            ),
-            (
-                "broker_deliveries_pushed_total",
-                "Pushes of deliveries, first attempts.",
-                &self.deliveries_pushed_total,
-            ),
-            (
-                "broker_deliveries_redelivered_total",
-                "Pushes after a lease expired.",
-                &self.deliveries_redelivered_total,
-            ),
-            (
-                "broker_deliveries_acked_total",
-                "Deliveries acked by their recipient.",
-                &self.deliveries_acked_total,
-            ),
-            (
-                "broker_commits_total",
-                "Group commits.",
-                &self.commits_total,
-            ),
-            (
-                "broker_commit_batch_frames_total",
-                "Commands applied across all group commits.",
-                &self.commit_batch_frames_total,
-            ),
-            (
-                "broker_commit_failures_total",
-                "Commits that failed.",
-                &self.commit_failures_total,
-            ),
-            (
-                "broker_slow_consumers_total",
-                "Connections dropped because their outbound buffer was full.",
-                &self.slow_consumers_total,
-            ),
-            (
-                "broker_rate_limited_total",
-                "Frames refused by rate limits.",
-                &self.rate_limited_total,
-            ),
-            (
-                "broker_hello_rejected_total",
-                "Hellos refused.",
-                &self.hello_rejected_total,
-            ),
-        ];
-        for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
-            );
-        }
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_names_values_and_eof() {
+        let m = super::Metrics::default();
+        m.messages_routed_total.inc_by(3);
+        m.queue_depth.set(7);
+        let text = m.render();
+        assert!(
+            text.contains("\nbroker_messages_routed_total 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nbroker_queue_depth 7\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -1,72 +1,78 @@
-//! Per-member token buckets, one per frame type, shared by all of a member's connections.
-//! Checked in the connection task before a frame reaches the engine.
+//! Per-member rate limits, one quota per frame type, shared by all of a member's
+//! connections, checked in the connection task before a frame reaches the engine.
+//!
+//! The buckets are `governor`'s keyed GCRA limiters (one per frame type, keyed by mesh
+//! and member): sharded, so connections of different members never contend on one lock,
+//! and pruned of keys that have fully refilled once they grow past [`PRUNE_ABOVE`].
+//! They count in this process only; several broker nodes each enforce their own.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::num::NonZeroU32;
+use std::time::Duration;
 
-use crate::config::RateLimits;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter as Gcra};
 
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
+use crate::config::{Rate, RateLimits};
+
+/// Tracked (mesh, member) keys per frame type beyond which refilled ones are forgotten.
+const PRUNE_ABOVE: usize = 100_000;
+
+type Key = (String, String);
+
+/// The GCRA quota for a token-bucket rate: one token every `1 / per_sec` seconds, at
+/// most `burst` at once (at least one).
+fn quota(rate: Rate) -> Quota {
+    let burst = NonZeroU32::new(rate.burst.round().clamp(1.0, f64::from(u32::MAX)) as u32)
+        .unwrap_or(NonZeroU32::MIN);
+    let period = if rate.per_sec > 0.0 {
+        Duration::try_from_secs_f64(1.0 / rate.per_sec).unwrap_or(Duration::MAX)
+    } else {
+        Duration::MAX
+    };
+    Quota::with_period(period.max(Duration::from_nanos(1)))
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst)
 }
 
-/// Shared limiter keyed by (mesh id, member id, frame type).
+/// Shared limiter keyed by (mesh id, member id), one per frame type.
 #[derive(Debug)]
 pub struct RateLimiter {
-    limits: RateLimits,
-    buckets: Mutex<HashMap<(String, String, &'static str), Bucket>>,
+    enabled: bool,
+    by_type: HashMap<String, DefaultKeyedRateLimiter<Key>>,
+    default: DefaultKeyedRateLimiter<Key>,
 }
 
 impl RateLimiter {
     pub fn new(limits: RateLimits) -> Self {
         Self {
-            limits,
-            buckets: Mutex::new(HashMap::new()),
+            enabled: limits.enabled,
+            by_type: limits
+                .by_type
+                .iter()
+                .map(|(kind, rate)| (kind.clone(), Gcra::keyed(quota(*rate))))
+                .collect(),
+            default: Gcra::keyed(quota(limits.default)),
         }
     }
 
     /// Take one token; false when the member is over its limit for this frame type.
-    pub fn allow(&self, mesh_id: &str, member_id: &str, kind: &'static str) -> bool {
-        if !self.limits.enabled {
+    pub fn allow(&self, mesh_id: &str, member_id: &str, kind: &str) -> bool {
+        if !self.enabled {
             return true;
         }
-        let rate = self.limits.rate_for(kind);
-        let now = Instant::now();
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if buckets.len() > 100_000 {
-            // Bound memory: forget buckets that have refilled completely.
-            buckets.retain(|_, b| {
-                now.duration_since(b.last).as_secs_f64() * rate.per_sec < rate.burst
-            });
+        let limiter = self.by_type.get(kind).unwrap_or(&self.default);
+        if limiter.len() > PRUNE_ABOVE {
+            limiter.retain_recent();
         }
-        let bucket = buckets
-            .entry((mesh_id.to_owned(), member_id.to_owned(), kind))
-            .or_insert(Bucket {
-                tokens: rate.burst,
-                last: now,
-            });
-        let elapsed = now.duration_since(bucket.last).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate.per_sec).min(rate.burst);
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        limiter
+            .check_key(&(mesh_id.to_owned(), member_id.to_owned()))
+            .is_ok()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Rate;
 
     #[test]
     fn burst_then_refuse() {
@@ -83,5 +89,21 @@ mod tests {
         assert!(!rl.allow("m", "a", "send"));
         // Another member has its own bucket.
         assert!(rl.allow("m", "b", "send"));
+    }
+
+    #[test]
+    fn refills_at_the_rate() {
+        let limits = RateLimits {
+            default: Rate {
+                per_sec: 50.0,
+                burst: 1.0,
+            },
+            ..RateLimits::default()
+        };
+        let rl = RateLimiter::new(limits);
+        assert!(rl.allow("m", "a", "x"));
+        assert!(!rl.allow("m", "a", "x"));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(rl.allow("m", "a", "x"), "one token per 20 ms");
     }
 }

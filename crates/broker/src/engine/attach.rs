@@ -4,8 +4,6 @@
 //! id), build the **hello_ack**, and **remember** the identity as a known recipient. The
 //! `hello_ack` and the caller's answer go out only after the batch commits.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use claudemesh_proto::authority::{PeerKind, Removal};
 use claudemesh_proto::codes::{self, Code};
 use claudemesh_proto::frames::{BrokerFrame, HelloAck, Status, event};
@@ -331,10 +329,10 @@ impl Engine {
                 session_id: hello.presence.session_id.clone(),
             },
         );
-        self.metrics.connections_active.fetch_add(1, Relaxed);
+        self.metrics.connections_active.inc();
         for old in replaced {
             if let Some(entry) = self.conns.remove(old) {
-                self.metrics.connections_active.fetch_sub(1, Relaxed);
+                self.metrics.connections_active.dec();
                 self.effects.push(Effect::Close {
                     kill: entry.handle.kill,
                     code: codes::close::NORMAL,

@@ -324,9 +324,7 @@ impl Engine {
             mb.lease_timer = Some(now + lease);
             now + lease
         });
-        self.metrics
-            .deliveries_pushed_total
-            .fetch_add(pushed, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.deliveries_pushed_total.inc_by(pushed);
         if let Some(at) = schedule {
             self.timer(
                 at,
@@ -371,9 +369,7 @@ impl Engine {
                 out: Outbound::Deliver(d),
             });
         }
-        self.metrics
-            .deliveries_redelivered_total
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.deliveries_redelivered_total.inc_by(n);
         if let Some(at) = next {
             self.timer(
                 at,

@@ -282,7 +282,7 @@ impl Engine {
     ) -> Result<Self, claudemesh_store::StoreError> {
         let dir = Directory::load(store.as_mut())?;
         let queue_depth = store.queue_depth(now_ms())?;
-        metrics.queue_depth.store(queue_depth, Relaxed);
+        metrics.queue_depth.set(queue_depth);
         let mut timers = BinaryHeap::new();
         timers.push(Reverse((
             Instant::now() + Duration::from_secs(5),
@@ -503,7 +503,7 @@ impl Engine {
             Metrics::inc(&self.metrics.commits_total);
             self.metrics
                 .commit_batch_frames_total
-                .fetch_add(commands as u64, Relaxed);
+                .inc_by(commands as u64);
         }
         self.db_healthy = committed;
         let effects = std::mem::take(&mut self.effects);
@@ -520,7 +520,7 @@ impl Engine {
                 Effect::Close { .. } => {}
             }
         }
-        self.metrics.queue_depth.store(self.queue_depth, Relaxed);
+        self.metrics.queue_depth.set(self.queue_depth);
         if !committed {
             self.rebuild();
         }
@@ -536,7 +536,7 @@ impl Engine {
                 "broker storage error",
             );
         }
-        self.metrics.connections_active.store(0, Relaxed);
+        self.metrics.connections_active.set(0);
         match Directory::load(self.store.as_mut()) {
             Ok(dir) => self.dir = dir,
             Err(e) => tracing::error!(error = %e, "reloading state failed"),
@@ -574,7 +574,10 @@ impl Engine {
                     .kill(claudemesh_proto::codes::close::REJECTED, "slow_consumer");
                 self.detach(conn, false);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => self.detach(conn, false),
+            // The connection task has ended; its own `Detach` (which says whether the
+            // client left on purpose) is already on its way. Detaching here would race it
+            // and turn a deliberate leave into a drop with a grace period.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }

@@ -4,7 +4,6 @@
 
 use claudemesh_proto::authority::PeerKind;
 use claudemesh_proto::codes::Code;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use claudemesh_proto::frames::{
@@ -25,7 +24,7 @@ impl Engine {
         let Some(entry) = self.conns.remove(&conn) else {
             return;
         };
-        self.metrics.connections_active.fetch_sub(1, Relaxed);
+        self.metrics.connections_active.dec();
         let grace = self.timings.grace;
         let Some(presence) = self
             .dir

@@ -1,5 +1,5 @@
 //! Operator endpoints: `GET /health` (a round trip through the engine to the database,
-//! 503 when it fails or takes over 2 s) and `GET /metrics` (Prometheus text).
+//! 503 when it fails or takes over 2 s) and `GET /metrics` (OpenMetrics text).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +35,10 @@ pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
 
 pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         shared.metrics.render(),
     )
         .into_response()
