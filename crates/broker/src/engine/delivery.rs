@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use claudemesh_proto::frames::{
-    Ack, BrokerFrame, ClientAck, DeliveryState, ErrorFrame, MessageStatusReply,
-    MessageStatusRequest, Priority, RecipientStatus, Send, Target,
+    Ack, BrokerFrame, ClientAck, DeliveryState, MessageStatusReply, MessageStatusRequest, Priority,
+    RecipientStatus, Send, Target,
 };
 use claudemesh_proto::limits;
 use claudemesh_store::{Inserted, MessageRow, NewDelivery, PendingDelivery};
@@ -453,13 +453,23 @@ impl Engine {
                 Err(e) => {
                     // A read failed: answer, but do not fail the batch's writes for it.
                     tracing::warn!(error = %e, "reading a message's deliveries failed");
-                    let err = ErrorFrame::new(Code::Unavailable, "storage is unavailable");
-                    return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req_id)));
+                    return self.reply_error(
+                        conn,
+                        slot,
+                        Code::Unavailable,
+                        "storage is unavailable",
+                        req_id,
+                    );
                 }
             };
         let Some(mesh) = self.dir.mesh(mesh_id) else {
-            let err = ErrorFrame::new(Code::NotFound, "no message with this id was sent by you");
-            return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req_id)));
+            return self.reply_error(
+                conn,
+                slot,
+                Code::NotFound,
+                "no message with this id was sent by you",
+                req_id,
+            );
         };
         let asker_member = mesh
             .presences
@@ -469,8 +479,13 @@ impl Engine {
         let Some(found) = found.filter(|f| {
             f.message.sender_pubkey == asker || f.message.sender_member_pubkey == asker_member
         }) else {
-            let err = ErrorFrame::new(Code::NotFound, "no message with this id was sent by you");
-            return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req_id)));
+            return self.reply_error(
+                conn,
+                slot,
+                Code::NotFound,
+                "no message with this id was sent by you",
+                req_id,
+            );
         };
         let now = now_ms();
         let recipients = found

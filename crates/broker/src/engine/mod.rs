@@ -406,8 +406,7 @@ impl Engine {
             .map(|e| (e.mesh_id.clone(), e.key.clone()))
         else {
             // The connection is gone; the answer is dropped with it.
-            let err = ErrorFrame::new(Code::Unavailable, "connection closed");
-            return self.reply(conn, slot, BrokerFrame::Error(err));
+            return self.reply_error(conn, slot, Code::Unavailable, "connection closed", None);
         };
         match request {
             Request::Send(send) => self.send(conn, slot, &mesh, &key, send),
@@ -418,9 +417,14 @@ impl Engine {
             | Request::RetireSessions(_))
                 if self.v1_only =>
             {
-                let err = ErrorFrame::new(Code::UnknownMessageType, "unknown message type");
-                let err = err.with_req_id(r.req_id().cloned());
-                self.reply(conn, slot, BrokerFrame::Error(err));
+                let req_id = r.req_id().cloned();
+                self.reply_error(
+                    conn,
+                    slot,
+                    Code::UnknownMessageType,
+                    "unknown message type",
+                    req_id,
+                );
             }
             Request::ListMembers(req_id) => self.list_members(conn, slot, &mesh, req_id),
             Request::MessageStatus(req) => self.message_status(conn, slot, &mesh, &key, req),
@@ -478,6 +482,19 @@ impl Engine {
             conn,
             out: slot.answer(frame),
         });
+    }
+
+    /// Answer a request with an `error` for its `_reqId`.
+    fn reply_error(
+        &mut self,
+        conn: ConnId,
+        slot: ReplySlot,
+        code: Code,
+        message: &str,
+        req_id: Option<claudemesh_proto::frames::ReqId>,
+    ) {
+        let err = ErrorFrame::new(code, message).with_req_id(req_id);
+        self.reply(conn, slot, BrokerFrame::Error(err));
     }
 
     /// Commit, then carry out effects; on failure, fail replies and rebuild state.

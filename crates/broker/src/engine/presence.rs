@@ -135,8 +135,13 @@ impl Engine {
         req_id: Option<ReqId>,
     ) {
         let Some(mesh) = self.dir.mesh(mesh_id) else {
-            let err = ErrorFrame::new(Code::Unauthorized, "no such mesh on this broker");
-            return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req_id)));
+            return self.reply_error(
+                conn,
+                slot,
+                Code::Unauthorized,
+                "no such mesh on this broker",
+                req_id,
+            );
         };
         let peers = mesh
             .presences
@@ -176,8 +181,13 @@ impl Engine {
         req_id: Option<ReqId>,
     ) {
         let Some(mesh) = self.dir.mesh(mesh_id) else {
-            let err = ErrorFrame::new(Code::Unauthorized, "no such mesh on this broker");
-            return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req_id)));
+            return self.reply_error(
+                conn,
+                slot,
+                Code::Unauthorized,
+                "no such mesh on this broker",
+                req_id,
+            );
         };
         let reach = |key: &str| {
             Some(

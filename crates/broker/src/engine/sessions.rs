@@ -10,7 +10,7 @@
 
 use claudemesh_proto::authority::PeerKind;
 use claudemesh_proto::codes::Code;
-use claudemesh_proto::frames::{BrokerFrame, ErrorFrame, RetireSessions, SessionsRetired};
+use claudemesh_proto::frames::{BrokerFrame, RetireSessions, SessionsRetired};
 
 use super::{ConnId, Engine, ReplySlot};
 use crate::auth::Rejection;
@@ -132,12 +132,16 @@ impl Engine {
                 .or_else(|| m.member_by_key.get(caller).cloned())
         });
         let Some(member) = member else {
-            let err = ErrorFrame::new(Code::Unauthorized, "unknown caller");
-            return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req.req_id)));
+            return self.reply_error(conn, slot, Code::Unauthorized, "unknown caller", req.req_id);
         };
         if req.pubkeys.len() > 1_000 {
-            let err = ErrorFrame::new(Code::PayloadTooLarge, "at most 1000 keys at once");
-            return self.reply(conn, slot, BrokerFrame::Error(err.with_req_id(req.req_id)));
+            return self.reply_error(
+                conn,
+                slot,
+                Code::PayloadTooLarge,
+                "at most 1000 keys at once",
+                req.req_id,
+            );
         }
         let now = claudemesh_proto::time::now_ms();
         let mut retired = Vec::new();
