@@ -301,10 +301,7 @@ async fn dms_both_ways_with_a_wire_v1_client() {
     let member_id = joined["memberId"].as_str().unwrap().to_owned();
     let mesh_id = payload["mesh_id"].as_str().unwrap().to_owned();
     let (mut ws, _) = tokio_tungstenite::connect_async(b.ws_url()).await.unwrap();
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let ts = claudemesh_proto::time::now_ms();
     let sig = v1
         .sign_str(&format!("{mesh_id}|{member_id}|{v1_pk}|{ts}"))
         .to_hex();

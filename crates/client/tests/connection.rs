@@ -25,12 +25,7 @@ use claudemesh_proto::invite::{InvitePayload, InviteRole};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use claudemesh_proto::time::now_ms;
 
 async fn post(url: String, body: Value) -> Value {
     let r = reqwest::Client::new()

@@ -29,12 +29,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+pub use claudemesh_proto::time::now_ms;
 
 /// A broker under test: in-process (library handle) or a real `claudemesh-broker` process.
 pub struct TestBroker {
