@@ -462,30 +462,16 @@ impl Engine {
                     );
                 }
             };
-        let Some(mesh) = self.dir.mesh(mesh_id) else {
-            return self.reply_error(
-                conn,
-                slot,
-                Code::NotFound,
-                "no message with this id was sent by you",
-                req_id,
-            );
-        };
+        let mesh = self.dir.mesh(mesh_id);
         let asker_member = mesh
-            .presences
-            .get(asker)
-            .map(|p| p.member_pubkey.as_str())
-            .unwrap_or(asker);
-        let Some(found) = found.filter(|f| {
+            .and_then(|m| m.presences.get(asker))
+            .map_or(asker, |p| p.member_pubkey.as_str());
+        let found = found.filter(|f| {
             f.message.sender_pubkey == asker || f.message.sender_member_pubkey == asker_member
-        }) else {
-            return self.reply_error(
-                conn,
-                slot,
-                Code::NotFound,
-                "no message with this id was sent by you",
-                req_id,
-            );
+        });
+        let (Some(mesh), Some(found)) = (mesh, found) else {
+            let why = "no message with this id was sent by you";
+            return self.reply_error(conn, slot, Code::NotFound, why, req_id);
         };
         let now = now_ms();
         let recipients = found

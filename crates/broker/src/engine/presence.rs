@@ -17,6 +17,9 @@ use super::directory::{Presence, groups_json, parse_groups};
 use super::{ConnId, Engine, ReplySlot, TimerKind};
 use claudemesh_proto::time::{iso8601, now_ms};
 
+/// Why a request from a mesh the broker no longer has is refused.
+const NO_MESH: &str = "no such mesh on this broker";
+
 impl Engine {
     /// A connection is gone: detach it; the presence enters its grace period if it was
     /// the last one. Unacked deliveries stay in the database for the next connection.
@@ -135,13 +138,7 @@ impl Engine {
         req_id: Option<ReqId>,
     ) {
         let Some(mesh) = self.dir.mesh(mesh_id) else {
-            return self.reply_error(
-                conn,
-                slot,
-                Code::Unauthorized,
-                "no such mesh on this broker",
-                req_id,
-            );
+            return self.reply_error(conn, slot, Code::Unauthorized, NO_MESH, req_id);
         };
         let peers = mesh
             .presences
@@ -181,13 +178,7 @@ impl Engine {
         req_id: Option<ReqId>,
     ) {
         let Some(mesh) = self.dir.mesh(mesh_id) else {
-            return self.reply_error(
-                conn,
-                slot,
-                Code::Unauthorized,
-                "no such mesh on this broker",
-                req_id,
-            );
+            return self.reply_error(conn, slot, Code::Unauthorized, NO_MESH, req_id);
         };
         let reach = |key: &str| {
             Some(
