@@ -78,12 +78,12 @@ fn sig(hex: &str) -> Result<Signature, Rejection> {
 }
 
 fn check_skew(timestamp: i64, now: i64) -> Result<(), Rejection> {
-    if (now - timestamp).abs() > limits::MAX_CLOCK_SKEW_MS {
+    if now.abs_diff(timestamp) > limits::MAX_CLOCK_SKEW_MS.unsigned_abs() {
         return Err(Rejection::new(
             Code::TimestampSkew,
             format!(
                 "timestamp is {} ms away from the broker clock (limit ±{} ms)",
-                now - timestamp,
+                now.saturating_sub(timestamp),
                 limits::MAX_CLOCK_SKEW_MS
             ),
         ));

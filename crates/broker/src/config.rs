@@ -10,7 +10,7 @@ use std::time::Duration;
 use claudemesh_proto::limits;
 
 /// Who may create meshes on this broker (`POST /api/meshes`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum MeshCreation {
     /// Anyone who can reach the broker (the default when it listens on loopback only).
     Open,
@@ -18,6 +18,17 @@ pub enum MeshCreation {
     Token(String),
     /// Nobody; meshes exist only from earlier runs.
     Closed,
+}
+
+/// The token never prints (config and handles are `Debug`).
+impl std::fmt::Debug for MeshCreation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MeshCreation::Open => f.write_str("Open"),
+            MeshCreation::Token(_) => f.write_str("Token(<redacted>)"),
+            MeshCreation::Closed => f.write_str("Closed"),
+        }
+    }
 }
 
 /// A token bucket: sustained `per_sec`, bursts up to `burst`.

@@ -183,16 +183,7 @@ impl Connection {
             self.socket.send(Message::Close(Some(frame))),
         )
         .await;
-        if self.attached.is_some() {
-            let _ = self
-                .shared
-                .engine
-                .send(Command::Detach {
-                    conn: self.handle.id,
-                    left: self.client_closed,
-                })
-                .await;
-        }
+        // The engine hears `Detach` when `self` drops (see the `Drop` impl).
     }
 
     async fn send_now(&mut self, msg: Message) -> Flow {
@@ -392,6 +383,21 @@ fn parse(text: &str, attached: bool) -> Result<ClientFrame, Message> {
             "frame is not valid JSON of a known shape",
             raw_req_id(),
         )),
+    }
+}
+
+/// Every way out of a connection task, a panic included, tells the engine the connection
+/// is gone, and whether the client left on purpose; the engine relies on it (a closed
+/// channel alone does not detach, see `Engine::deliver_now`).
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.attached.is_some() {
+            let cmd = Command::Detach {
+                conn: self.handle.id,
+                left: self.client_closed,
+            };
+            self.shared.engine.send_from_drop(cmd, &self.shared.tasks);
+        }
     }
 }
 

@@ -14,32 +14,56 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter as Gcra};
 
 use crate::config::{Rate, RateLimits};
 
-/// Tracked (mesh, member) keys per frame type beyond which refilled ones are forgotten.
+/// Tracked keys per limiter beyond which fully refilled ones are forgotten.
 const PRUNE_ABOVE: usize = 100_000;
+/// The longest refill period times burst that governor can represent (its arithmetic is
+/// in u64 nanoseconds, ~584 years); slower rates are "never refills" in practice anyway.
+const MAX_HORIZON_NANOS: f64 = 1.0e19;
 
-type Key = (String, String);
+/// (mesh id, member id, frame type).
+type Key = (String, String, &'static str);
 
-/// The GCRA quota for a token-bucket rate: one token every `1 / per_sec` seconds, at
-/// most `burst` at once (at least one).
-fn quota(rate: Rate) -> Quota {
-    let burst = NonZeroU32::new(rate.burst.round().clamp(1.0, f64::from(u32::MAX)) as u32)
-        .unwrap_or(NonZeroU32::MIN);
-    let period = if rate.per_sec > 0.0 {
-        Duration::try_from_secs_f64(1.0 / rate.per_sec).unwrap_or(Duration::MAX)
-    } else {
-        Duration::MAX
-    };
-    Quota::with_period(period.max(Duration::from_nanos(1)))
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-        .allow_burst(burst)
+/// A frame type's limit: a token bucket, or none at all (a burst below one token).
+#[derive(Debug)]
+enum Limit {
+    Bucket(DefaultKeyedRateLimiter<Key>),
+    Never,
 }
 
-/// Shared limiter keyed by (mesh id, member id), one per frame type.
+/// The GCRA limiter for a token-bucket rate: `floor(burst)` tokens at once, one more every
+/// `1 / per_sec` seconds. A burst below one never admits anything (as a bucket that can
+/// never hold a whole token). Never panics, whatever the numbers.
+fn limit(rate: Rate) -> Limit {
+    let burst = rate.burst.floor();
+    if burst.is_nan() || burst < 1.0 {
+        return Limit::Never;
+    }
+    let burst = burst.min(f64::from(u32::MAX));
+    let per_sec = if rate.per_sec.is_finite() {
+        rate.per_sec.max(0.0)
+    } else {
+        0.0
+    };
+    let max_period = MAX_HORIZON_NANOS / burst;
+    let period_nanos = if per_sec > 0.0 {
+        (1e9 / per_sec).min(max_period)
+    } else {
+        max_period
+    };
+    let period = Duration::from_nanos(period_nanos.max(1.0) as u64);
+    let (Some(quota), Some(burst)) = (Quota::with_period(period), NonZeroU32::new(burst as u32))
+    else {
+        return Limit::Never;
+    };
+    Limit::Bucket(Gcra::keyed(quota.allow_burst(burst)))
+}
+
+/// Shared limiter keyed by (mesh id, member id, frame type).
 #[derive(Debug)]
 pub struct RateLimiter {
     enabled: bool,
-    by_type: HashMap<String, DefaultKeyedRateLimiter<Key>>,
-    default: DefaultKeyedRateLimiter<Key>,
+    by_type: HashMap<String, Limit>,
+    default: Limit,
 }
 
 impl RateLimiter {
@@ -49,24 +73,27 @@ impl RateLimiter {
             by_type: limits
                 .by_type
                 .iter()
-                .map(|(kind, rate)| (kind.clone(), Gcra::keyed(quota(*rate))))
+                .map(|(kind, rate)| (kind.clone(), limit(*rate)))
                 .collect(),
-            default: Gcra::keyed(quota(limits.default)),
+            default: limit(limits.default),
         }
     }
 
     /// Take one token; false when the member is over its limit for this frame type.
-    pub fn allow(&self, mesh_id: &str, member_id: &str, kind: &str) -> bool {
+    pub fn allow(&self, mesh_id: &str, member_id: &str, kind: &'static str) -> bool {
         if !self.enabled {
             return true;
         }
-        let limiter = self.by_type.get(kind).unwrap_or(&self.default);
-        if limiter.len() > PRUNE_ABOVE {
-            limiter.retain_recent();
+        match self.by_type.get(kind).unwrap_or(&self.default) {
+            Limit::Never => false,
+            Limit::Bucket(limiter) => {
+                if limiter.len() > PRUNE_ABOVE {
+                    limiter.retain_recent();
+                }
+                let key = (mesh_id.to_owned(), member_id.to_owned(), kind);
+                limiter.check_key(&key).is_ok()
+            }
         }
-        limiter
-            .check_key(&(mesh_id.to_owned(), member_id.to_owned()))
-            .is_ok()
     }
 }
 
@@ -105,5 +132,32 @@ mod tests {
         assert!(!rl.allow("m", "a", "x"));
         std::thread::sleep(Duration::from_millis(40));
         assert!(rl.allow("m", "a", "x"), "one token per 20 ms");
+        // Types without their own rate still have a bucket each.
+        assert!(rl.allow("m", "a", "y"));
+    }
+
+    #[test]
+    fn odd_rates_neither_panic_nor_round_up() {
+        for (per_sec, burst) in [
+            (0.0, 3.0),
+            (1e-12, 3.0),
+            (f64::NAN, 2.0),
+            (0.001, 1e9),
+            (-1.0, 2.5),
+            (5.0, 0.5),
+        ] {
+            let limits = RateLimits {
+                default: Rate { per_sec, burst },
+                ..RateLimits::default()
+            };
+            let rl = RateLimiter::new(limits);
+            let admitted = (0..10).filter(|_| rl.allow("m", "a", "x")).count();
+            let expected = if burst >= 1.0 {
+                (burst.floor() as usize).min(10)
+            } else {
+                0
+            };
+            assert_eq!(admitted, expected, "per_sec {per_sec} burst {burst}");
+        }
     }
 }

@@ -89,6 +89,9 @@ impl Store for Faulty {
     fn claim_invite_use(&mut self, mesh: &str, id: &str, now_s: i64) -> Result<Claim> {
         self.inner.claim_invite_use(mesh, id, now_s)
     }
+    fn revoke_invite(&mut self, mesh: &str, id: &str) -> Result<bool> {
+        self.inner.revoke_invite(mesh, id)
+    }
     fn remove_member(&mut self, mesh: &str, member: &str, removal: Removal) -> Result<bool> {
         self.inner.remove_member(mesh, member, removal)
     }

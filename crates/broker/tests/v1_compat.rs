@@ -403,3 +403,15 @@ async fn health_and_metrics() {
         assert!(text.contains(name), "missing {name} in\n{text}");
     }
 }
+
+/// Bodies over the HTTP limit are refused with 413 and a JSON error, on every endpoint.
+#[tokio::test]
+async fn oversized_http_bodies_get_413_with_a_code() {
+    let b = TestBroker::start().await;
+    let big = json!({ "name": "x".repeat(70_000), "slug": "big" });
+    let (status, body) = post(&format!("{}/api/meshes", b.http()), &big).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"], "payload_too_large", "{body}");
+    let (status, _) = post(&format!("{}/api/meshes/m/members/list", b.http()), &big).await;
+    assert_eq!(status, 413);
+}

@@ -4,6 +4,19 @@
 
 use serde_json::Value;
 
+/// An error and its causes on one line (`a: b: c`), as anyhow's `{:#}` prints them, for
+/// errors that keep their cause as a `source` rather than in their own text.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// Print `value` (with `--json`) or the text, as one write to stdout.
 pub(crate) fn out(json: bool, value: &Value, text: impl FnOnce() -> String) {
     use std::io::Write as _;

@@ -9,10 +9,11 @@
 //! secret key. It stores public keys and ciphertext.
 
 //!
-//! Decisions that two broker nodes could race on are made by the database, in one
-//! conditional statement each: claiming an invite use ([`Store::claim_invite_use`]),
-//! storing a message with all its deliveries ([`Store::insert_message`]), removing a
-//! member ([`Store::remove_member`]).
+//! Decisions that two broker nodes could race on are made by the database: claiming an
+//! invite use ([`Store::claim_invite_use`]), revoking an invite
+//! ([`Store::revoke_invite`]) and removing a member ([`Store::remove_member`]) are one
+//! conditional statement each; storing a message with all its deliveries
+//! ([`Store::insert_message`]) is one call inside the batch's transaction.
 //!
 //! Backends are cargo features: `sqlite` (default, the embedded backend).
 
@@ -38,7 +39,9 @@ pub enum StoreError {
     /// The on-disk schema is newer than this binary understands.
     #[error("database schema version {found} is newer than supported version {supported}")]
     SchemaTooNew { found: i64, supported: i64 },
-    /// A stored value this binary does not understand (e.g. an unknown role).
+    /// Stored data that contradicts itself (e.g. a message id that is already taken).
+    /// An unknown value in a closed set (say a role) is reported as `Db`, by the row
+    /// mapping that found it.
     #[error("database holds an unexpected value in {what}")]
     Corrupt { what: String },
 }
@@ -108,6 +111,9 @@ pub trait Store: Send + 'static {
     /// expired at `now_s` (seconds) and has a use left, in one conditional statement, so
     /// of two concurrent claims of the last use exactly one wins.
     fn claim_invite_use(&mut self, mesh_id: &str, invite_id: &str, now_s: i64) -> Result<Claim>;
+    /// Revoke an invite of `mesh_id` in one statement (never rewriting its use count).
+    /// Returns whether the mesh has such an invite.
+    fn revoke_invite(&mut self, mesh_id: &str, invite_id: &str) -> Result<bool>;
     /// Mark a member removed, in one conditional statement: never the owner, and never a
     /// downgrade (a revoked member stays revoked). Returns whether the row changed.
     fn remove_member(&mut self, mesh_id: &str, member_id: &str, removal: Removal) -> Result<bool>;

@@ -425,6 +425,20 @@ pub fn decisions(store: &mut dyn Store) {
         store.claim_invite_use("other", "open", 50).unwrap(),
         Claim::NotFound
     );
+    // Revoking keeps the use count and stops further claims; only in its own mesh.
+    assert!(store.revoke_invite("m1", "two").unwrap());
+    assert!(
+        store.revoke_invite("m1", "two").unwrap(),
+        "already revoked is still found"
+    );
+    assert!(!store.revoke_invite("other", "open").unwrap());
+    assert!(!store.revoke_invite("m1", "nope").unwrap());
+    let two = store.invite("two").unwrap().unwrap();
+    assert!(two.revoked && two.uses == 2);
+    assert_eq!(
+        store.claim_invite_use("m1", "two", 50).unwrap(),
+        Claim::Revoked
+    );
     store.commit().unwrap();
 
     let owner = MemberRow {

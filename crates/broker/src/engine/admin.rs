@@ -302,16 +302,22 @@ impl Engine {
         signed: &Signed,
     ) -> Result<(), Refusal> {
         self.mesh_standing(mesh_id, &signed.signer_pubkey, Standing::Admin)?;
-        let mut row = self
+        let exists = self
             .store
             .invite(invite_id)
             .map_err(|e| self.unavailable(&e))?
-            .filter(|r| r.mesh_id == mesh_id)
-            .ok_or_else(|| Refusal::new(Code::InviteNotFound, "no such invite in this mesh"))?;
+            .is_some_and(|r| r.mesh_id == mesh_id);
+        if !exists {
+            return Err(Refusal::new(
+                Code::InviteNotFound,
+                "no such invite in this mesh",
+            ));
+        }
         self.fresh(signed)?;
-        row.revoked = true;
+        // One statement: a concurrent claim of a use is never overwritten.
         self.store
-            .upsert_invite(&row)
+            .revoke_invite(mesh_id, invite_id)
+            .map(|_| ())
             .map_err(|e| self.unavailable(&e))
     }
 
@@ -391,7 +397,9 @@ impl Engine {
         self.fresh(signed)?;
         let removal = Removal::from(mode);
         // One conditional statement decides (never the owner, never a downgrade), so a
-        // second node cannot race it; memory follows what the database now holds.
+        // second node cannot race it. When it changes nothing, the member already had
+        // this removal or a stronger one (on this node memory agrees; with several nodes
+        // the other node's change reaches memory through its notification).
         let changed = self
             .store
             .remove_member(mesh_id, member_id, removal)

@@ -211,6 +211,20 @@ impl EngineHandle {
         self.tx.send_async(cmd).await.map_err(|_| Stopped)
     }
 
+    /// Queue a command where waiting is impossible (a `Drop`): at once if the inbox has
+    /// room, else from a task tracked by `tasks`.
+    pub fn send_from_drop(&self, cmd: Command, tasks: &tokio_util::task::TaskTracker) {
+        match self.tx.try_send(cmd) {
+            Ok(()) | Err(flume::TrySendError::Disconnected(_)) => {}
+            Err(flume::TrySendError::Full(cmd)) => {
+                let tx = self.tx.clone();
+                tasks.spawn(async move {
+                    let _ = tx.send_async(cmd).await;
+                });
+            }
+        }
+    }
+
     /// Send a command that answers through a oneshot, and wait for the answer.
     pub async fn request<T>(
         &self,
@@ -591,9 +605,10 @@ impl Engine {
                     .kill(claudemesh_proto::codes::close::REJECTED, "slow_consumer");
                 self.detach(conn, false);
             }
-            // The connection task has ended; its own `Detach` (which says whether the
-            // client left on purpose) is already on its way. Detaching here would race it
-            // and turn a deliberate leave into a drop with a grace period.
+            // The connection task has ended; its own `Detach` (sent when it drops, whatever
+            // the way out, and saying whether the client left on purpose) is on its way.
+            // Detaching here would race it and turn a deliberate leave into a drop with a
+            // grace period.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }

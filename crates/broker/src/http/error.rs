@@ -59,6 +59,7 @@ pub fn status(code: Code, shape: Shape) -> StatusCode {
     match (code, shape) {
         (Code::Unavailable | Code::Internal, _) => StatusCode::SERVICE_UNAVAILABLE,
         (Code::RateLimited, _) => StatusCode::TOO_MANY_REQUESTS,
+        (Code::PayloadTooLarge, _) => StatusCode::PAYLOAD_TOO_LARGE,
         (_, Shape::Join) => StatusCode::BAD_REQUEST,
         (Code::TimestampSkew | Code::BadSignature | Code::Replay, Shape::Api) => {
             StatusCode::UNAUTHORIZED

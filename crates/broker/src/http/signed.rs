@@ -63,7 +63,7 @@ fn verify(
     mesh_id: &str,
     args: &[String],
 ) -> Result<(), Refusal> {
-    if (now_ms() - signed.timestamp).abs() > limits::MAX_CLOCK_SKEW_MS {
+    if now_ms().abs_diff(signed.timestamp) > limits::MAX_CLOCK_SKEW_MS.unsigned_abs() {
         return Err(Refusal::new(
             Code::TimestampSkew,
             "timestamp is too far from the broker clock; check your system time",
@@ -93,10 +93,16 @@ impl<T: SignedBody> FromRequest<Arc<Shared>> for Verified<T> {
         let path = <Path<HashMap<String, String>> as axum::extract::FromRequestParts<_>>::from_request_parts(&mut parts, shared)
             .await
             .map(|Path(p)| PathIds(p))
-            .unwrap_or_default();
+            .map_err(|e| malformed(format!("bad path: {e}")))?;
         let bytes = Bytes::from_request(Request::from_parts(parts, body), shared)
             .await
-            .map_err(|e| malformed(format!("request body could not be read: {e}")))?;
+            .map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    Refusal::new(Code::PayloadTooLarge, "request body is too large")
+                } else {
+                    malformed(format!("request body could not be read: {e}"))
+                }
+            })?;
         let body: T = serde_json::from_slice(&bytes)
             .map_err(|e| malformed(format!("request body is not valid: {e}")))?;
         body.check(shared)?;

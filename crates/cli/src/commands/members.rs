@@ -33,7 +33,7 @@ fn checked_invite(link: &str) -> anyhow::Result<InvitePayload> {
     if invite.check_expiry(now_ms() / 1000).is_err() {
         bail!(
             "this invite expired on {}; ask for a new one",
-            readable(invite.expires_at * 1000)
+            readable(invite.expires_at.saturating_mul(1000))
         );
     }
     Ok(invite)

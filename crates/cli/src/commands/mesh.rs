@@ -142,7 +142,7 @@ pub(super) async fn invite_create(
         eprintln!(
             "invite {id}: {} role, {uses}, expires {}",
             role.as_str(),
-            readable(expires_at * 1000)
+            readable(expires_at.saturating_mul(1000))
         );
     }
     Ok(())
@@ -178,7 +178,7 @@ pub(super) async fn invite_list(ctx: &Ctx) -> anyhow::Result<()> {
                     i.invite_id.clone(),
                     i.role.as_str().into(),
                     uses,
-                    readable(i.expires_at * 1000),
+                    readable(i.expires_at.saturating_mul(1000)),
                     state.into(),
                 ]
             })

@@ -275,7 +275,7 @@ impl Peer {
                 Ok(Recorded::Held | Recorded::Rejected | Recorded::Known) => {}
                 Err(e) => {
                     // Not recorded, so not acked: the broker pushes it again later.
-                    tracing::warn!(error = %e, "could not record an inbound message");
+                    tracing::warn!(error = %crate::output::chain(&e), "could not record an inbound message");
                     continue;
                 }
             }

@@ -206,7 +206,7 @@ impl Shown {
             return;
         }
         if let Some(Err(e)) = self.with_inbox(|inbox| inbox.mark_read(message_ids)) {
-            tracing::warn!(error = %e, "could not mark messages read");
+            tracing::warn!(error = %crate::output::chain(&e), "could not mark messages read");
         }
     }
 

@@ -258,6 +258,14 @@ impl Store for SqliteStore {
         })
     }
 
+    fn revoke_invite(&mut self, mesh_id: &str, invite_id: &str) -> Result<bool> {
+        let found = self
+            .tx()?
+            .prepare_cached("UPDATE invites SET revoked = 1 WHERE id = ?1 AND mesh_id = ?2")?
+            .execute(params![invite_id, mesh_id])?;
+        Ok(found == 1)
+    }
+
     fn remove_member(&mut self, mesh_id: &str, member_id: &str, removal: Removal) -> Result<bool> {
         let changed = self
             .tx()?

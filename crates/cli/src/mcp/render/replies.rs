@@ -4,6 +4,7 @@
 //!
 //! What it must not do: decide anything; every function here only words an outcome.
 
+use crate::output::chain;
 use claudemesh_client::inbox::Record;
 use claudemesh_client::{ConnectError, Delivery, SendError, SendReport};
 use claudemesh_proto::codes::{AnyCode, Code};
@@ -32,7 +33,8 @@ pub fn not_connected(slug: &str, url: &str, e: &ConnectError) -> String {
             "The broker refused this session in mesh '{slug}' ({message}). The member may have been removed or revoked; the user can check with `claudemesh doctor`."
         ),
         e => format!(
-            "Not connected to the mesh '{slug}' broker at {url} ({e}). claudemesh keeps reconnecting in the background; nothing was sent. Try again in a moment."
+            "Not connected to the mesh '{slug}' broker at {url} ({}). claudemesh keeps reconnecting in the background; nothing was sent. Try again in a moment.",
+            chain(e)
         ),
     }
 }
@@ -97,7 +99,7 @@ pub fn delivery(describe: &str) -> String {
 
 /// One mesh's peers could not be listed.
 pub fn peers_failed(slug: &str, e: &ConnectError) -> String {
-    format!("Could not list peers in mesh '{slug}': {e}")
+    format!("Could not list peers in mesh '{slug}': {}", chain(e))
 }
 
 /// Why `to` did not resolve in one mesh (peer-chosen names in it flattened).
@@ -137,7 +139,8 @@ pub fn send_failed(to: &str, e: SendError) -> String {
         }
         SendError::NoRecipients(why) => format!("Nothing was sent: {why}."),
         SendError::Connection(e) => format!(
-            "The message may not have been sent ({e}). If it was, the broker has it once; check with message_status or ask the peer."
+            "The message may not have been sent ({}). If it was, the broker has it once; check with message_status or ask the peer.",
+            chain(&e)
         ),
     }
 }
