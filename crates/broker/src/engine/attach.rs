@@ -6,7 +6,7 @@
 
 use claudemesh_proto::authority::{PeerKind, Removal};
 use claudemesh_proto::codes::{self, Code};
-use claudemesh_proto::frames::{BrokerFrame, HelloAck, Status, event};
+use claudemesh_proto::frames::{BrokerFrame, GroupRef, HelloAck, Status, event};
 use claudemesh_proto::limits;
 use claudemesh_proto::time::now_ms;
 use claudemesh_store::{MemberRow, PeerRow};
@@ -32,6 +32,11 @@ struct Bound {
     replaced: Vec<ConnId>,
     /// The key had connected before (it is a known recipient).
     known: bool,
+    /// The presence as it is now bound.
+    status: Status,
+    summary: Option<String>,
+    groups: Vec<GroupRef>,
+    display_name: String,
 }
 
 /// A key that is a member key cannot be used as another identity's session key (this
@@ -80,12 +85,8 @@ impl Engine {
             let _ = reply.send(Err(r));
             return;
         };
-        let Some(ack) = self.hello_ack(&hello, &admitted.member, bound.existing) else {
-            return;
-        };
-        let Some(peer) = self.remember(&hello, &admitted, now) else {
-            return;
-        };
+        let ack = self.hello_ack(&hello, &admitted.member, &bound);
+        self.remember(&hello, &admitted, &bound, now);
         self.register_conn(&hello, conn.clone(), &bound.replaced);
         self.effects.push(Effect::Out {
             conn: conn.id,
@@ -112,8 +113,13 @@ impl Engine {
             } else {
                 event::PEER_JOINED
             };
-            let groups = parse_groups(&peer.groups_json);
-            self.announce(&hello.mesh_id, &hello.key, ev, &peer.display_name, &groups);
+            self.announce(
+                &hello.mesh_id,
+                &hello.key,
+                ev,
+                &bound.display_name,
+                &bound.groups,
+            );
         }
         self.pump(&hello.mesh_id, &hello.key);
     }
@@ -257,18 +263,17 @@ impl Engine {
             existing,
             replaced,
             known,
+            status: presence.status,
+            summary: presence.summary.clone(),
+            groups: presence.groups.clone(),
+            display_name: presence.display_name.clone(),
         })
     }
 
     /// The `hello_ack`, with the restore fields of a presence that already existed.
-    fn hello_ack(
-        &self,
-        hello: &VerifiedHello,
-        member: &MemberRow,
-        existing: bool,
-    ) -> Option<HelloAck> {
-        let presence = self.dir.mesh(&hello.mesh_id)?.presences.get(&hello.key)?;
-        Some(HelloAck {
+    fn hello_ack(&self, hello: &VerifiedHello, member: &MemberRow, bound: &Bound) -> HelloAck {
+        let existing = bound.existing;
+        HelloAck {
             presence_id: hello.key.clone(),
             member_display_name: member.display_name.clone(),
             protocol_version: claudemesh_proto::PROTOCOL_VERSION,
@@ -279,11 +284,11 @@ impl Engine {
             },
             member_id: Some(member.id.clone()),
             member_role: Some(member.role.as_str().to_owned()),
-            status: existing.then_some(presence.status),
-            summary: presence.summary.clone().filter(|_| existing),
-            groups: Some(presence.groups.clone()),
+            status: existing.then_some(bound.status),
+            summary: bound.summary.clone().filter(|_| existing),
+            groups: Some(bound.groups.clone()),
             req_id: hello.req_id.clone(),
-        })
+        }
     }
 
     /// Record the key as a known recipient identity (durable), as the presence now is.
@@ -291,30 +296,31 @@ impl Engine {
         &mut self,
         hello: &VerifiedHello,
         admitted: &Admitted,
+        bound: &Bound,
         now: i64,
-    ) -> Option<PeerRow> {
+    ) -> PeerRow {
         let e2e = hello
             .capabilities()
             .iter()
             .any(|c| c == codes::cap::E2E_MULTICAST);
-        let mesh = self.dir.mesh_mut(&hello.mesh_id)?;
-        let presence = mesh.presences.get(&hello.key)?;
         let peer = PeerRow {
             pubkey: hello.key.clone(),
             mesh_id: hello.mesh_id.clone(),
             member_id: admitted.member.id.clone(),
             kind: admitted.kind,
-            display_name: presence.display_name.clone(),
-            groups_json: groups_json(&presence.groups),
+            display_name: bound.display_name.clone(),
+            groups_json: groups_json(&bound.groups),
             last_seen: now,
             e2e_multicast: e2e,
             retired_at: None,
         };
-        mesh.peers.insert(peer.pubkey.clone(), peer.clone());
+        if let Some(mesh) = self.dir.mesh_mut(&hello.mesh_id) {
+            mesh.peers.insert(peer.pubkey.clone(), peer.clone());
+        }
         if let Err(e) = self.store.upsert_peer(&peer) {
             self.poison(&e);
         }
-        Some(peer)
+        peer
     }
 
     /// Track the connection; close the ones it replaces once the batch commits.
