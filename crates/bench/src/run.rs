@@ -80,7 +80,13 @@ pub async fn connect(
     peer: &PeerIdentity,
     name: &str,
 ) -> anyhow::Result<Ws> {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+    let connector = if url.starts_with("wss://") {
+        let tls = claudemesh_client::tls::client_config()?;
+        Some(tokio_tungstenite::Connector::Rustls(tls))
+    } else {
+        None
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector)
         .await
         .context("connecting to the broker")?;
     let ts = now_ms();

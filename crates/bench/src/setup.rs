@@ -54,7 +54,10 @@ async fn post(
 
 /// Create a mesh and enroll `n` peers.
 pub async fn enroll(http: &str, ws: &str, n: usize) -> anyhow::Result<Enrolled> {
-    let client = reqwest::Client::new();
+    let tls = claudemesh_client::tls::client_config()?;
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .build()?;
     let owner = SecretKey::generate();
     let slug = format!("bench-{:08x}", rand::random::<u32>());
     let created = post(

@@ -142,6 +142,8 @@ pub struct BrokerConfig {
     /// `sqlite:///path` or `postgres://…`; `None` means SQLite in `data_dir`.
     pub database_url: Option<String>,
     pub mesh_creation: MeshCreation,
+    /// Serve TLS with these PEM files (else plain HTTP, e.g. behind a TLS proxy).
+    pub tls: Option<crate::tls::TlsFiles>,
     pub rate_limits: RateLimits,
     pub timings: Timings,
     /// Pushes queued for one connection before its reader counts as too slow and is
@@ -173,6 +175,7 @@ impl BrokerConfig {
             data_dir,
             database_url: None,
             mesh_creation,
+            tls: None,
             rate_limits: RateLimits::default(),
             timings: Timings::default(),
             outbound_buffer: 1_024,

@@ -17,6 +17,7 @@ mod metrics;
 mod ratelimit;
 mod refusal;
 mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +42,9 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsLoadError),
     /// The database URL names a backend this build does not have.
     #[error(
         "unsupported database URL '{0}': use a sqlite:// path or leave it unset (PostgreSQL arrives with the scale-out work)"
@@ -56,6 +60,8 @@ pub struct Broker;
 #[derive(Debug)]
 pub struct BrokerHandle {
     addr: SocketAddr,
+    /// Present when the broker serves TLS itself.
+    certs: Option<Arc<tls::CertStore>>,
     shared: Arc<state::Shared>,
     server: tokio::task::JoinHandle<()>,
     engine: std::thread::JoinHandle<()>,
@@ -109,25 +115,46 @@ impl Broker {
         });
         let app = http::router(shared.clone());
         let stop = shared.shutdown.clone();
-        let server = tokio::spawn(async move {
-            // Messages are small and latency-sensitive: no Nagle delay on accepted sockets.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                }
-            });
-            let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "server error");
+        let certs = match &shared.config.tls {
+            Some(files) => Some(tls::CertStore::open(files.clone())?),
+            None => None,
+        };
+        let server = match &certs {
+            Some(certs) => {
+                let tasks = shared.tasks.clone();
+                let listener = tls::TlsListener::new(listener, certs, stop.clone(), tasks)?;
+                tokio::spawn(serve(listener, app, stop))
             }
-        });
-        tracing::info!(%addr, "broker listening");
+            None => {
+                // Messages are small and latency-sensitive: no Nagle delay.
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                    }
+                });
+                tokio::spawn(serve(listener, app, stop))
+            }
+        };
+        tracing::info!(%addr, tls = certs.is_some(), "broker listening");
         Ok(BrokerHandle {
             addr,
+            certs,
             shared,
             server,
             engine: engine_thread,
         })
+    }
+}
+
+/// Serve `app` on `listener` until `stop`, then finish in-flight requests.
+async fn serve<L>(listener: L, app: axum::Router, stop: CancellationToken)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+    if let Err(e) = serve.await {
+        tracing::error!(error = %e, "server error");
     }
 }
 
@@ -137,14 +164,29 @@ impl BrokerHandle {
         self.addr
     }
 
-    /// `ws://ADDR/ws`.
+    /// `ws://ADDR/ws`, or `wss://` when the broker serves TLS.
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
+        let scheme = if self.certs.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}/ws", self.addr)
     }
 
-    /// `http://ADDR`.
+    /// `http://ADDR`, or `https://` when the broker serves TLS.
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.certs.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Read the TLS certificate and key again (SIGHUP); connections already open keep
+    /// theirs. A broker without TLS has nothing to reload.
+    pub fn reload_tls(&self) -> Result<(), tls::TlsLoadError> {
+        match &self.certs {
+            Some(certs) => certs.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Stop accepting, close every WebSocket with 1001, wait for connection tasks, then

@@ -55,6 +55,12 @@ struct Args {
     /// messages; its queued copies are dropped).
     #[arg(long, default_value_t = 72, env = "CLAUDEMESH_SESSION_RETENTION_HOURS")]
     session_retention_hours: u64,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key. Reloaded on SIGHUP.
+    #[arg(long, env = "CLAUDEMESH_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key for --tls-cert (PEM).
+    #[arg(long, env = "CLAUDEMESH_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn parse_rate(spec: &str) -> anyhow::Result<(String, Rate)> {
@@ -107,9 +113,34 @@ fn config(args: Args) -> anyhow::Result<BrokerConfig> {
         "--sessions-per-member must be at least 1"
     );
     config.sessions_per_member = args.sessions_per_member;
+    config.tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(claudemesh_broker::tls::TlsFiles { cert, key }),
+        _ => None,
+    };
     config.timings.session_retention =
         std::time::Duration::from_secs(args.session_retention_hours.saturating_mul(3600));
     Ok(config)
+}
+
+/// Reload the TLS certificate on every SIGHUP (connections already open keep theirs).
+#[cfg(unix)]
+async fn reload_on_sighup(broker: &claudemesh_broker::BrokerHandle) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return std::future::pending().await;
+    };
+    while hup.recv().await.is_some() {
+        match broker.reload_tls() {
+            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload failed; still serving the old certificate");
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(_: &claudemesh_broker::BrokerHandle) {
+    std::future::pending().await
 }
 
 async fn shutdown_signal() {
@@ -157,7 +188,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         let _ = out.flush();
     }
-    shutdown_signal().await;
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = reload_on_sighup(&broker) => {}
+    }
     tracing::info!("shutdown requested");
     broker.shutdown().await;
     Ok(())

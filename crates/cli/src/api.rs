@@ -159,6 +159,27 @@ impl Admin {
     }
 }
 
+/// An HTTP client that trusts what the WebSocket side trusts (the platform's roots plus
+/// `CLAUDEMESH_CA_FILE`).
+pub fn http_client(timeout: std::time::Duration) -> anyhow::Result<reqwest::Client> {
+    let tls = claudemesh_client::tls::client_config()?;
+    Ok(reqwest::Client::builder()
+        .timeout(timeout)
+        .use_preconfigured_tls((*tls).clone())
+        .build()?)
+}
+
+/// Why a request to `base` failed, in one line a user can act on.
+pub fn unreachable(base: &str, e: &reqwest::Error) -> anyhow::Error {
+    if let Some(why) = claudemesh_client::tls::explain(e) {
+        anyhow!("cannot reach the broker at {base}: {why}")
+    } else if e.is_connect() || e.is_timeout() {
+        anyhow!("cannot reach the broker at {base}: is it running, and is the URL right?")
+    } else {
+        anyhow!("request to {base} failed: {e}")
+    }
+}
+
 /// POST JSON; a 2xx body parses as `T`, anything else becomes one readable error line.
 async fn post<B: Serialize, T: DeserializeOwned>(
     base: &str,
@@ -166,16 +187,13 @@ async fn post<B: Serialize, T: DeserializeOwned>(
     body: &B,
 ) -> anyhow::Result<T> {
     let url = format!("{base}{path}");
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(15))
-        .build()?;
-    let resp = client.post(&url).json(body).send().await.map_err(|e| {
-        if e.is_connect() || e.is_timeout() {
-            anyhow!("cannot reach the broker at {base}: is it running, and is the URL right?")
-        } else {
-            anyhow!("request to {base} failed: {e}")
-        }
-    })?;
+    let client = http_client(std::time::Duration::from_secs(15))?;
+    let resp = client
+        .post(&url)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| unreachable(base, &e))?;
     let status = resp.status();
     let value: Value = resp.json().await.with_context(|| {
         format!("the broker at {base} sent an unreadable reply (HTTP {status})")

@@ -52,13 +52,16 @@ async fn check_broker(report: &mut Report, entry: &MeshEntry) {
         Ok(b) => b,
         Err(e) => return report.add(Level::Fail, "broker", format!("{mesh}: {e:#}")),
     };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build();
+    let client = crate::api::http_client(Duration::from_secs(5));
     let response = match client {
         Ok(c) => c.get(format!("{base}/health")).send().await,
-        Err(e) => return report.add(Level::Fail, "broker", format!("{mesh}: {e}")),
+        Err(e) => return report.add(Level::Fail, "broker", format!("{mesh}: {e:#}")),
     };
+    if let Err(e) = &response
+        && let Some(why) = claudemesh_client::tls::explain(e)
+    {
+        return report.add(Level::Fail, "broker", format!("{mesh}: {base}: {why}"));
+    }
     let Ok(response) = response else {
         return report.add(
             Level::Fail,

@@ -56,6 +56,12 @@ pub(crate) async fn connect(entry: &MeshEntry) -> anyhow::Result<Live> {
             code: AnyCode::Known(code),
             message,
         } => anyhow!("mesh '{}': {} ({message})", entry.slug, code.explain()),
+        claudemesh_client::ConnectError::Unreachable { url, source }
+            if claudemesh_client::tls::explain(&source).is_some() =>
+        {
+            let why = claudemesh_client::tls::explain(&source).unwrap_or_default();
+            anyhow!("cannot reach the broker at {url}: {why}")
+        }
         other => other.into(), // keeps the cause for main's {:#}
     })?;
     Ok(Live { conn, pushes, key })

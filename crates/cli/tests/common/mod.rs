@@ -20,13 +20,22 @@ use serde_json::Value;
 
 pub struct User {
     pub dir: tempfile::TempDir,
+    /// Extra environment for every run (e.g. `CLAUDEMESH_CA_FILE`).
+    pub env: Vec<(String, String)>,
 }
 
 impl User {
     pub fn new() -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
+            env: Vec::new(),
         }
+    }
+
+    /// A user whose runs also get `key=value` in their environment.
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     pub async fn run(&self, args: &[&str]) -> Output {
@@ -34,7 +43,8 @@ impl User {
         cmd.args(args)
             .env("CLAUDEMESH_CONFIG_DIR", self.dir.path().join("cfg"))
             .env_remove("CLAUDEMESH_LOG")
-            .env("USER", "tester");
+            .env("USER", "tester")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         tokio::time::timeout(Duration::from_secs(60), cmd.output())
             .await
             .expect("claudemesh hung")

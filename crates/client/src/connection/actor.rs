@@ -93,9 +93,15 @@ pub(super) async fn open(opts: &ConnectOptions) -> Result<(Ws, HelloAck), Connec
         url: opts.url.clone(),
         source,
     };
+    let connector = if opts.url.starts_with("wss://") {
+        let config = crate::tls::client_config().map_err(|e| unreachable(e.into()))?;
+        Some(tokio_tungstenite::Connector::Rustls(config))
+    } else {
+        None
+    };
     let (mut ws, _) = tokio::time::timeout(
         REQUEST_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(opts.url.as_str(), None, true),
+        tokio_tungstenite::connect_async_tls_with_config(opts.url.as_str(), None, true, connector),
     )
     .await
     .map_err(|_| unreachable(TransportError::TimedOut))?

@@ -91,6 +91,9 @@ pub enum TransportError {
     /// The WebSocket handshake or protocol failed.
     #[error(transparent)]
     WebSocket(tokio_tungstenite::tungstenite::Error),
+    /// The TLS trust could not be set up (a bad `CLAUDEMESH_CA_FILE`).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl From<tokio_tungstenite::tungstenite::Error> for TransportError {

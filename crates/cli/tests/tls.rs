@@ -1,0 +1,178 @@
+//! TLS end to end with real components: a private CA and a broker certificate made with
+//! rcgen, the real broker serving `wss://` / `https://` from them, and the real CLI
+//! trusting the CA through `CLAUDEMESH_CA_FILE`. Without the CA file the CLI names the
+//! cause in one line; a certificate reload keeps the connections already open.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use claudemesh_broker::tls::TlsFiles;
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// A CA, and a leaf for localhost / 127.0.0.1 signed by it, written as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "claudemesh test CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Self { dir, ca, ca_key }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Issue a fresh leaf into `name`.pem / `name`.key; returns the files and its DER.
+    fn leaf(&self, name: &str) -> (TlsFiles, Vec<u8>) {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let files = TlsFiles {
+            cert: self.dir.path().join(format!("{name}.pem")),
+            key: self.dir.path().join(format!("{name}.key")),
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        (files, cert.der().to_vec())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_flow_runs_over_wss_with_a_private_ca() {
+    let pki = Pki::new();
+    let (files, _) = pki.leaf("broker");
+    let (b, _dir) = broker_with(|c| c.tls = Some(files)).await;
+    assert!(b.ws_url().starts_with("wss://"), "{}", b.ws_url());
+    let ca = pki.ca_file().display().to_string();
+    let owner = User::new().with_env("CLAUDEMESH_CA_FILE", &ca);
+    let alice = User::new().with_env("CLAUDEMESH_CA_FILE", &ca);
+    owner
+        .json(&[
+            "mesh",
+            "create",
+            "Secure",
+            "--broker",
+            &b.ws_url(),
+            "--as",
+            "olivia",
+        ])
+        .await;
+    let link = owner.ok(&["invite"]).await.trim().to_owned();
+    alice.json(&["join", &link, "--name", "alice"]).await;
+    let sent = alice
+        .json(&["send", "olivia", "over TLS", "--priority", "now"])
+        .await;
+    assert_eq!(sent["recipients"], 1, "{sent}");
+    let inbox = owner.json(&["inbox"]).await;
+    assert_eq!(inbox[0]["text"], "over TLS", "{inbox}");
+    assert_eq!(inbox[0]["kind"], "verified");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_ca_file_the_cli_says_unknown_issuer_and_what_to_do() {
+    let pki = Pki::new();
+    let (files, _) = pki.leaf("broker");
+    let (b, _dir) = broker_with(|c| c.tls = Some(files)).await;
+    let user = User::new();
+    let line = user
+        .fails(&["mesh", "create", "Nope", "--broker", &b.ws_url()])
+        .await;
+    assert!(line.contains("unknown issuer"), "{line}");
+    assert!(line.contains("CLAUDEMESH_CA_FILE"), "{line}");
+}
+
+/// A TLS connection trusting only the test CA; returns it and the certificate it got.
+async fn tls_connect(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Vec<u8>,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(pki.ca_file()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let der = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    (tls, der)
+}
+
+/// `GET /health` on a kept-alive connection; the status line.
+async fn health<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S) -> String {
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_reload_keeps_open_connections_and_serves_the_new_one() {
+    let pki = Pki::new();
+    let (files, first) = pki.leaf("broker");
+    let (b, _dir) = broker_with(|c| c.tls = Some(files.clone())).await;
+    let (mut open, seen) = tls_connect(&pki, b.addr()).await;
+    assert_eq!(seen, first);
+    assert_eq!(health(&mut open).await, "HTTP/1.1 200 OK");
+
+    // Replace the files in place (as certbot does) and reload.
+    let (next_files, second) = pki.leaf("next");
+    std::fs::copy(&next_files.cert, &files.cert).unwrap();
+    std::fs::copy(&next_files.key, &files.key).unwrap();
+    b.reload_tls().unwrap();
+
+    let (_fresh, seen) = tls_connect(&pki, b.addr()).await;
+    assert_eq!(seen, second, "a new connection gets the new certificate");
+    assert_eq!(
+        health(&mut open).await,
+        "HTTP/1.1 200 OK",
+        "the connection opened before the reload still works"
+    );
+
+    // A bad file is refused and the current certificate stays.
+    std::fs::write(&files.key, "not a key").unwrap();
+    assert!(b.reload_tls().is_err());
+    let (_third, seen) = tls_connect(&pki, b.addr()).await;
+    assert_eq!(seen, second);
+}
