@@ -33,11 +33,14 @@ use tokio_util::task::TaskTracker;
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The database could not be opened or migrated.
-    #[error("database: {0}")]
+    /// The database could not be opened or migrated (the cause is the source).
+    #[error("database")]
     Store(#[from] claudemesh_store::StoreError),
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    /// Another broker holds this database (its lock file is taken).
+    #[error("another broker is already using {path}; stop it, or give this one another --data-dir")]
+    Locked { path: std::path::PathBuf },
+    /// The listen address could not be bound (the cause is the source).
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -45,7 +48,8 @@ pub enum StartError {
     /// The TLS certificate or key could not be loaded.
     #[error(transparent)]
     Tls(#[from] tls::TlsLoadError),
-    /// The database URL names a backend this build does not have.
+    /// The database URL names a backend this build does not have (shown without any
+    /// credentials it carried).
     #[error(
         "unsupported database URL '{0}': use a sqlite:// path or leave it unset (PostgreSQL arrives with the scale-out work)"
     )]
@@ -62,27 +66,74 @@ pub struct BrokerHandle {
     addr: SocketAddr,
     /// Present when the broker serves TLS itself.
     certs: Option<Arc<tls::CertStore>>,
+    /// The database's lock file, held until the broker is gone.
+    lock: Option<std::fs::File>,
     shared: Arc<state::Shared>,
     server: tokio::task::JoinHandle<()>,
     engine: std::thread::JoinHandle<()>,
 }
 
-fn open_store(config: &BrokerConfig) -> Result<Box<dyn Store>, StartError> {
+/// `scheme://user:secret@host/db` → `scheme://user:***@host/db`: URLs are shown to
+/// people and logs, their passwords never.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    let slash = if rest.contains('/') { "/" } else { "" };
+    format!("{scheme}://{user}:***@{host}{slash}{path}")
+}
+
+/// Take `<db>.lock` for the life of the broker, so a second broker cannot open the same
+/// SQLite database (two engines on one file would each believe they own its state).
+fn lock_database(db: &std::path::Path) -> Result<std::fs::File, StartError> {
+    let path = db.with_extension("db.lock");
+    if let Some(dir) = path.parent() {
+        claudemesh_store::sqlite::private_dir(dir).map_err(StartError::Store)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| {
+            StartError::Store(claudemesh_store::StoreError::Open {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(_) => Err(StartError::Locked {
+            path: db.to_path_buf(),
+        }),
+    }
+}
+
+fn open_store(config: &BrokerConfig) -> Result<(Box<dyn Store>, std::fs::File), StartError> {
     let path = match config.database_url.as_deref() {
         None => config.data_dir.join("claudemesh.db"),
         Some(url) => match url.strip_prefix("sqlite://") {
             Some(path) => path.into(),
-            None => return Err(StartError::UnsupportedDatabase(url.to_owned())),
+            None => return Err(StartError::UnsupportedDatabase(redact_url(url))),
         },
     };
-    Ok(Box::new(SqliteStore::open(&path)?))
+    let path: std::path::PathBuf = path;
+    let lock = lock_database(&path)?;
+    Ok((Box::new(SqliteStore::open(&path)?), lock))
 }
 
 impl Broker {
     /// Open the store named by the config, start the engine and serve on `config.listen`.
     pub async fn spawn(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
-        let store = open_store(&config)?;
-        Self::spawn_with_store(config, store).await
+        let (store, lock) = open_store(&config)?;
+        let mut handle = Self::spawn_with_store(config, store).await?;
+        handle.lock = Some(lock);
+        Ok(handle)
     }
 
     /// Serve over an already opened [`Store`] (another backend, or a wrapper around one).
@@ -139,6 +190,7 @@ impl Broker {
         Ok(BrokerHandle {
             addr,
             certs,
+            lock: None,
             shared,
             server,
             engine: engine_thread,

@@ -197,13 +197,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The WebSocket library logs whole frames (signatures, ciphertexts, v1 bodies) at debug
+/// and trace; whatever the filter says, it stops at info.
+fn without_frame_bodies(filter: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFilter {
+    ["tungstenite=info", "tokio_tungstenite=info"]
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, tracing_subscriber::EnvFilter::add_directive)
+}
+
 fn main() -> ExitCode {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLAUDEMESH_LOG")
+        .unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CLAUDEMESH_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(without_frame_bodies(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
     let runtime = match tokio::runtime::Runtime::new() {

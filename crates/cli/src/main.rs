@@ -199,7 +199,16 @@ fn main() -> ExitCode {
     let default_filter = matches!(cli.command, Command::Mcp).then(|| "warn".to_owned());
     if let Some(filter) = std::env::var("CLAUDEMESH_LOG").ok().or(default_filter) {
         tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            // The WebSocket library logs whole frames at debug/trace: it stops at info.
+            .with_env_filter(
+                ["tungstenite=info", "tokio_tungstenite=info"]
+                    .iter()
+                    .filter_map(|d| d.parse().ok())
+                    .fold(
+                        tracing_subscriber::EnvFilter::new(filter),
+                        tracing_subscriber::EnvFilter::add_directive,
+                    ),
+            )
             .with_writer(std::io::stderr)
             .with_ansi(false)
             .init();

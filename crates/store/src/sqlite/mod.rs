@@ -19,6 +19,22 @@ use crate::{
     NewDelivery, PeerRow, PendingDelivery, Result, Store, StoreError,
 };
 
+/// Create `dir` (and missing parents) readable by its owner only (0700 on Unix); an
+/// existing directory is left as it is.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| StoreError::Open {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     conn: Connection,
@@ -37,10 +53,7 @@ impl SqliteStore {
     /// Open (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-                path: dir.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            private_dir(dir)?;
         }
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -1,0 +1,167 @@
+//! What an operator meets when starting the real `claudemesh-broker` binary: a second
+//! broker on the same database is refused, the data directory is private, an address in
+//! use is named once, a database URL's password never prints, and even a trace log of a
+//! whole session holds no frame bodies, signatures or ciphertexts.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use claudemesh_broker::{Broker, BrokerConfig, StartError};
+use common::*;
+
+/// Run the binary with `args` until it exits (it must fail); its stderr.
+fn broker_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_claudemesh-broker"))
+        .args(args)
+        .env("CLAUDEMESH_LOG", "warn")
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_second_broker_on_the_same_database_is_refused() {
+    let first = TestBroker::start().await;
+    let config = BrokerConfig::for_tests(first.dir.path().to_path_buf());
+    match Broker::spawn(config).await {
+        Err(e @ StartError::Locked { .. }) => {
+            assert!(e.to_string().contains("another broker"), "{e}");
+        }
+        Err(e) => panic!("wrong refusal: {e}"),
+        Ok(_) => panic!("two brokers opened one database"),
+    }
+    // Once the first one is gone the directory can be used again.
+    let dir = first.stop().await;
+    let again = Broker::spawn(BrokerConfig::for_tests(dir.path().to_path_buf()))
+        .await
+        .unwrap();
+    again.shutdown().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_directory_is_created_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("a").join("broker");
+    let b = Broker::spawn(BrokerConfig::for_tests(data.clone()))
+        .await
+        .unwrap();
+    for dir in [parent.path().join("a"), data] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
+    b.shutdown().await;
+}
+
+#[test]
+fn an_address_in_use_is_named_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let err = broker_fails(&[
+        "--listen",
+        &addr,
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert_eq!(err.matches("in use").count(), 1, "the cause once: {err}");
+}
+
+#[test]
+fn a_database_url_password_never_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = broker_fails(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--database-url",
+        "postgres://admin:hunter2@db.internal/claudemesh",
+    ]);
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(
+        err.contains("postgres://admin:***@db.internal/claudemesh"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_trace_log_holds_no_frame_bodies_signatures_or_ciphertexts() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_claudemesh-broker"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("CLAUDEMESH_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ws = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .unwrap()
+        .to_owned();
+    let b = TestBroker {
+        handle: None,
+        child: None,
+        ws_url: ws,
+        dir,
+    };
+    let mesh = create_mesh(&b, "traced").await;
+    let alice = enroll(&b, &mesh, "alice").await;
+    let bob = enroll(&b, &mesh, "bob").await;
+    let mut a = V1Client::connect(&b.ws(), &alice).await;
+    let mut bo = V1Client::connect(&b.ws(), &bob).await;
+    let ack = a
+        .send_dm(&alice.ident.sk, &bob.ident.pk, "top secret plan", "now")
+        .await;
+    assert_eq!(ack["queued"], true, "{ack}");
+    let push = bo.next_push(WAIT).await.unwrap();
+    let ciphertext = push["ciphertext"].as_str().unwrap().to_owned();
+    drop((a, bo));
+    stop_child(&mut child);
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(
+        log.len() > 1_000,
+        "the trace log is there: {} bytes",
+        log.len()
+    );
+    assert!(!log.contains(&ciphertext), "ciphertext in the log");
+    assert!(
+        !log.contains(&ciphertext[..24]),
+        "ciphertext prefix in the log"
+    );
+    assert!(!log.contains("\"signature\""), "a signed hello in the log");
+    assert!(
+        !log.contains("\"ciphertext\""),
+        "a message frame in the log"
+    );
+    assert!(
+        !log.contains("\u{1b}["),
+        "colour codes in a log that is not a terminal"
+    );
+}
+
+/// Stop the child and reap it.
+fn stop_child(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
