@@ -117,6 +117,8 @@ pub struct Timings {
     pub purge_interval: Duration,
     /// A session identity offline this long retires (swept with the purge).
     pub session_retention: Duration,
+    /// Pushes of one delivery on one connection before it parks (never acked).
+    pub max_pushes: u32,
 }
 
 impl Default for Timings {
@@ -129,6 +131,7 @@ impl Default for Timings {
             hello_deadline: limits::HELLO_DEADLINE,
             purge_interval: Duration::from_secs(600),
             session_retention: limits::SESSION_RETENTION,
+            max_pushes: limits::MAX_PUSHES,
         }
     }
 }

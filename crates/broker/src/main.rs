@@ -55,6 +55,10 @@ struct Args {
     /// messages; its queued copies are dropped).
     #[arg(long, default_value_t = 72, env = "CLAUDEMESH_SESSION_RETENTION_HOURS")]
     session_retention_hours: u64,
+    /// Pushes of one unacked delivery on one connection before it parks until the
+    /// recipient's next hello (clients that never ack).
+    #[arg(long, default_value_t = claudemesh_proto::limits::MAX_PUSHES, env = "CLAUDEMESH_MAX_PUSHES")]
+    max_pushes: u32,
     /// Serve TLS with this certificate chain (PEM); needs --tls-key. Reloaded on SIGHUP.
     #[arg(long, env = "CLAUDEMESH_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -113,6 +117,8 @@ fn config(args: Args) -> anyhow::Result<BrokerConfig> {
         "--sessions-per-member must be at least 1"
     );
     config.sessions_per_member = args.sessions_per_member;
+    anyhow::ensure!(args.max_pushes >= 1, "--max-pushes must be at least 1");
+    config.timings.max_pushes = args.max_pushes;
     config.tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(claudemesh_broker::tls::TlsFiles { cert, key }),
         _ => None,

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub deliveries_pushed_total: Counter,
     pub deliveries_redelivered_total: Counter,
     pub deliveries_acked_total: Counter,
+    pub deliveries_parked_total: Counter,
     pub queue_depth: Gauge,
     pub commits_total: Counter,
     pub commit_batch_frames_total: Counter,
@@ -36,6 +37,7 @@ impl Default for Metrics {
             deliveries_pushed_total: Counter::default(),
             deliveries_redelivered_total: Counter::default(),
             deliveries_acked_total: Counter::default(),
+            deliveries_parked_total: Counter::default(),
             queue_depth: Gauge::default(),
             commits_total: Counter::default(),
             commit_batch_frames_total: Counter::default(),
@@ -82,6 +84,11 @@ impl Default for Metrics {
                 "broker_deliveries_acked",
                 "Deliveries acked by their recipient",
                 &m.deliveries_acked_total,
+            ),
+            (
+                "broker_deliveries_parked",
+                "Deliveries pushed the most times without an ack, held until the next hello",
+                &m.deliveries_parked_total,
             ),
             ("broker_commits", "Group commits", &m.commits_total),
             (

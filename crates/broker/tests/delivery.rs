@@ -692,3 +692,47 @@ async fn refused_sends_do_not_use_up_the_reply_budget() {
     }
     assert_eq!(refused, 1_100);
 }
+
+/// A client that never acks (the v1 SDK's `MeshClient`) is pushed a delivery at most
+/// `max_pushes` times on one connection; after its next hello it comes again, and an ack
+/// still settles it.
+#[tokio::test]
+async fn a_client_that_never_acks_sees_a_message_at_most_max_pushes_times() {
+    let b = TestBroker::start_with(|c| {
+        c.timings.lease = Duration::from_millis(300);
+        c.timings.max_pushes = 3;
+    })
+    .await;
+    let (_m, alice, bob, _c) = trio(&b, "park").await;
+    let mut a = V1Client::connect(&b.ws(), &alice).await;
+    let mut bc = V1Client::connect(&b.ws(), &bob).await;
+    a.send_dm(&alice.ident.sk, &bob.ident.pk, "never acked", "now")
+        .await;
+    let first = bc.next_push(WAIT).await.unwrap();
+    let mut seen = 1;
+    while let Some(p) = bc.next_push(Duration::from_millis(1_500)).await {
+        assert_eq!(p["messageId"], first["messageId"]);
+        seen += 1;
+    }
+    assert_eq!(seen, 3, "pushed max_pushes times, then parked");
+    let parked = metrics(&b).await;
+    assert!(
+        parked.contains("broker_deliveries_parked_total 1"),
+        "{parked}"
+    );
+    // Other messages still flow while one is parked.
+    a.send_dm(&alice.ident.sk, &bob.ident.pk, "next one", "now")
+        .await;
+    let next = bc.next_push(WAIT).await.unwrap();
+    assert_ne!(next["messageId"], first["messageId"]);
+    bc.ack(&next).await;
+    drop(bc);
+    let mut bc = V1Client::connect_session(&b.ws(), &bob, "again").await;
+    let again = bc
+        .next_push(WAIT)
+        .await
+        .expect("pushed again after a new hello");
+    assert_eq!(again["messageId"], first["messageId"]);
+    bc.ack(&again).await;
+    assert!(bc.next_push(Duration::from_millis(1_000)).await.is_none());
+}

@@ -13,6 +13,9 @@ pub const MAX_CLOCK_SKEW_MS: i64 = 60_000;
 pub const MAX_ATTESTATION_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 /// How long a pushed delivery stays leased before the broker pushes it again.
 pub const LEASE: Duration = Duration::from_secs(30);
+/// Pushes of one delivery on one connection before it parks (a client that never acks,
+/// like the v1 SDK's `MeshClient`); it is pushed again after the recipient's next hello.
+pub const MAX_PUSHES: u32 = 5;
 /// How long a presence survives its connection dropping before `peer_left` is announced.
 pub const PRESENCE_GRACE: Duration = Duration::from_secs(90);
 /// Interval between broker pings.

@@ -42,6 +42,8 @@ pub struct Delivery {
 struct Inflight {
     delivery: Arc<Delivery>,
     deadline: Instant,
+    /// Times pushed on this connection.
+    pushes: u32,
 }
 
 /// The in-memory window over one online recipient's queue.
@@ -50,6 +52,9 @@ pub(super) struct Mailbox {
     pending: VecDeque<Arc<Delivery>>,
     inflight: BTreeMap<i64, Inflight>,
     inflight_by_id: HashMap<String, i64>,
+    /// Pushed `max_pushes` times without an ack: not pushed again on this connection
+    /// (by message id; the delivery stays unacked in the database).
+    parked: HashMap<String, i64>,
     loaded_upto: i64,
     spilled: bool,
     lease_timer: Option<Instant>,
@@ -81,7 +86,8 @@ impl Mailbox {
         }
         for row in rows {
             self.loaded_upto = row.seq;
-            if !self.inflight.contains_key(&row.seq) {
+            if !self.inflight.contains_key(&row.seq) && !self.parked.values().any(|s| *s == row.seq)
+            {
                 self.pending.push_back(delivery_from(row));
             }
         }
@@ -312,6 +318,7 @@ impl Engine {
                 super::delivery::Inflight {
                     delivery: d.clone(),
                     deadline: now + lease,
+                    pushes: 1,
                 },
             );
             self.effects.push(Effect::Out {
@@ -354,10 +361,24 @@ impl Engine {
         };
         mb.lease_timer = None;
         let mut repushed = Vec::new();
-        for lease_entry in mb.inflight.values_mut() {
-            if lease_entry.deadline <= now {
+        let mut park = Vec::new();
+        for (seq, lease_entry) in &mut mb.inflight {
+            if lease_entry.deadline > now {
+                continue;
+            }
+            if lease_entry.pushes >= self.max_pushes {
+                park.push(*seq);
+            } else {
+                lease_entry.pushes += 1;
                 lease_entry.deadline = now + lease;
                 repushed.push(lease_entry.delivery.clone());
+            }
+        }
+        for seq in &park {
+            if let Some(l) = mb.inflight.remove(seq) {
+                let id = l.delivery.message.message_id.clone();
+                mb.inflight_by_id.remove(&id);
+                mb.parked.insert(id, *seq);
             }
         }
         let next = mb.inflight.values().map(|l| l.deadline).min();
@@ -370,6 +391,14 @@ impl Engine {
             });
         }
         self.metrics.deliveries_redelivered_total.inc_by(n);
+        if !park.is_empty() {
+            self.metrics
+                .deliveries_parked_total
+                .inc_by(park.len() as u64);
+            tracing::info!(key = %key, parked = park.len(), "deliveries parked: never acked");
+            // Their window slots are free again.
+            self.pump(mesh_id, key);
+        }
         if let Some(at) = next {
             self.timer(
                 at,
@@ -425,7 +454,7 @@ impl Engine {
         if let Some(mb) = self.mailbox(mesh_id, key) {
             if let Some(seq) = mb.inflight_by_id.remove(&message_id) {
                 mb.inflight.remove(&seq);
-            } else {
+            } else if mb.parked.remove(&message_id).is_none() {
                 mb.pending.retain(|d| d.message.message_id != message_id);
             }
         }
@@ -479,9 +508,9 @@ impl Engine {
             .into_iter()
             .map(|d| {
                 let presence = mesh.presences.get(&d.recipient);
-                let inflight = presence
-                    .and_then(|p| p.mailbox.as_ref())
-                    .is_some_and(|mb| mb.inflight.contains_key(&d.seq));
+                let inflight = presence.and_then(|p| p.mailbox.as_ref()).is_some_and(|mb| {
+                    mb.inflight.contains_key(&d.seq) || mb.parked.values().any(|s| *s == d.seq)
+                });
                 // Acks of this batch are written just before its commit.
                 let acked_now = self.pending_acks.contains(&d.seq);
                 let state = match d.acked_at {

@@ -278,6 +278,8 @@ pub(crate) struct Engine {
     pending_acks: Vec<i64>,
     /// Non-retired session identities one member may have (see `sessions.rs`).
     sessions_per_member: usize,
+    /// Pushes of one delivery on one connection before it parks (see `delivery.rs`).
+    max_pushes: u32,
 }
 
 /// An attached connection.
@@ -319,6 +321,7 @@ impl Engine {
             batch_failed: false,
             pending_acks: Vec::new(),
             sessions_per_member: config.sessions_per_member.max(1),
+            max_pushes: config.timings.max_pushes.max(1),
         })
     }
 
