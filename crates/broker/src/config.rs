@@ -157,6 +157,10 @@ pub struct BrokerConfig {
     pub inflight_window: usize,
     /// Most connections served at once.
     pub max_connections: usize,
+    /// Connections that have not authenticated (HTTP, or a WebSocket before its hello),
+    /// in total and from one source address.
+    pub max_unauthenticated: usize,
+    pub max_unauthenticated_per_source: usize,
     /// Session identities per member that are not retired (live or resumable); past it
     /// the oldest offline one retires, and a hello is refused when all of them are live.
     pub sessions_per_member: usize,
@@ -184,9 +188,29 @@ impl BrokerConfig {
             outbound_buffer: 1_024,
             inflight_window: 256,
             max_connections: 10_000,
+            max_unauthenticated: 1_024,
+            max_unauthenticated_per_source: 64,
             sessions_per_member: limits::MAX_SESSIONS_PER_MEMBER,
             v1_only: false,
         }
+    }
+
+    /// Shrink the connection caps to what `nofile` file descriptors can hold, keeping 64
+    /// for the database, the listener and logs, and a quarter of the rest (at most) for
+    /// unauthenticated connections. Returns the (authenticated, unauthenticated) caps.
+    pub fn fit_to_fd_limit(&mut self, nofile: u64) -> (usize, usize) {
+        let budget = usize::try_from(nofile.saturating_sub(64))
+            .unwrap_or(usize::MAX)
+            .max(16);
+        self.max_unauthenticated = self.max_unauthenticated.min(budget / 4).max(4);
+        self.max_unauthenticated_per_source = self
+            .max_unauthenticated_per_source
+            .min(self.max_unauthenticated);
+        self.max_connections = self
+            .max_connections
+            .min(budget.saturating_sub(self.max_unauthenticated))
+            .max(1);
+        (self.max_connections, self.max_unauthenticated)
     }
 
     /// Loopback port 0, the given data directory, everything else default.

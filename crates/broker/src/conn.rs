@@ -39,9 +39,14 @@ enum Flow {
 }
 
 /// Serve one upgraded WebSocket until it closes.
-pub async fn serve(socket: WebSocket, shared: Arc<Shared>, id: ConnId) {
+pub async fn serve(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    id: ConnId,
+    preauth: Option<crate::http::serve::PreAuth>,
+) {
     let span = tracing::info_span!("conn", id);
-    Connection::new(socket, shared, id)
+    Connection::new(socket, shared, id, preauth)
         .run()
         .instrument(span)
         .await;
@@ -60,6 +65,8 @@ struct Connection {
     budget: Budget,
     /// The client sent a close frame: it left on purpose.
     client_closed: bool,
+    /// Its place among unauthenticated connections, until the hello succeeds.
+    preauth: Option<crate::http::serve::PreAuth>,
 }
 
 fn text(frame: &BrokerFrame) -> Message {
@@ -97,7 +104,12 @@ fn error(code: Code, message: &str, req_id: Option<ReqId>) -> BrokerFrame {
 }
 
 impl Connection {
-    fn new(socket: WebSocket, shared: Arc<Shared>, id: ConnId) -> Self {
+    fn new(
+        socket: WebSocket,
+        shared: Arc<Shared>,
+        id: ConnId,
+        preauth: Option<crate::http::serve::PreAuth>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(shared.config.outbound_buffer.max(1) + MAX_AWAITING_REPLIES);
         let handle = ConnHandle {
             id,
@@ -114,6 +126,7 @@ impl Connection {
             last_heard: Instant::now(),
             budget: Budget::default(),
             client_closed: false,
+            preauth,
         }
     }
 
@@ -350,6 +363,7 @@ impl Connection {
             Ok(attached) => {
                 tracing::info!(mesh = %attached.mesh_id, member = %attached.member_id, key = %attached.key, "authenticated");
                 self.attached = Some(attached);
+                self.preauth = None;
                 Flow::Continue
             }
             Err(r) => {

@@ -170,11 +170,15 @@ impl Broker {
             Some(files) => Some(tls::CertStore::open(files.clone())?),
             None => None,
         };
+        let admission = http::serve::Admission::new(
+            shared.config.max_unauthenticated,
+            shared.config.max_unauthenticated_per_source,
+        );
+        let (tasks, m) = (shared.tasks.clone(), shared.metrics.clone());
         let server = match &certs {
             Some(certs) => {
-                let tasks = shared.tasks.clone();
-                let listener = tls::TlsListener::new(listener, certs, stop.clone(), tasks)?;
-                tokio::spawn(serve(listener, app, stop))
+                let listener = tls::TlsListener::new(listener, certs, stop.clone(), tasks.clone())?;
+                tokio::spawn(http::serve::serve(listener, app, stop, tasks, admission, m))
             }
             None => {
                 // Messages are small and latency-sensitive: no Nagle delay.
@@ -183,7 +187,7 @@ impl Broker {
                         tracing::debug!(error = %e, "could not set TCP_NODELAY");
                     }
                 });
-                tokio::spawn(serve(listener, app, stop))
+                tokio::spawn(http::serve::serve(listener, app, stop, tasks, admission, m))
             }
         };
         tracing::info!(%addr, tls = certs.is_some(), "broker listening");
@@ -195,18 +199,6 @@ impl Broker {
             server,
             engine: engine_thread,
         })
-    }
-}
-
-/// Serve `app` on `listener` until `stop`, then finish in-flight requests.
-async fn serve<L>(listener: L, app: axum::Router, stop: CancellationToken)
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
-    if let Err(e) = serve.await {
-        tracing::error!(error = %e, "server error");
     }
 }
 

@@ -55,6 +55,16 @@ struct Args {
     /// messages; its queued copies are dropped).
     #[arg(long, default_value_t = 72, env = "CLAUDEMESH_SESSION_RETENTION_HOURS")]
     session_retention_hours: u64,
+    /// Connections not yet authenticated (HTTP, or a WebSocket before its hello), in total.
+    #[arg(long, default_value_t = 1_024, env = "CLAUDEMESH_MAX_UNAUTHENTICATED")]
+    max_unauthenticated: usize,
+    /// Connections not yet authenticated from one source address.
+    #[arg(
+        long,
+        default_value_t = 64,
+        env = "CLAUDEMESH_MAX_UNAUTHENTICATED_PER_SOURCE"
+    )]
+    max_unauthenticated_per_source: usize,
     /// Pushes of one unacked delivery on one connection before it parks until the
     /// recipient's next hello (clients that never ack).
     #[arg(long, default_value_t = claudemesh_proto::limits::MAX_PUSHES, env = "CLAUDEMESH_MAX_PUSHES")]
@@ -119,6 +129,8 @@ fn config(args: Args) -> anyhow::Result<BrokerConfig> {
     config.sessions_per_member = args.sessions_per_member;
     anyhow::ensure!(args.max_pushes >= 1, "--max-pushes must be at least 1");
     config.timings.max_pushes = args.max_pushes;
+    config.max_unauthenticated = args.max_unauthenticated.max(1);
+    config.max_unauthenticated_per_source = args.max_unauthenticated_per_source.max(1);
     config.tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(claudemesh_broker::tls::TlsFiles { cert, key }),
         _ => None,
@@ -172,7 +184,20 @@ async fn shutdown_signal() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let config = config(args)?;
+    let mut config = config(args)?;
+    // Raise the soft fd limit to the hard one, and size the connection caps to it.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(nofile) => {
+            let (authed, unauth) = config.fit_to_fd_limit(nofile);
+            tracing::info!(
+                nofile,
+                max_connections = authed,
+                max_unauthenticated = unauth,
+                "connection capacity"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read or raise the file descriptor limit"),
+    }
     let creation = match &config.mesh_creation {
         MeshCreation::Open => "open",
         MeshCreation::Token(_) => "token required",

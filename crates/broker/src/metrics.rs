@@ -25,6 +25,7 @@ pub struct Metrics {
     pub slow_consumers_total: Counter,
     pub rate_limited_total: Counter,
     pub hello_rejected_total: Counter,
+    pub preauth_refused_total: Counter,
     registry: Registry,
 }
 
@@ -45,6 +46,7 @@ impl Default for Metrics {
             slow_consumers_total: Counter::default(),
             rate_limited_total: Counter::default(),
             hello_rejected_total: Counter::default(),
+            preauth_refused_total: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut m.registry;
@@ -115,6 +117,11 @@ impl Default for Metrics {
                 "broker_hello_rejected",
                 "Hellos refused",
                 &m.hello_rejected_total,
+            ),
+            (
+                "broker_preauth_refused",
+                "Connections closed at once: too many unauthenticated ones (in total or from one address)",
+                &m.preauth_refused_total,
             ),
         ];
         for (name, help, counter) in counters {

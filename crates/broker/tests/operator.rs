@@ -165,3 +165,109 @@ fn stop_child(child: &mut std::process::Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// 1 100 TCP connections that never send a byte, from one address, against a broker
+/// whose fd limit is 1 024: a legitimate peer still connects and authenticates, and
+/// `/health` still answers. (The broker used to keep every one of them open, forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_cannot_take_the_broker_offline() {
+    use std::io::BufRead as _;
+    assert!(
+        rlimit::increase_nofile_limit(4_096).unwrap() >= 2_048,
+        "the test itself needs the fds"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=1024:1024")
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_claudemesh-broker"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("CLAUDEMESH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("prlimit (util-linux) is needed");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ws = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_owned();
+    let addr: std::net::SocketAddr = ws
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .parse()
+        .unwrap();
+    let b = TestBroker {
+        handle: None,
+        child: Some(child),
+        ws_url: ws,
+        dir,
+    };
+    let mesh = create_mesh(&b, "flooded").await;
+    let alice = enroll(&b, &mesh, "alice").await;
+
+    // The flood comes from another loopback address than the peer.
+    let mut silent = Vec::new();
+    for _ in 0..1_100 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        if let Ok(s) = socket.connect(addr).await {
+            silent.push(s);
+        }
+    }
+    assert!(
+        silent.len() > 1_024,
+        "the flood connected: {}",
+        silent.len()
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let mut a = V1Client::connect(&b.ws(), &alice).await;
+    assert!(
+        a.peers()
+            .await
+            .iter()
+            .any(|p| p["pubkey"] == alice.ident.pk)
+    );
+    let health = reqwest::get(format!("{}/health", b.http())).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let m = metrics(&b).await;
+    let refused: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("broker_preauth_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        refused > 900,
+        "most of the flood was turned away: {refused}\n{m}"
+    );
+    drop(silent);
+}
+
+/// A connection that sends nothing is closed once the header-read timeout passes.
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_header_timeout() {
+    use tokio::io::AsyncReadExt as _;
+    let b = TestBroker::start().await;
+    let addr = b.handle.as_ref().unwrap().addr();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(20), s.read(&mut buf))
+        .await
+        .expect("still open after 20 s")
+        .unwrap_or(0);
+    let waited = started.elapsed();
+    assert!(
+        n == 0 || buf.starts_with(b"HTTP/1.1 408"),
+        "closed, not answered"
+    );
+    assert!(
+        waited >= std::time::Duration::from_secs(9),
+        "not before the timeout: {waited:?}"
+    );
+}

@@ -10,6 +10,7 @@ mod admin;
 mod error;
 mod join;
 mod ops;
+pub mod serve;
 mod signed;
 mod ws;
 

@@ -18,7 +18,13 @@ const WS_READ_BUFFER: usize = 4 * 1024;
 /// Bytes buffered before a WebSocket write goes to the socket (a flush always writes).
 const WS_WRITE_BUFFER: usize = 8 * 1024;
 
-pub async fn upgrade(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    slot: Option<axum::Extension<super::serve::PreAuthSlot>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // Counted as unauthenticated until its hello succeeds (see `serve.rs`).
+    let preauth = slot.and_then(|s| s.0.take());
     let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
         let r = Refusal::new(Code::Unavailable, "too many connections");
         return HttpError::api(r).into_response();
@@ -38,7 +44,7 @@ pub async fn upgrade(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrad
         .on_upgrade(move |socket| {
             let tasks = shared.tasks.clone();
             tasks.track_future(async move {
-                crate::conn::serve(socket, shared, id).await;
+                crate::conn::serve(socket, shared, id, preauth).await;
                 drop(permit);
             })
         })
