@@ -7,12 +7,14 @@
 //! frame contents, or panic on any input.
 
 use claudemesh_proto::codes::Code;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use claudemesh_proto::codes::close;
 use claudemesh_proto::frames::{BrokerFrame, ClientFrame, ErrorFrame, Push, ReqId};
+use claudemesh_proto::limits;
 use futures_util::SinkExt as _;
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
@@ -67,6 +69,8 @@ struct Connection {
     client_closed: bool,
     /// Its place among unauthenticated connections, until the hello succeeds.
     preauth: Option<crate::http::serve::PreAuth>,
+    /// Budget for frames that are answered only with an error.
+    bad_frames: governor::DefaultDirectRateLimiter,
 }
 
 fn text(frame: &BrokerFrame) -> Message {
@@ -127,6 +131,12 @@ impl Connection {
             budget: Budget::default(),
             client_closed: false,
             preauth,
+            bad_frames: governor::RateLimiter::direct(
+                governor::Quota::per_second(
+                    NonZeroU32::new(limits::GARBAGE_PER_SEC).unwrap_or(NonZeroU32::MIN),
+                )
+                .allow_burst(NonZeroU32::new(limits::GARBAGE_BURST).unwrap_or(NonZeroU32::MIN)),
+            ),
         }
     }
 
@@ -199,6 +209,16 @@ impl Connection {
         // The engine hears `Detach` when `self` drops (see the `Drop` impl).
     }
 
+    /// Answer a frame that only earns an error, within the connection's bad-frame budget;
+    /// a client that keeps sending them is closed instead of being answered at full speed.
+    async fn refuse_bad_frame(&mut self, refusal: Message) -> Flow {
+        if self.bad_frames.check().is_err() {
+            Metrics::inc(&self.shared.metrics.rate_limited_total);
+            return Flow::Close(close::REJECTED, "too_many_bad_frames".into());
+        }
+        self.send_now(refusal).await
+    }
+
     async fn send_now(&mut self, msg: Message) -> Flow {
         match tokio::time::timeout(WRITE_TIMEOUT, self.socket.send(msg)).await {
             Ok(Ok(())) => Flow::Continue,
@@ -261,13 +281,8 @@ impl Connection {
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(_) => {
-                return self
-                    .send_now(text(&error(
-                        Code::Malformed,
-                        "frames must be JSON text",
-                        None,
-                    )))
-                    .await;
+                let refusal = text_error(Code::Malformed, "frames must be JSON text", None);
+                return self.refuse_bad_frame(refusal).await;
             }
             Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
             Message::Close(_) => {
@@ -279,7 +294,7 @@ impl Connection {
         };
         let frame = match parse(text.as_str(), self.attached.is_some()) {
             Ok(frame) => frame,
-            Err(refusal) => return self.send_now(refusal).await,
+            Err(refusal) => return self.refuse_bad_frame(refusal).await,
         };
         match (&self.attached, frame) {
             (None, ClientFrame::Hello(h)) => {
@@ -294,12 +309,9 @@ impl Connection {
             }
             (None, other) => {
                 let req_id = other.req_id().cloned();
-                self.send_now(text_error(
-                    Code::NoHello,
-                    "send hello or session_hello first",
-                    req_id,
-                ))
-                .await
+                let refusal =
+                    text_error(Code::NoHello, "send hello or session_hello first", req_id);
+                self.refuse_bad_frame(refusal).await
             }
             (Some(a), frame) => {
                 let kind = frame.kind();

@@ -271,3 +271,37 @@ async fn a_silent_connection_is_closed_after_the_header_timeout() {
         "not before the timeout: {waited:?}"
     );
 }
+
+/// Frames that only earn an error (garbage, before or after the hello) are answered
+/// within a small budget; a client that keeps sending them is closed, not served.
+#[tokio::test]
+async fn a_garbage_flood_is_throttled_and_closed() {
+    let b = TestBroker::start().await;
+    let mut raw = V1Client::raw(&b.ws()).await;
+    use futures_util::SinkExt as _;
+    for _ in 0..1_000 {
+        if raw
+            .send(tokio_tungstenite::tungstenite::Message::Text("{not json".into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut answers = 0;
+    let mut closed = None;
+    use futures_util::StreamExt as _;
+    while let Ok(Some(msg)) = tokio::time::timeout(WAIT, raw.next()).await {
+        match msg {
+            Ok(tokio_tungstenite::tungstenite::Message::Text(_)) => answers += 1,
+            Ok(tokio_tungstenite::tungstenite::Message::Close(f)) => {
+                closed = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(answers <= 40, "answered {answers} of 1 000 garbage frames");
+    assert_eq!(closed, Some((1008, "too_many_bad_frames".to_owned())));
+}

@@ -16,6 +16,11 @@ pub const LEASE: Duration = Duration::from_secs(30);
 /// Pushes of one delivery on one connection before it parks (a client that never acks,
 /// like the v1 SDK's `MeshClient`); it is pushed again after the recipient's next hello.
 pub const MAX_PUSHES: u32 = 5;
+/// Frames a connection may send that are answered only with an error (malformed, binary,
+/// unknown type, anything before the hello): a burst of this many, then
+/// [`GARBAGE_PER_SEC`]; past that the connection is closed (1008 `too_many_bad_frames`).
+pub const GARBAGE_BURST: u32 = 20;
+pub const GARBAGE_PER_SEC: u32 = 5;
 /// How long a presence survives its connection dropping before `peer_left` is announced.
 pub const PRESENCE_GRACE: Duration = Duration::from_secs(90);
 /// Interval between broker pings.
