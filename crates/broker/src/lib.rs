@@ -155,6 +155,7 @@ impl Broker {
         })?;
         let shared = Arc::new(state::Shared {
             rate_limiter: ratelimit::RateLimiter::new(config.rate_limits.clone()),
+            http_limiter: ratelimit::HttpLimiter::new(config.rate_limits.enabled),
             connections: Arc::new(Semaphore::new(config.max_connections)),
             config,
             engine,

@@ -97,6 +97,62 @@ impl RateLimiter {
     }
 }
 
+/// The HTTP endpoint families limited per source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HttpKind {
+    /// `POST /join`.
+    Join,
+    /// `POST /api/meshes` (creating a mesh).
+    CreateMesh,
+    /// The rest of the signed admin API.
+    Admin,
+}
+
+/// Per-source-address limits on the HTTP endpoints (`/health` and `/metrics` have none,
+/// so an operator can still look at a broker under load). Off with the frame limits.
+#[derive(Debug)]
+pub struct HttpLimiter {
+    enabled: bool,
+    join: Limit,
+    create: Limit,
+    admin: Limit,
+}
+
+impl HttpLimiter {
+    pub fn new(enabled: bool) -> Self {
+        let rate = |per_sec: f64, burst: f64| limit(Rate { per_sec, burst });
+        Self {
+            enabled,
+            join: rate(20.0, 100.0),
+            create: rate(2.0, 20.0),
+            admin: rate(50.0, 200.0),
+        }
+    }
+
+    /// Take one token for a request of `kind` from `ip`.
+    pub fn allow(&self, kind: HttpKind, ip: std::net::IpAddr) -> bool {
+        if !self.enabled {
+            return true;
+        }
+        let limit = match kind {
+            HttpKind::Join => &self.join,
+            HttpKind::CreateMesh => &self.create,
+            HttpKind::Admin => &self.admin,
+        };
+        match limit {
+            Limit::Never => false,
+            Limit::Bucket(limiter) => {
+                if limiter.len() > PRUNE_ABOVE {
+                    limiter.retain_recent();
+                }
+                limiter
+                    .check_key(&(ip.to_string(), String::new(), "http"))
+                    .is_ok()
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

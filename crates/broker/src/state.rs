@@ -20,6 +20,8 @@ pub struct Shared {
     pub engine: EngineHandle,
     pub metrics: Arc<Metrics>,
     pub rate_limiter: RateLimiter,
+    /// Per-source-address limits on `/join` and the admin API.
+    pub http_limiter: crate::ratelimit::HttpLimiter,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub connections: Arc<Semaphore>,

@@ -281,7 +281,9 @@ async fn a_garbage_flood_is_throttled_and_closed() {
     use futures_util::SinkExt as _;
     for _ in 0..1_000 {
         if raw
-            .send(tokio_tungstenite::tungstenite::Message::Text("{not json".into()))
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                "{not json".into(),
+            ))
             .await
             .is_err()
         {
@@ -304,4 +306,57 @@ async fn a_garbage_flood_is_throttled_and_closed() {
     }
     assert!(answers <= 40, "answered {answers} of 1 000 garbage frames");
     assert_eq!(closed, Some((1008, "too_many_bad_frames".to_owned())));
+}
+
+/// `/join` and mesh creation floods from one address are limited (429 `rate_limited`)
+/// while another address is still served; `/health` is never limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_floods_from_one_address_are_limited_and_others_are_served() {
+    let b = TestBroker::start().await;
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap()
+    };
+    let (flood, other) = (from("127.0.0.2"), from("127.0.0.3"));
+    let join = |c: &reqwest::Client| {
+        c.post(format!("{}/join", b.http()))
+            .json(&serde_json::json!({ "peer_pubkey": "00" }))
+            .send()
+    };
+    let mut limited = 0;
+    for _ in 0..300 {
+        let status = join(&flood).await.unwrap().status().as_u16();
+        if status == 429 {
+            limited += 1;
+        } else {
+            assert_eq!(status, 400, "a malformed join is refused on its merits");
+        }
+    }
+    assert!(limited >= 150, "the flood was limited: {limited} of 300");
+    let r = join(&flood).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(join(&other).await.unwrap().status(), 400, "another address is served");
+
+    let mut created_limited = 0;
+    for i in 0..40 {
+        let body = serde_json::json!({ "name": "x", "slug": format!("flood-{i}"), "signerPubkey": "00", "timestamp": 0, "signature": "00" });
+        let r = flood
+            .post(format!("{}/api/meshes", b.http()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            created_limited += 1;
+        }
+    }
+    assert!(created_limited >= 15, "mesh creation limited: {created_limited} of 40");
+    for _ in 0..50 {
+        let h = flood.get(format!("{}/health", b.http())).send().await.unwrap();
+        assert_eq!(h.status(), 200);
+    }
 }

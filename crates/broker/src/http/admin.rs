@@ -63,6 +63,7 @@ fn creation_allowed(shared: &Shared, req: &CreateMeshRequest) -> Result<(), Refu
 
 impl SignedBody for CreateMeshRequest {
     const ACTION: AdminAction = AdminAction::CreateMesh;
+    const LIMIT: crate::ratelimit::HttpKind = crate::ratelimit::HttpKind::CreateMesh;
     fn command(self, _: &PathIds) -> AdminCommand {
         AdminCommand::CreateMesh(self)
     }

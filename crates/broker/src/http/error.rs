@@ -73,6 +73,46 @@ pub fn status(code: Code, shape: Shape) -> StatusCode {
     }
 }
 
+/// The address a request came from (set by the accept loop; absent in unit tests).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<std::net::SocketAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(peer_of(&parts.extensions)))
+    }
+}
+
+/// The source address recorded in a request's extensions.
+pub fn peer_of(extensions: &axum::http::Extensions) -> Option<std::net::SocketAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0)
+}
+
+/// Refuse a request from `peer` that is over its address's limit for `kind`.
+pub fn limit(
+    shared: &crate::state::Shared,
+    kind: crate::ratelimit::HttpKind,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<(), Refusal> {
+    match peer {
+        Some(p) if !shared.http_limiter.allow(kind, p.ip()) => {
+            crate::metrics::Metrics::inc(&shared.metrics.rate_limited_total);
+            Err(Refusal::new(
+                Code::RateLimited,
+                "too many requests from this address; retry in a few seconds",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let Refusal { code, message } = self.refusal;

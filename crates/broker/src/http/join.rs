@@ -11,10 +11,16 @@ use claudemesh_proto::http::JoinRequest;
 
 use super::error::HttpError;
 use crate::engine::Command;
+use crate::ratelimit::HttpKind;
 use crate::refusal::Refusal;
 use crate::state::Shared;
 
-pub async fn join(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, HttpError> {
+pub async fn join(
+    State(shared): State<Arc<Shared>>,
+    super::error::Peer(peer): super::error::Peer,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    super::error::limit(&shared, HttpKind::Join, peer).map_err(HttpError::join)?;
     let req: JoinRequest = serde_json::from_slice(&body).map_err(|e| {
         HttpError::join(Refusal::new(
             Code::Malformed,

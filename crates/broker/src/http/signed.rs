@@ -34,6 +34,8 @@ impl PathIds {
 /// A request body that is signed with the admin canonical string.
 pub trait SignedBody: DeserializeOwned + Send + 'static {
     const ACTION: AdminAction;
+    /// Which per-address limit the route spends.
+    const LIMIT: crate::ratelimit::HttpKind = crate::ratelimit::HttpKind::Admin;
     /// The engine command this verified request asks for.
     fn command(self, path: &PathIds) -> AdminCommand;
     fn signed(&self) -> &Signed;
@@ -90,6 +92,8 @@ impl<T: SignedBody> FromRequest<Arc<Shared>> for Verified<T> {
 
     async fn from_request(req: Request, shared: &Arc<Shared>) -> Result<Self, HttpError> {
         let (mut parts, body) = req.into_parts();
+        let peer = super::error::peer_of(&parts.extensions);
+        super::error::limit(shared, T::LIMIT, peer)?;
         let path = <Path<HashMap<String, String>> as axum::extract::FromRequestParts<_>>::from_request_parts(&mut parts, shared)
             .await
             .map(|Path(p)| PathIds(p))
