@@ -339,7 +339,11 @@ async fn http_floods_from_one_address_are_limited_and_others_are_served() {
     assert_eq!(r.status(), 429);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "rate_limited");
-    assert_eq!(join(&other).await.unwrap().status(), 400, "another address is served");
+    assert_eq!(
+        join(&other).await.unwrap().status(),
+        400,
+        "another address is served"
+    );
 
     let mut created_limited = 0;
     for i in 0..40 {
@@ -354,9 +358,16 @@ async fn http_floods_from_one_address_are_limited_and_others_are_served() {
             created_limited += 1;
         }
     }
-    assert!(created_limited >= 15, "mesh creation limited: {created_limited} of 40");
+    assert!(
+        created_limited >= 15,
+        "mesh creation limited: {created_limited} of 40"
+    );
     for _ in 0..50 {
-        let h = flood.get(format!("{}/health", b.http())).send().await.unwrap();
+        let h = flood
+            .get(format!("{}/health", b.http()))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(h.status(), 200);
     }
 }

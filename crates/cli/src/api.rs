@@ -8,7 +8,7 @@
 use claudemesh_proto::codes::AnyCode;
 use claudemesh_proto::time::now_ms;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use claudemesh_crypto::SecretKey;
 use claudemesh_proto::canonical::{self, AdminAction};
 use claudemesh_proto::http::{
@@ -178,6 +178,37 @@ pub fn unreachable(base: &str, e: &reqwest::Error) -> anyhow::Error {
     } else {
         anyhow!("request to {base} failed: {e}")
     }
+}
+
+/// Check that `ws_url` is a claudemesh broker's WebSocket endpoint before anything is
+/// saved: `/health` must answer as a broker does, and the WebSocket path must exist
+/// (a plain GET of it is refused as "not an upgrade", never 404).
+pub async fn check_broker(ws_url: &str) -> anyhow::Result<()> {
+    let base = crate::config::http_base(ws_url)?;
+    let client = http_client(std::time::Duration::from_secs(10))?;
+    let health = client
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .map_err(|e| unreachable(ws_url, &e))?;
+    let looks_like_broker = health
+        .json::<claudemesh_proto::http::Health>()
+        .await
+        .is_ok();
+    if !looks_like_broker {
+        bail!("{ws_url} is not a claudemesh broker (its /health does not answer as one)");
+    }
+    let ws_path = ws_url.replacen("ws", "http", 1);
+    let probe = client
+        .get(&ws_path)
+        .send()
+        .await
+        .map_err(|e| unreachable(ws_url, &e))?;
+    if probe.status() == reqwest::StatusCode::NOT_FOUND {
+        let hint = format!("{}/ws", ws_url.trim_end_matches('/'));
+        bail!("{ws_url} is not the broker's WebSocket path (HTTP 404 there); did you mean {hint}?");
+    }
+    Ok(())
 }
 
 /// POST JSON; a 2xx body parses as `T`, anything else becomes one readable error line.

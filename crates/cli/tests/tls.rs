@@ -1,7 +1,8 @@
 //! TLS end to end with real components: a private CA and a broker certificate made with
 //! rcgen, the real broker serving `wss://` / `https://` from them, and the real CLI
 //! trusting the CA through `CLAUDEMESH_CA_FILE`. Without the CA file the CLI names the
-//! cause in one line; a certificate reload keeps the connections already open.
+//! cause in one line; a certificate reload keeps the connections already open. Also the
+//! check `mesh create` makes of a broker URL before saving it.
 
 #![allow(
     clippy::unwrap_used,
@@ -175,4 +176,18 @@ async fn a_certificate_reload_keeps_open_connections_and_serves_the_new_one() {
     assert!(b.reload_tls().is_err());
     let (_third, seen) = tls_connect(&pki, b.addr()).await;
     assert_eq!(seen, second);
+}
+
+/// `mesh create` checks the broker before saving anything: a URL without the WebSocket
+/// path is refused with the fix, and nothing is left in the config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_create_refuses_a_url_that_is_not_the_websocket_path() {
+    let (b, _dir) = broker().await;
+    let user = User::new();
+    let bare = b.ws_url().trim_end_matches("/ws").to_owned();
+    let line = user.fails(&["mesh", "create", "Oops", "--broker", &bare]).await;
+    assert!(line.contains("did you mean"), "{line}");
+    assert!(line.contains(&format!("{bare}/ws")), "{line}");
+    let meshes = user.json(&["mesh", "list"]).await;
+    assert_eq!(meshes.as_array().map(Vec::len), Some(0), "{meshes}");
 }

@@ -86,6 +86,7 @@ pub(super) async fn join(ctx: &mut Ctx, link: &str, name: Option<String>) -> any
         peer_pubkey: key.public().to_hex(),
         display_name: Some(display_name.clone()),
     };
+    api::check_broker(&invite.broker_url).await?;
     let resp = api::join(&http_base(&invite.broker_url)?, &request)
         .await
         .map_err(join_refused)?;

@@ -31,6 +31,7 @@ pub(super) async fn mesh_create(
         bail!("you already have a mesh called '{slug}'; pick another --slug");
     }
     let base = http_base(broker)?;
+    api::check_broker(broker).await?;
     let key = SecretKey::generate();
     let display_name = display_name.unwrap_or_else(default_name);
     let resp = api::create_mesh(&base, &key, name, &slug, &display_name, token)
