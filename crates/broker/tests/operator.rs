@@ -99,7 +99,6 @@ fn a_database_url_password_never_prints() {
 
 #[tokio::test]
 async fn a_trace_log_holds_no_frame_bodies_signatures_or_ciphertexts() {
-    use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_claudemesh-broker"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
@@ -109,21 +108,14 @@ async fn a_trace_log_holds_no_frame_bodies_signatures_or_ciphertexts() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let ws = line
-        .split_whitespace()
-        .find(|w| w.starts_with("ws://"))
-        .unwrap()
-        .to_owned();
-    let b = TestBroker {
-        handle: None,
-        child: None,
-        ws_url: ws,
-        dir,
-    };
+    // Read the log as it comes, so a full pipe never blocks the broker.
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+        log
+    });
+    let b = TestBroker::adopt(child, dir);
     let mesh = create_mesh(&b, "traced").await;
     let alice = enroll(&b, &mesh, "alice").await;
     let bob = enroll(&b, &mesh, "bob").await;
@@ -136,9 +128,8 @@ async fn a_trace_log_holds_no_frame_bodies_signatures_or_ciphertexts() {
     let push = bo.next_push(WAIT).await.unwrap();
     let ciphertext = push["ciphertext"].as_str().unwrap().to_owned();
     drop((a, bo));
-    stop_child(&mut child);
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    drop(b); // kills and reaps the broker, closing its stderr
+    let log = reader.join().unwrap();
     assert!(
         log.len() > 1_000,
         "the trace log is there: {} bytes",
@@ -160,24 +151,17 @@ async fn a_trace_log_holds_no_frame_bodies_signatures_or_ciphertexts() {
     );
 }
 
-/// Stop the child and reap it.
-fn stop_child(child: &mut std::process::Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 /// 1 100 TCP connections that never send a byte, from one address, against a broker
 /// whose fd limit is 1 024: a legitimate peer still connects and authenticates, and
 /// `/health` still answers. (The broker used to keep every one of them open, forever.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_cannot_take_the_broker_offline() {
-    use std::io::BufRead as _;
     assert!(
         rlimit::increase_nofile_limit(4_096).unwrap() >= 2_048,
         "the test itself needs the fds"
     );
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new("prlimit")
+    let child = Command::new("prlimit")
         .arg("--nofile=1024:1024")
         .arg("--")
         .arg(env!("CARGO_BIN_EXE_claudemesh-broker"))
@@ -187,26 +171,13 @@ async fn silent_connections_cannot_take_the_broker_offline() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("prlimit (util-linux) is needed");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let ws = line
-        .split_whitespace()
-        .find(|w| w.starts_with("ws://"))
-        .unwrap_or_else(|| panic!("no URL in {line:?}"))
-        .to_owned();
-    let addr: std::net::SocketAddr = ws
+    let b = TestBroker::adopt(child, dir);
+    let addr: std::net::SocketAddr = b
+        .ws()
         .trim_start_matches("ws://")
         .trim_end_matches("/ws")
         .parse()
         .unwrap();
-    let b = TestBroker {
-        handle: None,
-        child: Some(child),
-        ws_url: ws,
-        dir,
-    };
     let mesh = create_mesh(&b, "flooded").await;
     let alice = enroll(&b, &mesh, "alice").await;
 

@@ -185,7 +185,9 @@ async fn mesh_create_refuses_a_url_that_is_not_the_websocket_path() {
     let (b, _dir) = broker().await;
     let user = User::new();
     let bare = b.ws_url().trim_end_matches("/ws").to_owned();
-    let line = user.fails(&["mesh", "create", "Oops", "--broker", &bare]).await;
+    let line = user
+        .fails(&["mesh", "create", "Oops", "--broker", &bare])
+        .await;
     assert!(line.contains("did you mean"), "{line}");
     assert!(line.contains(&format!("{bare}/ws")), "{line}");
     let meshes = user.json(&["mesh", "list"]).await;

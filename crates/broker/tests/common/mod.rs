@@ -63,14 +63,19 @@ impl TestBroker {
 
     /// The real binary on port 0 over `dir`; the URL is read from its stdout.
     pub fn spawn_process(dir: tempfile::TempDir) -> Self {
-        use std::io::BufRead as _;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_claudemesh-broker"))
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_claudemesh-broker"))
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .env("CLAUDEMESH_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        Self::adopt(child, dir)
+    }
+
+    /// A broker process started by the caller (stdout piped): its URL is read from stdout.
+    pub fn adopt(mut child: std::process::Child, dir: tempfile::TempDir) -> Self {
+        use std::io::BufRead as _;
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
