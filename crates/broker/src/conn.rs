@@ -32,6 +32,8 @@ use claudemesh_proto::time::{iso8601, now_ms};
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most queued frames written before one flush.
 const WRITE_BATCH: usize = 64;
+/// How long the client has to answer our close frame (its in-flight frames are discarded).
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 /// How long queued frames may take to go out when a connection is being closed.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
@@ -206,6 +208,21 @@ impl Connection {
             self.socket.send(Message::Close(Some(frame))),
         )
         .await;
+        if !self.client_closed {
+            // The closing handshake: read and discard what the client still sends until
+            // its close reply. Closing the socket over unread data would make the kernel
+            // reset the connection, and the client would see a bare drop (1006) instead
+            // of our close frame and the frames queued before it.
+            let socket = &mut self.socket;
+            let drain = async {
+                while let Some(Ok(msg)) = socket.recv().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
+        }
         // The engine hears `Detach` when `self` drops (see the `Drop` impl).
     }
 

@@ -227,27 +227,6 @@ async fn unknown_recipient_and_bad_target_are_rejected() {
     );
 }
 
-async fn remove(b: &TestBroker, mesh: &Mesh, member: &Member, mode: &str) -> (u16, Value) {
-    let body = merge(
-        json!({ "mode": mode }),
-        mesh.owner.signed(
-            AdminAction::RemoveMember,
-            &mesh.id,
-            &[&member.member_id, mode],
-        ),
-    );
-    post(
-        &format!(
-            "{}/api/meshes/{}/members/{}/remove",
-            b.http(),
-            mesh.id,
-            member.member_id
-        ),
-        &body,
-    )
-    .await
-}
-
 #[tokio::test]
 async fn revoked_member_is_closed_at_once_and_refused() {
     let b = TestBroker::start().await;

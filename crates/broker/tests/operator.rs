@@ -342,3 +342,61 @@ async fn http_floods_from_one_address_are_limited_and_others_are_served() {
         assert_eq!(h.status(), 200);
     }
 }
+
+/// Close codes with data still in flight from the client: an oversized frame followed by
+/// more frames gets 1009, and a member kicked while it keeps sending gets 4001. (On
+/// loopback this passes with or without the broker's closing-handshake drain; the reset
+/// it prevents needs more data in flight than this produces.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_codes_survive_in_flight_client_data() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let b = TestBroker::start().await;
+    let mesh = create_mesh(&b, "closing").await;
+    let alice = enroll(&b, &mesh, "alice").await;
+    let mut c = V1Client::connect(&b.ws(), &alice).await;
+    let big = "x".repeat(70_000);
+    let _ = c.ws.send(Message::Text(big.into())).await;
+    for _ in 0..50 {
+        let _ =
+            c.ws.send(Message::Text("{\"type\":\"list_peers\"}".into()))
+                .await;
+    }
+    assert_eq!(c.closed(WAIT).await, Some(1009));
+
+    let bob = enroll(&b, &mesh, "bob").await;
+    let mut bc = V1Client::connect(&b.ws(), &bob).await;
+    // Keep sending while waiting for the close, as a busy client does.
+    let (mut tx, mut rx) = bc.ws.split();
+    let writer = tokio::spawn(async move {
+        for i in 0.. {
+            let frame = serde_json::json!({ "type": "send", "targetSpec": "*", "priority": "now", "nonce": "", "ciphertext": "eA==", "id": format!("p{i}") });
+            if tx
+                .send(Message::Text(frame.to_string().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let sender = tokio::spawn(async move {
+        let mut code = None;
+        while let Ok(Some(msg)) = tokio::time::timeout(WAIT, rx.next()).await {
+            match msg {
+                Ok(Message::Close(f)) => {
+                    code = f.map(|f| u16::from(f.code));
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        code
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (status, _) = remove(&b, &mesh, &bob, "kick").await;
+    assert_eq!(status, 200);
+    assert_eq!(sender.await.unwrap(), Some(4001));
+    writer.abort();
+}

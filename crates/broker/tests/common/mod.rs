@@ -438,3 +438,25 @@ pub fn open_push(push: &Value, me: &SecretKey) -> String {
     let sender = PublicKey::from_hex(push["senderPubkey"].as_str().unwrap()).unwrap();
     String::from_utf8(box_open(&ct, &nonce, &sender, me).unwrap()).unwrap()
 }
+
+/// Kick or revoke `member` (signed by the mesh owner).
+pub async fn remove(b: &TestBroker, mesh: &Mesh, member: &Member, mode: &str) -> (u16, Value) {
+    let body = merge(
+        json!({ "mode": mode }),
+        mesh.owner.signed(
+            canonical::AdminAction::RemoveMember,
+            &mesh.id,
+            &[&member.member_id, mode],
+        ),
+    );
+    post(
+        &format!(
+            "{}/api/meshes/{}/members/{}/remove",
+            b.http(),
+            mesh.id,
+            member.member_id
+        ),
+        &body,
+    )
+    .await
+}
