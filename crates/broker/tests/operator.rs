@@ -365,7 +365,7 @@ async fn close_codes_survive_in_flight_client_data() {
     assert_eq!(c.closed(WAIT).await, Some(1009));
 
     let bob = enroll(&b, &mesh, "bob").await;
-    let mut bc = V1Client::connect(&b.ws(), &bob).await;
+    let bc = V1Client::connect(&b.ws(), &bob).await;
     // Keep sending while waiting for the close, as a busy client does.
     let (mut tx, mut rx) = bc.ws.split();
     let writer = tokio::spawn(async move {
