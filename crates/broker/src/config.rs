@@ -161,6 +161,10 @@ pub struct BrokerConfig {
     /// in total and from one source address.
     pub max_unauthenticated: usize,
     pub max_unauthenticated_per_source: usize,
+    /// Behind a TLS-terminating proxy: take client addresses for the per-source limits
+    /// from `X-Forwarded-For` / `Forwarded`, and drop the per-source cap on unauthenticated
+    /// connections (they all come from the proxy).
+    pub trust_proxy: bool,
     /// Session identities per member that are not retired (live or resumable); past it
     /// the oldest offline one retires, and a hello is refused when all of them are live.
     pub sessions_per_member: usize,
@@ -190,6 +194,7 @@ impl BrokerConfig {
             max_connections: 10_000,
             max_unauthenticated: 1_024,
             max_unauthenticated_per_source: 64,
+            trust_proxy: false,
             sessions_per_member: limits::MAX_SESSIONS_PER_MEMBER,
             v1_only: false,
         }

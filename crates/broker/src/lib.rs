@@ -171,10 +171,12 @@ impl Broker {
             Some(files) => Some(tls::CertStore::open(files.clone())?),
             None => None,
         };
-        let admission = http::serve::Admission::new(
-            shared.config.max_unauthenticated,
-            shared.config.max_unauthenticated_per_source,
-        );
+        let per_source = if shared.config.trust_proxy {
+            shared.config.max_unauthenticated
+        } else {
+            shared.config.max_unauthenticated_per_source
+        };
+        let admission = http::serve::Admission::new(shared.config.max_unauthenticated, per_source);
         let (tasks, m) = (shared.tasks.clone(), shared.metrics.clone());
         let server = match &certs {
             Some(certs) => {

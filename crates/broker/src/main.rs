@@ -65,6 +65,10 @@ struct Args {
         env = "CLAUDEMESH_MAX_UNAUTHENTICATED_PER_SOURCE"
     )]
     max_unauthenticated_per_source: usize,
+    /// Behind a TLS-terminating proxy: take client addresses from X-Forwarded-For /
+    /// Forwarded for the per-source limits (only set this when the proxy is the only way in).
+    #[arg(long, env = "CLAUDEMESH_TRUST_PROXY")]
+    trust_proxy: bool,
     /// Pushes of one unacked delivery on one connection before it parks until the
     /// recipient's next hello (clients that never ack).
     #[arg(long, default_value_t = claudemesh_proto::limits::MAX_PUSHES, env = "CLAUDEMESH_MAX_PUSHES")]
@@ -130,6 +134,7 @@ fn config(args: Args) -> anyhow::Result<BrokerConfig> {
     anyhow::ensure!(args.max_pushes >= 1, "--max-pushes must be at least 1");
     config.timings.max_pushes = args.max_pushes;
     config.max_unauthenticated = args.max_unauthenticated.max(1);
+    config.trust_proxy = args.trust_proxy;
     config.max_unauthenticated_per_source = args.max_unauthenticated_per_source.max(1);
     config.tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(claudemesh_broker::tls::TlsFiles { cert, key }),

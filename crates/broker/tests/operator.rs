@@ -400,3 +400,38 @@ async fn close_codes_survive_in_flight_client_data() {
     assert_eq!(sender.await.unwrap(), Some(4001));
     writer.abort();
 }
+
+/// Behind a proxy (`trust_proxy`) the per-address HTTP limits count the address the proxy
+/// reports; without it, `X-Forwarded-For` is ignored, so a client cannot dodge them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
+    async fn limited_after_flood(b: &TestBroker, flood_xff: &str, other_xff: &str) -> (usize, u16) {
+        let client = reqwest::Client::new();
+        let join = |xff: &str| {
+            client
+                .post(format!("{}/join", b.http()))
+                .header("x-forwarded-for", format!("203.0.113.9, {xff}"))
+                .json(&serde_json::json!({ "peer_pubkey": "00" }))
+                .send()
+        };
+        let mut limited = 0;
+        for _ in 0..200 {
+            if join(flood_xff).await.unwrap().status() == 429 {
+                limited += 1;
+            }
+        }
+        (limited, join(other_xff).await.unwrap().status().as_u16())
+    }
+    let proxied = TestBroker::start_with(|c| c.trust_proxy = true).await;
+    let (limited, other) = limited_after_flood(&proxied, "10.0.0.1", "10.0.0.2").await;
+    assert!(limited >= 50, "{limited}");
+    assert_eq!(other, 400, "another client behind the proxy is served");
+
+    let direct = TestBroker::start().await;
+    let (limited, other) = limited_after_flood(&direct, "10.0.0.1", "10.0.0.2").await;
+    assert!(limited >= 50, "{limited}");
+    assert_eq!(
+        other, 429,
+        "a forged X-Forwarded-For does not dodge the limit"
+    );
+}

@@ -73,36 +73,71 @@ pub fn status(code: Code, shape: Shape) -> StatusCode {
     }
 }
 
-/// The address a request came from (set by the accept loop; absent in unit tests).
+/// The address a request came from, for per-source limits: the TCP peer, or with
+/// `--trust-proxy` the client address the proxy reports (`X-Forwarded-For`, rightmost
+/// entry, which the proxy itself appended; else `Forwarded: for=`).
 #[derive(Debug, Clone, Copy)]
-pub struct Peer(pub Option<std::net::SocketAddr>);
+pub struct Peer(pub Option<std::net::IpAddr>);
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+impl axum::extract::FromRequestParts<std::sync::Arc<crate::state::Shared>> for Peer {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
-        _: &S,
+        shared: &std::sync::Arc<crate::state::Shared>,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Self(peer_of(&parts.extensions)))
+        Ok(Self(peer_of(parts, shared.config.trust_proxy)))
     }
 }
 
-/// The source address recorded in a request's extensions.
-pub fn peer_of(extensions: &axum::http::Extensions) -> Option<std::net::SocketAddr> {
-    extensions
+fn forwarded_for(headers: &axum::http::HeaderMap) -> Option<std::net::IpAddr> {
+    let xff = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .next_back();
+    xff.or_else(|| {
+        headers
+            .get_all("forwarded")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([',', ';']))
+            .filter_map(|kv| kv.trim().strip_prefix("for="))
+            .map(|a| {
+                a.trim_matches('"')
+                    .trim_start_matches('[')
+                    .split(']')
+                    .next()
+                    .unwrap_or("")
+            })
+            .filter_map(|a| a.parse().ok())
+            .next_back()
+    })
+}
+
+/// The source address of a request (see [`Peer`]).
+pub fn peer_of(parts: &axum::http::request::Parts, trust_proxy: bool) -> Option<std::net::IpAddr> {
+    let tcp = parts
+        .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0)
+        .map(|c| c.0.ip());
+    if trust_proxy {
+        forwarded_for(&parts.headers).or(tcp)
+    } else {
+        tcp
+    }
 }
 
 /// Refuse a request from `peer` that is over its address's limit for `kind`.
 pub fn limit(
     shared: &crate::state::Shared,
     kind: crate::ratelimit::HttpKind,
-    peer: Option<std::net::SocketAddr>,
+    peer: Option<std::net::IpAddr>,
 ) -> Result<(), Refusal> {
     match peer {
-        Some(p) if !shared.http_limiter.allow(kind, p.ip()) => {
+        Some(ip) if !shared.http_limiter.allow(kind, ip) => {
             crate::metrics::Metrics::inc(&shared.metrics.rate_limited_total);
             Err(Refusal::new(
                 Code::RateLimited,

@@ -92,7 +92,7 @@ impl<T: SignedBody> FromRequest<Arc<Shared>> for Verified<T> {
 
     async fn from_request(req: Request, shared: &Arc<Shared>) -> Result<Self, HttpError> {
         let (mut parts, body) = req.into_parts();
-        let peer = super::error::peer_of(&parts.extensions);
+        let peer = super::error::peer_of(&parts, shared.config.trust_proxy);
         super::error::limit(shared, T::LIMIT, peer)?;
         let path = <Path<HashMap<String, String>> as axum::extract::FromRequestParts<_>>::from_request_parts(&mut parts, shared)
             .await
