@@ -48,7 +48,8 @@ struct Step {
     backup: Option<PathBuf>,
 }
 
-fn report(json: bool, print: bool, steps: &[Step], next: &str) {
+/// `nothing` is what to say when no step was needed.
+fn report(json: bool, print: bool, steps: &[Step], next: &str, nothing: &str) {
     let lines: Vec<String> = steps
         .iter()
         .map(|s| match &s.backup {
@@ -62,7 +63,7 @@ fn report(json: bool, print: bool, steps: &[Step], next: &str) {
     });
     out(json, &value, || {
         let mut text = if lines.is_empty() {
-            "nothing to do: already in place".to_owned()
+            format!("nothing to do: {nothing}")
         } else if print {
             format!("would:\n  {}", lines.join("\n  "))
         } else {
@@ -203,6 +204,7 @@ pub fn install(json: bool, print: bool) -> anyhow::Result<()> {
         print,
         &steps,
         "claudemesh launch   (starts claude with live message push; or restart claude)",
+        "already in place",
     );
     Ok(())
 }
@@ -238,7 +240,13 @@ pub fn uninstall(json: bool, print: bool) -> anyhow::Result<()> {
         );
         save(print, &home.settings(), &settings, what, &mut steps)?;
     }
-    report(json, print, &steps, "");
+    report(
+        json,
+        print,
+        &steps,
+        "",
+        "claudemesh is not installed for Claude Code",
+    );
     Ok(())
 }
 

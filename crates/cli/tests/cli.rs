@@ -341,3 +341,18 @@ async fn dms_both_ways_with_a_wire_v1_client() {
     );
     b.shutdown().await;
 }
+
+/// The small things a new user hit, each answered with what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn papercuts_a_new_user_hit() {
+    let (b, _dir) = broker().await;
+    let (_owner, alice, _bob) = mesh(&b).await;
+    let empty = alice.fails(&["send", "bob", "  "]).await;
+    assert!(empty.contains("empty"), "{empty}");
+    let invite = alice.fails(&["invite"]).await;
+    assert!(invite.contains("only the owner or an admin"), "{invite}");
+    let damaged = User::new().fails(&["join", "ic://join/not-a-token!!"]).await;
+    assert!(damaged.contains("damaged"), "{damaged}");
+    let peers = alice.ok(&["peers"]).await;
+    assert!(!peers.contains("control-plane"), "{peers}");
+}

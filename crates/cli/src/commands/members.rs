@@ -20,7 +20,8 @@ use crate::output::{out, short, table};
 /// An invite link, parsed and checked offline: its signature and expiry.
 fn checked_invite(link: &str) -> anyhow::Result<InvitePayload> {
     let invite = InvitePayload::from_link(link).map_err(|e| match e {
-        InviteError::NotALink | InviteError::Malformed => anyhow!("this is not a claudemesh invite link (expected ic://join/…)"),
+        InviteError::NotALink => anyhow!("this is not a claudemesh invite link (expected ic://join/…)"),
+        InviteError::Malformed => anyhow!("this ic://join/ link is damaged (its token does not decode); copy the whole link again"),
         InviteError::Version(v) => anyhow!("this invite uses version {v}, which this claudemesh does not understand; upgrade claudemesh"),
         other => anyhow!("{other}"),
     })?;

@@ -113,6 +113,13 @@ pub(super) async fn invite_create(
     expires: &str,
 ) -> anyhow::Result<()> {
     let entry = ctx.entry()?;
+    if !entry.role.is_admin() {
+        bail!(
+            "only the owner or an admin of '{}' can invite (you are a {})",
+            entry.slug,
+            entry.role
+        );
+    }
     let expires_at = now_ms() / 1000 + parse_duration(expires)?;
     let admin = Admin::new(entry)?;
     let invite = InvitePayload::sign(

@@ -5,7 +5,7 @@
 use claudemesh_proto::codes::AnyCode;
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use claudemesh_client::envelope::Keyring;
 use claudemesh_client::inbox::{Inbox, Kind, Record};
 use claudemesh_client::{Delivery, messaging, safety};
@@ -41,7 +41,13 @@ pub(super) async fn peers(ctx: &Ctx) -> anyhow::Result<()> {
                     name,
                     p.status.as_str().into(),
                     p.summary.clone().unwrap_or_default(),
-                    p.role.clone(),
+                    // v1 calls a member-keyed connection "control-plane"; people say member.
+                    if p.role == "session" {
+                        "session"
+                    } else {
+                        "member"
+                    }
+                    .to_owned(),
                     p.reach.map_or("-", |r| r.as_str()).replace('_', " "),
                     place,
                     short(&p.pubkey),
@@ -49,7 +55,7 @@ pub(super) async fn peers(ctx: &Ctx) -> anyhow::Result<()> {
             })
             .collect();
         table(
-            &["NAME", "STATUS", "SUMMARY", "ROLE", "REACH", "WHERE", "KEY"],
+            &["NAME", "STATUS", "SUMMARY", "KIND", "REACH", "WHERE", "KEY"],
             &rows,
         )
     });
@@ -62,6 +68,9 @@ pub(super) async fn send(
     message: &str,
     priority: Priority,
 ) -> anyhow::Result<()> {
+    if message.trim().is_empty() {
+        bail!("the message is empty; nothing was sent");
+    }
     let entry = ctx.entry()?;
     let live = connect(entry).await?;
     let (target, who) = resolve(to, &candidates(&live).await?)?;
@@ -180,11 +189,14 @@ fn record_line(r: &Record) -> String {
         .sender_name
         .clone()
         .unwrap_or_else(|| short(&r.sender_pubkey));
-    let when = r
-        .created_at
-        .get(..16)
-        .unwrap_or(&r.created_at)
-        .replace('T', " ");
+    // The broker's ISO 8601 time is UTC: say so.
+    let when = format!(
+        "{} UTC",
+        r.created_at
+            .get(..16)
+            .unwrap_or(&r.created_at)
+            .replace('T', " ")
+    );
     let to = match r.target_spec.as_deref() {
         Some(t) if t.starts_with('@') || t == "*" => format!(" → {t}"),
         _ => String::new(),
