@@ -351,7 +351,9 @@ async fn papercuts_a_new_user_hit() {
     assert!(empty.contains("empty"), "{empty}");
     let invite = alice.fails(&["invite"]).await;
     assert!(invite.contains("only the owner or an admin"), "{invite}");
-    let damaged = User::new().fails(&["join", "ic://join/not-a-token!!"]).await;
+    let damaged = User::new()
+        .fails(&["join", "ic://join/not-a-token!!"])
+        .await;
     assert!(damaged.contains("damaged"), "{damaged}");
     let peers = alice.ok(&["peers"]).await;
     assert!(!peers.contains("control-plane"), "{peers}");

@@ -20,8 +20,9 @@ use crate::output::{out, short, table};
 /// An invite link, parsed and checked offline: its signature and expiry.
 fn checked_invite(link: &str) -> anyhow::Result<InvitePayload> {
     let invite = InvitePayload::from_link(link).map_err(|e| match e {
-        InviteError::NotALink => anyhow!("this is not a claudemesh invite link (expected ic://join/…)"),
-        InviteError::Malformed => anyhow!("this ic://join/ link is damaged (its token does not decode); copy the whole link again"),
+        // A bare token is accepted too, so only a link that says what it is can be "damaged".
+        InviteError::Malformed if link.trim().starts_with("ic://join/") || link.contains("/join/") => anyhow!("this invite link is damaged (its token does not decode); copy the whole link again"),
+        InviteError::NotALink | InviteError::Malformed => anyhow!("this is not a claudemesh invite link (expected ic://join/…)"),
         InviteError::Version(v) => anyhow!("this invite uses version {v}, which this claudemesh does not understand; upgrade claudemesh"),
         other => anyhow!("{other}"),
     })?;
