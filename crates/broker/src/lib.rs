@@ -73,25 +73,21 @@ pub struct BrokerHandle {
     engine: std::thread::JoinHandle<()>,
 }
 
-/// `scheme://user:secret@host/db` → `scheme://user:***@host/db`: URLs are shown to
-/// people and logs, their passwords never.
+/// What an unsupported database URL is shown as: its scheme only. Credentials can hide
+/// in the userinfo, the query or keyword strings, so nothing after the scheme prints.
 fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-    let slash = if rest.contains('/') { "/" } else { "" };
-    format!("{scheme}://{user}:***@{host}{slash}{path}")
+    match url.split_once("://") {
+        Some((scheme, _)) => format!("{scheme}://…"),
+        None => "(not a URL)".to_owned(),
+    }
 }
 
 /// Take `<db>.lock` for the life of the broker, so a second broker cannot open the same
 /// SQLite database (two engines on one file would each believe they own its state).
 fn lock_database(db: &std::path::Path) -> Result<std::fs::File, StartError> {
-    let path = db.with_extension("db.lock");
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = std::path::PathBuf::from(name);
     if let Some(dir) = path.parent() {
         claudemesh_store::sqlite::private_dir(dir).map_err(StartError::Store)?;
     }
@@ -108,9 +104,15 @@ fn lock_database(db: &std::path::Path) -> Result<std::fs::File, StartError> {
         })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(_) => Err(StartError::Locked {
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked {
             path: db.to_path_buf(),
         }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StartError::Store(claudemesh_store::StoreError::Open {
+                path: path.display().to_string(),
+                reason: format!("cannot lock it: {e}"),
+            }))
+        }
     }
 }
 
@@ -240,9 +242,10 @@ impl BrokerHandle {
     /// let the engine commit what it holds and stop. Nothing acknowledged is lost.
     pub async fn shutdown(self) {
         self.shared.shutdown.cancel();
+        // The accept loop first, so nothing is spawned after the tracker is waited on.
+        let _ = self.server.await;
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
-        let _ = self.server.await;
         // The last EngineHandle lives in `shared`; dropping it closes the engine inbox.
         drop(self.shared);
         let engine = self.engine;

@@ -28,7 +28,7 @@ struct Args {
     #[arg(long, env = "CLAUDEMESH_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Database URL: sqlite:///path/to/file.db (default: SQLite in the data directory).
-    #[arg(long, env = "CLAUDEMESH_DATABASE_URL")]
+    #[arg(long, env = "CLAUDEMESH_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Token required to create meshes. Without it, creation is open on loopback and
     /// disabled on any other address.
@@ -153,7 +153,10 @@ async fn reload_on_sighup(broker: &claudemesh_broker::BrokerHandle) {
     };
     while hup.recv().await.is_some() {
         match broker.reload_tls() {
-            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Ok(()) if broker.ws_url().starts_with("wss://") => {
+                tracing::info!("TLS certificate reloaded");
+            }
+            Ok(()) => tracing::info!("SIGHUP: no TLS certificate to reload"),
             Err(e) => {
                 tracing::error!(error = %e, "TLS reload failed; still serving the old certificate");
             }

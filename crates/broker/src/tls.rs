@@ -1,8 +1,8 @@
 //! Serving TLS directly (`--tls-cert` / `--tls-key`, PEM): a rustls server whose
 //! certificate can be replaced while it runs ([`CertStore::reload`], on SIGHUP), and an
 //! axum [`Listener`] that completes TLS handshakes off the accept path, so one slow or
-//! silent client cannot hold up everybody else's accept. Handshakes are bounded in number
-//! and time; a failed one is logged at debug level and dropped.
+//! silent client cannot hold up everybody else's accept. Handshakes are bounded in number,
+//! per source address and in time; a failed one is logged at debug level and dropped.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -24,8 +24,10 @@ use tokio_util::task::TaskTracker;
 
 /// Longest a client may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; past this, accepted sockets wait for a free slot.
+/// Handshakes in progress at once, and from one source address; past either a new socket
+/// is closed at once (so one address cannot occupy the handshake stage).
 const MAX_HANDSHAKES: usize = 256;
+const MAX_HANDSHAKES_PER_SOURCE: usize = 16;
 
 /// The certificate and key files the broker serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +141,7 @@ impl TlsListener {
         })?;
         let acceptor = TlsAcceptor::from(certs.server_config()?);
         let (tx, ready) = mpsc::channel(MAX_HANDSHAKES);
-        let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let slots = crate::http::serve::Admission::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE);
         let inner = tasks.clone();
         tasks.spawn(async move {
             loop {
@@ -157,8 +159,9 @@ impl TlsListener {
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    break;
+                let Some(slot) = slots.admit(peer.ip()) else {
+                    tracing::debug!(%peer, "too many TLS handshakes in progress; closed");
+                    continue;
                 };
                 let (acceptor, tx, stop) = (acceptor.clone(), tx.clone(), stop.clone());
                 inner.spawn(async move {

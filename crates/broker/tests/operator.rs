@@ -91,10 +91,8 @@ fn a_database_url_password_never_prints() {
         "postgres://admin:hunter2@db.internal/claudemesh",
     ]);
     assert!(!err.contains("hunter2"), "{err}");
-    assert!(
-        err.contains("postgres://admin:***@db.internal/claudemesh"),
-        "{err}"
-    );
+    assert!(!err.contains("admin"), "{err}");
+    assert!(err.contains("postgres://…"), "{err}");
 }
 
 #[tokio::test]

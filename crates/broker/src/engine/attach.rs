@@ -256,9 +256,9 @@ impl Engine {
         }
         presence.conns.retain(|c| !replaced.contains(c));
         presence.conns.push(conn);
-        if presence.mailbox.is_none() {
-            presence.mailbox = Some(Mailbox::unloaded());
-        }
+        // A new hello starts a fresh window: everything unacked is pushed again, parked
+        // deliveries included (PROTOCOL §7.4), even when it replaces a live connection.
+        presence.mailbox = Some(Mailbox::unloaded());
         Some(Bound {
             existing,
             replaced,

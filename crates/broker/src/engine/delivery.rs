@@ -3,7 +3,8 @@
 //! queue, leases re-pushed on expiry, priority gating by status, and scoped `client_ack`.
 //!
 //! Invariant: for an online recipient, every unacked delivery with `seq <= loaded_upto` is
-//! in `pending` or `inflight`; anything newer is in the database only when `spilled`.
+//! in `pending`, `inflight` or `parked` (pushed `max_pushes` times on this connection
+//! without an ack); anything newer is in the database only when `spilled`.
 //! Deliveries enter a mailbox in `seq` order, which is commit order, so FIFO per
 //! (sender, recipient) holds for first pushes.
 
@@ -46,6 +47,13 @@ struct Inflight {
     pushes: u32,
 }
 
+/// A delivery that was pushed `max_pushes` times on this connection without an ack.
+struct Parked {
+    message_id: String,
+    /// Milliseconds since the epoch, as the message's.
+    expires_at: i64,
+}
+
 /// The in-memory window over one online recipient's queue.
 #[derive(Default)]
 pub(super) struct Mailbox {
@@ -54,7 +62,7 @@ pub(super) struct Mailbox {
     inflight_by_id: HashMap<String, i64>,
     /// Pushed `max_pushes` times without an ack: not pushed again on this connection
     /// (by message id; the delivery stays unacked in the database).
-    parked: HashMap<String, i64>,
+    parked: BTreeMap<i64, Parked>,
     loaded_upto: i64,
     spilled: bool,
     lease_timer: Option<Instant>,
@@ -86,8 +94,8 @@ impl Mailbox {
         }
         for row in rows {
             self.loaded_upto = row.seq;
-            if !self.inflight.contains_key(&row.seq) && !self.parked.values().any(|s| *s == row.seq)
-            {
+            // Rows come with seq > loaded_upto, so none is parked yet.
+            if !self.inflight.contains_key(&row.seq) {
                 self.pending.push_back(delivery_from(row));
             }
         }
@@ -376,11 +384,21 @@ impl Engine {
         }
         for seq in &park {
             if let Some(l) = mb.inflight.remove(seq) {
-                let id = l.delivery.message.message_id.clone();
-                mb.inflight_by_id.remove(&id);
-                mb.parked.insert(id, *seq);
+                let message_id = l.delivery.message.message_id.clone();
+                mb.inflight_by_id.remove(&message_id);
+                let expires_at = l.delivery.message.expires_at;
+                mb.parked.insert(
+                    *seq,
+                    Parked {
+                        message_id,
+                        expires_at,
+                    },
+                );
             }
         }
+        // Parked copies that expired are gone from the database too: forget them here.
+        let now_wall = now_ms();
+        mb.parked.retain(|_, p| p.expires_at > now_wall);
         let next = mb.inflight.values().map(|l| l.deadline).min();
         mb.lease_timer = next;
         let n = repushed.len() as u64;
@@ -454,7 +472,13 @@ impl Engine {
         if let Some(mb) = self.mailbox(mesh_id, key) {
             if let Some(seq) = mb.inflight_by_id.remove(&message_id) {
                 mb.inflight.remove(&seq);
-            } else if mb.parked.remove(&message_id).is_none() {
+            } else if let Some(seq) = mb
+                .parked
+                .iter()
+                .find_map(|(seq, p)| (p.message_id == message_id).then_some(*seq))
+            {
+                mb.parked.remove(&seq);
+            } else {
                 mb.pending.retain(|d| d.message.message_id != message_id);
             }
         }
@@ -509,7 +533,7 @@ impl Engine {
             .map(|d| {
                 let presence = mesh.presences.get(&d.recipient);
                 let inflight = presence.and_then(|p| p.mailbox.as_ref()).is_some_and(|mb| {
-                    mb.inflight.contains_key(&d.seq) || mb.parked.values().any(|s| *s == d.seq)
+                    mb.inflight.contains_key(&d.seq) || mb.parked.contains_key(&d.seq)
                 });
                 // Acks of this batch are written just before its commit.
                 let acked_now = self.pending_acks.contains(&d.seq);

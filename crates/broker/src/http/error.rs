@@ -96,8 +96,8 @@ fn forwarded_for(headers: &axum::http::HeaderMap) -> Option<std::net::IpAddr> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|a| a.trim().parse().ok())
-        .next_back();
+        .next_back()
+        .and_then(|a| a.trim().parse().ok());
     xff.or_else(|| {
         headers
             .get_all("forwarded")

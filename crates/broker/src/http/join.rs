@@ -18,9 +18,17 @@ use crate::state::Shared;
 pub async fn join(
     State(shared): State<Arc<Shared>>,
     super::error::Peer(peer): super::error::Peer,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, HttpError> {
     super::error::limit(&shared, HttpKind::Join, peer).map_err(HttpError::join)?;
+    let body: Bytes = axum::body::to_bytes(body, claudemesh_proto::limits::MAX_FRAME_BYTES)
+        .await
+        .map_err(|_| {
+            HttpError::join(Refusal::new(
+                Code::PayloadTooLarge,
+                "request body is too large",
+            ))
+        })?;
     let req: JoinRequest = serde_json::from_slice(&body).map_err(|e| {
         HttpError::join(Refusal::new(
             Code::Malformed,

@@ -26,6 +26,12 @@ use crate::metrics::Metrics;
 
 /// Longest a client may take to send a request's headers (including the first).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a plain HTTP connection may live (keep-alive included), so a request body
+/// sent a byte a minute cannot hold a place for ever. A WebSocket leaves hyper as soon as
+/// it is upgraded, so this never limits one.
+pub const HTTP_CONNECTION_MAX: Duration = Duration::from_secs(60);
+/// How long in-flight requests get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Counts unauthenticated connections, in total and per source address.
 #[derive(Debug)]
@@ -115,6 +121,7 @@ pub async fn serve<L>(
 {
     loop {
         let (io, peer) = tokio::select! {
+            biased;
             () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
@@ -144,14 +151,16 @@ pub async fn serve<L>(
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                result = tokio::time::timeout(HTTP_CONNECTION_MAX, conn.as_mut()) => {
+                    match result {
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+                        Err(_) => tracing::debug!(%peer, "HTTP connection closed after its maximum life"),
+                        Ok(Ok(())) => {}
                     }
                 }
                 () = stop.cancelled() => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
                 }
             }
         });

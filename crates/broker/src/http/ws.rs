@@ -23,8 +23,6 @@ pub async fn upgrade(
     slot: Option<axum::Extension<super::serve::PreAuthSlot>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    // Counted as unauthenticated until its hello succeeds (see `serve.rs`).
-    let preauth = slot.and_then(|s| s.0.take());
     let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
         let r = Refusal::new(Code::Unavailable, "too many connections");
         return HttpError::api(r).into_response();
@@ -32,6 +30,9 @@ pub async fn upgrade(
     if shared.shutdown.is_cancelled() {
         return HttpError::api(Refusal::shutting_down()).into_response();
     }
+    // Counted as unauthenticated until its hello succeeds (see `serve.rs`); taken only
+    // now, so a refused upgrade leaves the connection counted.
+    let preauth = slot.and_then(|s| s.0.take());
     let id = shared.next_conn.fetch_add(1, Relaxed);
     // tungstenite's defaults (128 KiB read buffer, 128 KiB write threshold) cost ~160 KiB
     // per idle connection; frames are at most 64 KiB and writes are flushed per batch, so
