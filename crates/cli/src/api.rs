@@ -173,11 +173,42 @@ pub fn http_client(timeout: std::time::Duration) -> anyhow::Result<reqwest::Clie
 pub fn unreachable(base: &str, e: &reqwest::Error) -> anyhow::Error {
     if let Some(why) = claudemesh_client::tls::explain(e) {
         anyhow!("cannot reach the broker at {base}: {why}")
-    } else if e.is_connect() || e.is_timeout() {
+    } else if let Some(why) = connect_cause(e) {
+        anyhow!("cannot reach the broker at {base}: {why}")
+    } else if e.is_timeout() {
+        anyhow!(
+            "cannot reach the broker at {base}: no answer in time (a firewall, or the wrong host?)"
+        )
+    } else if e.is_connect() {
         anyhow!("cannot reach the broker at {base}: is it running, and is the URL right?")
     } else {
         anyhow!("request to {base} failed: {e}")
     }
+}
+
+/// A refused connection or an unresolvable name, told apart from the rest.
+fn connect_cause(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    return Some(
+                        "connection refused: nothing listens on that host and port (is the broker running?)",
+                    );
+                }
+                _ if io.to_string().contains("failed to lookup address") => {
+                    return Some("the host name does not resolve (check the URL)");
+                }
+                _ => {}
+            }
+        }
+        if err.to_string().starts_with("dns error") {
+            return Some("the host name does not resolve (check the URL)");
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Check that `ws_url` is a claudemesh broker's WebSocket endpoint before anything is

@@ -193,3 +193,17 @@ async fn mesh_create_refuses_a_url_that_is_not_the_websocket_path() {
     let meshes = user.json(&["mesh", "list"]).await;
     assert_eq!(meshes.as_array().map(Vec::len), Some(0), "{meshes}");
 }
+
+/// A broker that is not there is named as such: connection refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_port_is_called_connection_refused() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let line = User::new()
+        .fails(&["mesh", "create", "Nowhere", "--broker", &url])
+        .await;
+    assert!(line.contains("connection refused"), "{line}");
+    assert!(line.contains(&url), "the URL as typed: {line}");
+}
