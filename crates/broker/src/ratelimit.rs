@@ -23,17 +23,33 @@ const MAX_HORIZON_NANOS: f64 = 1.0e19;
 /// (mesh id, member id, frame type).
 type Key = (String, String, &'static str);
 
-/// A frame type's limit: a token bucket, or none at all (a burst below one token).
+/// One limit over keys `K`: a token bucket per key, or none at all (a burst below one
+/// token).
 #[derive(Debug)]
-enum Limit {
-    Bucket(DefaultKeyedRateLimiter<Key>),
+enum Limit<K: std::hash::Hash + Eq + Clone> {
+    Bucket(DefaultKeyedRateLimiter<K>),
     Never,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Limit<K> {
+    /// Take one token for `key`; false when it has none left.
+    fn check(&self, key: &K) -> bool {
+        match self {
+            Limit::Never => false,
+            Limit::Bucket(limiter) => {
+                if limiter.len() > PRUNE_ABOVE {
+                    limiter.retain_recent();
+                }
+                limiter.check_key(key).is_ok()
+            }
+        }
+    }
 }
 
 /// The GCRA limiter for a token-bucket rate: `floor(burst)` tokens at once, one more every
 /// `1 / per_sec` seconds. A burst below one never admits anything (as a bucket that can
 /// never hold a whole token). Never panics, whatever the numbers.
-fn limit(rate: Rate) -> Limit {
+fn limit<K: std::hash::Hash + Eq + Clone>(rate: Rate) -> Limit<K> {
     let burst = rate.burst.floor();
     if burst.is_nan() || burst < 1.0 {
         return Limit::Never;
@@ -62,8 +78,8 @@ fn limit(rate: Rate) -> Limit {
 #[derive(Debug)]
 pub struct RateLimiter {
     enabled: bool,
-    by_type: HashMap<String, Limit>,
-    default: Limit,
+    by_type: HashMap<String, Limit<Key>>,
+    default: Limit<Key>,
 }
 
 impl RateLimiter {
@@ -84,16 +100,8 @@ impl RateLimiter {
         if !self.enabled {
             return true;
         }
-        match self.by_type.get(kind).unwrap_or(&self.default) {
-            Limit::Never => false,
-            Limit::Bucket(limiter) => {
-                if limiter.len() > PRUNE_ABOVE {
-                    limiter.retain_recent();
-                }
-                let key = (mesh_id.to_owned(), member_id.to_owned(), kind);
-                limiter.check_key(&key).is_ok()
-            }
-        }
+        let key = (mesh_id.to_owned(), member_id.to_owned(), kind);
+        self.by_type.get(kind).unwrap_or(&self.default).check(&key)
     }
 }
 
@@ -113,9 +121,9 @@ pub enum HttpKind {
 #[derive(Debug)]
 pub struct HttpLimiter {
     enabled: bool,
-    join: Limit,
-    create: Limit,
-    admin: Limit,
+    join: Limit<std::net::IpAddr>,
+    create: Limit<std::net::IpAddr>,
+    admin: Limit<std::net::IpAddr>,
 }
 
 impl HttpLimiter {
@@ -139,17 +147,7 @@ impl HttpLimiter {
             HttpKind::CreateMesh => &self.create,
             HttpKind::Admin => &self.admin,
         };
-        match limit {
-            Limit::Never => false,
-            Limit::Bucket(limiter) => {
-                if limiter.len() > PRUNE_ABOVE {
-                    limiter.retain_recent();
-                }
-                limiter
-                    .check_key(&(ip.to_string(), String::new(), "http"))
-                    .is_ok()
-            }
-        }
+        limit.check(&ip)
     }
 }
 

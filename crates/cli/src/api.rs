@@ -159,14 +159,17 @@ impl Admin {
     }
 }
 
-/// An HTTP client that trusts what the WebSocket side trusts (the platform's roots plus
-/// `CLAUDEMESH_CA_FILE`).
-pub fn http_client(timeout: std::time::Duration) -> anyhow::Result<reqwest::Client> {
-    let tls = claudemesh_client::tls::client_config()?;
-    Ok(reqwest::Client::builder()
-        .timeout(timeout)
-        .use_preconfigured_tls((*tls).clone())
-        .build()?)
+/// An HTTP client for `base`; for `https://` one that trusts what the WebSocket side
+/// trusts (the platform's roots plus `CLAUDEMESH_CA_FILE`), loaded only when needed.
+pub fn http_client(base: &str, timeout: std::time::Duration) -> anyhow::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder().timeout(timeout);
+    let builder = if base.starts_with("https://") {
+        let tls = claudemesh_client::tls::client_config()?;
+        builder.use_preconfigured_tls((*tls).clone())
+    } else {
+        builder
+    };
+    Ok(builder.build()?)
 }
 
 /// Why a request to `base` failed, in one line a user can act on.
@@ -216,7 +219,7 @@ fn connect_cause(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> 
 /// (a plain GET of it is refused as "not an upgrade", never 404).
 pub async fn check_broker(ws_url: &str) -> anyhow::Result<()> {
     let base = crate::config::http_base(ws_url)?;
-    let client = http_client(std::time::Duration::from_secs(10))?;
+    let client = http_client(&base, std::time::Duration::from_secs(10))?;
     let health = client
         .get(format!("{base}/health"))
         .send()
@@ -249,7 +252,7 @@ async fn post<B: Serialize, T: DeserializeOwned>(
     body: &B,
 ) -> anyhow::Result<T> {
     let url = format!("{base}{path}");
-    let client = http_client(std::time::Duration::from_secs(15))?;
+    let client = http_client(base, std::time::Duration::from_secs(15))?;
     let resp = client
         .post(&url)
         .json(body)

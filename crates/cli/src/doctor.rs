@@ -52,7 +52,7 @@ async fn check_broker(report: &mut Report, entry: &MeshEntry) {
         Ok(b) => b,
         Err(e) => return report.add(Level::Fail, "broker", format!("{mesh}: {e:#}")),
     };
-    let client = crate::api::http_client(Duration::from_secs(5));
+    let client = crate::api::http_client(&base, Duration::from_secs(5));
     let response = match client {
         Ok(c) => c.get(format!("{base}/health")).send().await,
         Err(e) => return report.add(Level::Fail, "broker", format!("{mesh}: {e:#}")),
