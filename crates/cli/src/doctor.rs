@@ -140,6 +140,7 @@ async fn check_member(report: &mut Report, entry: &MeshEntry) {
             ..PresenceInfo::default()
         },
         reconnect: false,
+        liveness: claudemesh_client::Liveness::default(),
     };
     match Connection::connect(opts).await {
         Ok((conn, _)) => {

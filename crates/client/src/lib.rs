@@ -12,6 +12,6 @@ pub mod safety;
 pub mod tls;
 
 pub use connection::{
-    ConnectError, ConnectOptions, Connection, Failure, Identity, State, TransportError,
+    ConnectError, ConnectOptions, Connection, Failure, Identity, Liveness, State, TransportError,
 };
 pub use messaging::{Delivery, SendError, SendReport, Target};

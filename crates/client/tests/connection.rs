@@ -16,7 +16,8 @@ use claudemesh_broker::{Broker, BrokerConfig, BrokerHandle};
 use claudemesh_client::envelope::Keyring;
 use claudemesh_client::inbox::{Inbox, Kind};
 use claudemesh_client::{
-    ConnectError, ConnectOptions, Connection, Delivery, Failure, Identity, State, Target, messaging,
+    ConnectError, ConnectOptions, Connection, Delivery, Failure, Identity, Liveness, State, Target,
+    messaging,
 };
 use claudemesh_crypto::SecretKey;
 use claudemesh_proto::canonical::{self, AdminAction};
@@ -122,6 +123,7 @@ async fn connect(
         identity,
         presence,
         reconnect,
+        liveness: Liveness::default(),
     })
     .await
     .unwrap();
@@ -149,6 +151,7 @@ fn member_options(url: &str, mesh_id: &str, member_id: &str, key: SecretKey) -> 
         },
         presence: PresenceInfo::default(),
         reconnect: true,
+        liveness: Liveness::default(),
     }
 }
 
@@ -366,6 +369,7 @@ async fn spawned_connection_waits_for_the_broker_and_restores_its_presence() {
             ..PresenceInfo::default()
         },
         reconnect: true,
+        liveness: Liveness::default(),
     });
     assert_eq!(a.state(), State::Connecting);
     assert!(a.hello().is_none());
@@ -456,6 +460,7 @@ async fn a_refused_field_is_retried_not_final() {
             ..PresenceInfo::default()
         },
         reconnect: true,
+        liveness: Liveness::default(),
     });
     let err = a.wait_connected(Duration::from_secs(2)).await.unwrap_err();
     assert!(err.to_string().contains("malformed"), "{err}");

@@ -50,6 +50,7 @@ pub(crate) async fn connect(entry: &MeshEntry) -> anyhow::Result<Live> {
         identity,
         presence,
         reconnect: false,
+        liveness: claudemesh_client::Liveness::default(),
     };
     let (conn, pushes) = Connection::connect(opts).await.map_err(|e| match e {
         claudemesh_client::ConnectError::Refused {

@@ -76,6 +76,7 @@ impl Link {
             identity,
             presence,
             reconnect: true,
+            liveness: claudemesh_client::Liveness::default(),
         });
         let link = Self {
             slug: entry.slug.clone(),

@@ -387,27 +387,51 @@ impl Actor {
     }
 
     /// Serve one connection until it drops or the handle closes it.
+    /// A socket silent for `liveness.dead_after` is dropped (see [`super::Liveness`]); so
+    /// is one whose write does not complete in that time (a full send buffer on a dead
+    /// link would otherwise hold the loop).
     async fn serve(&mut self, ws: &mut Ws) -> Exit {
+        let live = self.opts.liveness;
+        let tick = live
+            .ping_after
+            .min(live.dead_after / 4)
+            .max(Duration::from_millis(10));
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = tokio::time::Instant::now();
+        let mut last_ping = last_heard;
         loop {
-            tokio::select! {
-                cmd = self.cmd_rx.recv() => {
-                    let frame = match cmd {
-                        None | Some(Cmd::Close) => return Exit::Closed,
-                        Some(cmd) => self.outgoing(cmd),
-                    };
-                    if let Some(frame) = frame
-                        && ws.send(text(&frame)).await.is_err()
-                    {
-                        return Exit::Dropped;
-                    }
-                }
+            let out = tokio::select! {
+                cmd = self.cmd_rx.recv() => match cmd {
+                    None | Some(Cmd::Close) => return Exit::Closed,
+                    Some(cmd) => self.outgoing(cmd).map(|f| text(&f)),
+                },
                 msg = ws.next() => {
                     let Some(Ok(msg)) = msg else { return Exit::Dropped };
+                    last_heard = tokio::time::Instant::now();
                     match msg {
                         Message::Text(t) => self.incoming(t.as_str()).await,
                         Message::Close(_) => return Exit::Dropped,
                         _ => {}
                     }
+                    None
+                }
+                _ = ticks.tick() => {
+                    let silent = last_heard.elapsed();
+                    if silent >= live.dead_after {
+                        tracing::info!(silent_ms = silent.as_millis() as u64, "nothing from the broker: dropping the connection");
+                        return Exit::Dropped;
+                    }
+                    (silent >= live.ping_after && last_ping.elapsed() >= live.ping_after).then(|| {
+                        last_ping = tokio::time::Instant::now();
+                        Message::Ping(Default::default())
+                    })
+                }
+            };
+            if let Some(msg) = out {
+                match tokio::time::timeout(live.dead_after, ws.send(msg)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return Exit::Dropped,
                 }
             }
         }

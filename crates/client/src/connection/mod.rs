@@ -34,6 +34,7 @@ use claudemesh_proto::frames::{
     MemberInfo, MessageStatusReply, MessageStatusRequest, PeerInfo, PresenceInfo, Push, Reach,
     Request, RetireSessions, Send, SetReach, SetStatus, SetSummary, Status,
 };
+use claudemesh_proto::limits;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use actor::Cmd;
@@ -142,6 +143,30 @@ pub struct ConnectOptions {
     pub presence: PresenceInfo,
     /// Reconnect after a drop (long-lived clients); one-shot CLI commands turn it off.
     pub reconnect: bool,
+    /// When a silent socket counts as dead.
+    pub liveness: Liveness,
+}
+
+/// How the client tells a dead socket from a quiet one. A partition or a sleeping laptop
+/// leaves the TCP connection open with nothing coming through, and the broker may already
+/// have given this connection up; without a deadline of its own the client would wait on
+/// it forever and never reconnect. After `ping_after` without a frame from the broker the
+/// client sends a WebSocket ping (any broker answers it with a pong); after `dead_after`
+/// without a frame it drops the socket and reconnects. The defaults mirror the broker's
+/// own ([`limits::PING_INTERVAL`], [`limits::DEAD_SOCKET_AFTER`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    pub ping_after: Duration,
+    pub dead_after: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            ping_after: limits::PING_INTERVAL,
+            dead_after: limits::DEAD_SOCKET_AFTER,
+        }
+    }
 }
 
 /// What the connection reports besides pushes.
