@@ -168,6 +168,7 @@ impl Broker {
             started: Instant::now(),
         });
         let app = http::router(shared.clone());
+        let ops = http::ops_router(shared.clone());
         let stop = shared.shutdown.clone();
         let certs = match &shared.config.tls {
             Some(files) => Some(tls::CertStore::open(files.clone())?),
@@ -183,7 +184,9 @@ impl Broker {
         let server = match &certs {
             Some(certs) => {
                 let listener = tls::TlsListener::new(listener, certs, stop.clone(), tasks.clone())?;
-                tokio::spawn(http::serve::serve(listener, app, stop, tasks, admission, m))
+                tokio::spawn(http::serve::serve(
+                    listener, app, ops, stop, tasks, admission, m,
+                ))
             }
             None => {
                 // Messages are small and latency-sensitive: no Nagle delay.
@@ -192,7 +195,9 @@ impl Broker {
                         tracing::debug!(error = %e, "could not set TCP_NODELAY");
                     }
                 });
-                tokio::spawn(http::serve::serve(listener, app, stop, tasks, admission, m))
+                tokio::spawn(http::serve::serve(
+                    listener, app, ops, stop, tasks, admission, m,
+                ))
             }
         };
         tracing::info!(%addr, tls = certs.is_some(), "broker listening");

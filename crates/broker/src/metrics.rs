@@ -26,6 +26,7 @@ pub struct Metrics {
     pub rate_limited_total: Counter,
     pub hello_rejected_total: Counter,
     pub preauth_refused_total: Counter,
+    pub preauth_reserve_total: Counter,
     registry: Registry,
 }
 
@@ -47,6 +48,7 @@ impl Default for Metrics {
             rate_limited_total: Counter::default(),
             hello_rejected_total: Counter::default(),
             preauth_refused_total: Counter::default(),
+            preauth_reserve_total: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut m.registry;
@@ -122,6 +124,11 @@ impl Default for Metrics {
                 "broker_preauth_refused",
                 "Connections closed at once: too many unauthenticated ones (in total or from one address)",
                 &m.preauth_refused_total,
+            ),
+            (
+                "broker_preauth_reserve",
+                "Connections served from the operators' reserve (/health and /metrics only) because the unauthenticated cap was full",
+                &m.preauth_reserve_total,
             ),
         ];
         for (name, help, counter) in counters {

@@ -217,6 +217,88 @@ async fn silent_connections_cannot_take_the_broker_offline() {
     drop(silent);
 }
 
+/// With the unauthenticated cap full, the operators' reserve still answers `/health` and
+/// `/metrics`, and only those: anything else on a reserve connection is 503 `unavailable`.
+/// An address over its own cap gets no reserve place.
+#[tokio::test]
+async fn a_full_house_still_answers_health_from_the_reserve() {
+    let b = TestBroker::start_with(|c| {
+        c.max_unauthenticated = 8;
+        c.max_unauthenticated_per_source = 8;
+    })
+    .await;
+    let addr = b.handle.as_ref().unwrap().addr();
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        silent.push(socket.connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let fresh = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+
+    let health = fresh()
+        .get(format!("{}/health", b.http()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "health from the reserve");
+    let join = fresh()
+        .post(format!("{}/join", b.http()))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        join.status(),
+        503,
+        "only operator endpoints from the reserve"
+    );
+    let body: serde_json::Value = join.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable", "{body}");
+
+    // The flooding address is over its own cap: no reserve place for it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut extra = socket.connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = extra
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 32];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "refused: {:?}", String::from_utf8_lossy(&buf[..n]));
+
+    let m = metrics(&b).await;
+    let reserve: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("broker_preauth_reserve_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        reserve >= 3,
+        "health, join and metrics came from the reserve: {reserve}"
+    );
+    drop(silent);
+    // Once the flood is gone, everything is served again.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let join = fresh()
+        .post(format!("{}/join", b.http()))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(join.status(), 503);
+}
+
 /// A connection that sends nothing is closed once the header-read timeout passes.
 #[tokio::test]
 async fn a_silent_connection_is_closed_after_the_header_timeout() {

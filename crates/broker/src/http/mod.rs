@@ -55,3 +55,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .layer(DefaultBodyLimit::max(limits::MAX_FRAME_BYTES))
         .with_state(shared)
 }
+
+/// What a connection from the operators' reserve is served (see [`serve`]): `/health` and
+/// `/metrics`, and 503 `unavailable` for anything else.
+pub fn ops_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async {
+            error::HttpError::api(crate::refusal::Refusal::new(
+                claudemesh_proto::codes::Code::Unavailable,
+                "the broker is at its limit of unauthenticated connections; retry in a few seconds",
+            ))
+        })
+        .with_state(shared)
+}

@@ -7,6 +7,11 @@
 //!   hello) are capped in total and per source address ([`Admission`]); past either cap a
 //!   new connection is closed at once. A WebSocket leaves the count when its hello
 //!   succeeds, so authenticated peers are never crowded out by anonymous ones;
+//! - past the total cap a small reserve ([`OPS_RESERVE`], [`OPS_RESERVE_PER_SOURCE`] per
+//!   address) still serves `/health` and `/metrics`, with a short header timeout
+//!   ([`OPS_HEADER_TIMEOUT`]) and life ([`OPS_CONNECTION_MAX`]); anything else asked on
+//!   such a connection is answered 503 `unavailable`. An operator can see a broker under
+//!   attack, and the reserve is useless for holding places;
 //! - every connection task is tracked, and stops (gracefully) at shutdown.
 
 use std::collections::HashMap;
@@ -30,12 +35,27 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// sent a byte a minute cannot hold a place for ever. A WebSocket leaves hyper as soon as
 /// it is upgraded, so this never limits one.
 pub const HTTP_CONNECTION_MAX: Duration = Duration::from_secs(60);
+/// Connections served from the operators' reserve when the unauthenticated cap is full,
+/// in total and from one address.
+pub const OPS_RESERVE: usize = 16;
+pub const OPS_RESERVE_PER_SOURCE: usize = 2;
+/// A reserve connection must send its headers this fast, and lives at most this long.
+pub const OPS_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+pub const OPS_CONNECTION_MAX: Duration = Duration::from_secs(5);
 /// How long in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Counts unauthenticated connections, in total and per source address.
+/// Counts unauthenticated connections, in total and per source address: the main pool,
+/// and the operators' reserve behind it.
 #[derive(Debug)]
 pub struct Admission {
+    main: Arc<Pool>,
+    reserve: Arc<Pool>,
+}
+
+/// Places in total and per source address.
+#[derive(Debug)]
+struct Pool {
     max_total: usize,
     max_per_source: usize,
     counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
@@ -45,14 +65,23 @@ pub struct Admission {
 /// connection closed, or its WebSocket authenticated).
 #[derive(Debug)]
 pub struct PreAuth {
-    admission: Arc<Admission>,
+    pool: Arc<Pool>,
     ip: IpAddr,
+}
+
+/// Where a new connection was admitted.
+#[derive(Debug)]
+pub enum Admitted {
+    /// Everything is served.
+    Full(PreAuth),
+    /// The main pool is full: only `/health` and `/metrics`.
+    OpsOnly(PreAuth),
 }
 
 impl Drop for PreAuth {
     fn drop(&mut self) {
         let mut c = self
-            .admission
+            .pool
             .counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -69,26 +98,54 @@ impl Drop for PreAuth {
 impl Admission {
     pub fn new(max_total: usize, max_per_source: usize) -> Arc<Self> {
         Arc::new(Self {
+            main: Pool::new(max_total, max_per_source),
+            reserve: Pool::new(OPS_RESERVE, OPS_RESERVE_PER_SOURCE),
+        })
+    }
+
+    /// A place for a new unauthenticated connection from `ip`: in the main pool if both
+    /// its caps allow it, else (only when the main pool is full in total, not when this
+    /// address is over its own cap) in the operators' reserve.
+    pub fn admit(&self, ip: IpAddr) -> Option<Admitted> {
+        match self.main.take(ip) {
+            Ok(place) => Some(Admitted::Full(place)),
+            Err(Full::Total) => self.reserve.take(ip).ok().map(Admitted::OpsOnly),
+            Err(Full::Source) => None,
+        }
+    }
+}
+
+/// Which cap refused.
+enum Full {
+    Total,
+    Source,
+}
+
+impl Pool {
+    fn new(max_total: usize, max_per_source: usize) -> Arc<Self> {
+        Arc::new(Self {
             max_total: max_total.max(1),
             max_per_source: max_per_source.max(1),
             counts: Mutex::new((0, HashMap::new())),
         })
     }
 
-    /// A place for a new unauthenticated connection from `ip`, if both caps allow it.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<PreAuth> {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Result<PreAuth, Full> {
         let mut c = self
             .counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let from_ip = c.1.get(&ip).copied().unwrap_or(0);
-        if c.0 >= self.max_total || from_ip >= self.max_per_source {
-            return None;
+        if from_ip >= self.max_per_source {
+            return Err(Full::Source);
+        }
+        if c.0 >= self.max_total {
+            return Err(Full::Total);
         }
         c.0 += 1;
         *c.1.entry(ip).or_insert(0) += 1;
-        Some(PreAuth {
-            admission: self.clone(),
+        Ok(PreAuth {
+            pool: self.clone(),
             ip,
         })
     }
@@ -108,10 +165,12 @@ impl PreAuthSlot {
     }
 }
 
-/// Serve `app` on `listener` until `stop`.
+/// Serve `app` on `listener` until `stop`; connections from the reserve get `ops`.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<L>(
     mut listener: L,
     app: Router,
+    ops: Router,
     stop: CancellationToken,
     tasks: TaskTracker,
     admission: Arc<Admission>,
@@ -125,14 +184,21 @@ pub async fn serve<L>(
             () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let Some(place) = admission.admit(peer.ip()) else {
-            Metrics::inc(&metrics.preauth_refused_total);
-            tracing::debug!(%peer, "too many unauthenticated connections; closed");
-            continue;
+        let (place, router, header_timeout, life) = match admission.admit(peer.ip()) {
+            Some(Admitted::Full(place)) => (place, &app, HEADER_READ_TIMEOUT, HTTP_CONNECTION_MAX),
+            Some(Admitted::OpsOnly(place)) => {
+                Metrics::inc(&metrics.preauth_reserve_total);
+                (place, &ops, OPS_HEADER_TIMEOUT, OPS_CONNECTION_MAX)
+            }
+            None => {
+                Metrics::inc(&metrics.preauth_refused_total);
+                tracing::debug!(%peer, "too many unauthenticated connections; closed");
+                continue;
+            }
         };
         let slot = PreAuthSlot(Arc::new(Mutex::new(Some(place))));
         let for_requests = slot.clone();
-        let service = app
+        let service = router
             .clone()
             .map_request(move |mut req: axum::extract::Request<_>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
@@ -145,13 +211,13 @@ pub async fn serve<L>(
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
+                .header_read_timeout(header_timeout);
             let conn = builder
                 .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
-                result = tokio::time::timeout(HTTP_CONNECTION_MAX, conn.as_mut()) => {
+                result = tokio::time::timeout(life, conn.as_mut()) => {
                     match result {
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
                         Err(_) => tracing::debug!(%peer, "HTTP connection closed after its maximum life"),
@@ -174,13 +240,27 @@ mod tests {
     #[test]
     fn caps_in_total_and_per_source_and_gives_places_back() {
         let a = Admission::new(3, 2);
-        let (x, y) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let p1 = a.admit(x).unwrap();
-        let _p2 = a.admit(x).unwrap();
-        assert!(a.admit(x).is_none(), "per source");
-        let _p3 = a.admit(y).unwrap();
-        assert!(a.admit(y).is_none(), "in total");
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        let full = |x: Option<Admitted>| match x {
+            Some(Admitted::Full(p)) => p,
+            other => panic!("expected a full place, got {other:?}"),
+        };
+        let p1 = full(a.admit(ip(1)));
+        let _p2 = full(a.admit(ip(1)));
+        assert!(a.admit(ip(1)).is_none(), "per source: no reserve either");
+        let _p3 = full(a.admit(ip(2)));
+        // In total: the reserve, two per address, sixteen in all.
+        let mut reserve = Vec::new();
+        for n in 0..OPS_RESERVE {
+            let source = ip(3 + u8::try_from(n / OPS_RESERVE_PER_SOURCE).unwrap());
+            match a.admit(source) {
+                Some(Admitted::OpsOnly(p)) => reserve.push(p),
+                other => panic!("expected a reserve place, got {other:?}"),
+            }
+        }
+        assert!(a.admit(ip(100)).is_none(), "the reserve is full too");
+        drop(reserve);
         drop(p1);
-        assert!(a.admit(y).is_some());
+        full(a.admit(ip(2)));
     }
 }
