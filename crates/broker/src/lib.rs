@@ -36,6 +36,12 @@ pub enum StartError {
     /// The database could not be opened or migrated (the cause is the source).
     #[error("database")]
     Store(#[from] claudemesh_store::StoreError),
+    /// The data directory cannot be created, or its lock file written there.
+    #[error("cannot use the data directory {}{}", dir.display(), data_dir_hint(source))]
+    DataDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// Another broker holds this database (its lock file is taken).
     #[error("another broker is already using {path}; stop it, or give this one another --data-dir")]
     Locked { path: std::path::PathBuf },
@@ -82,26 +88,34 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// What to do about a data directory the broker may not write in.
+fn data_dir_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            " (the user running the broker may not write there: fix its permissions, or pass another --data-dir)"
+        }
+        _ => "",
+    }
+}
+
 /// Take `<db>.lock` for the life of the broker, so a second broker cannot open the same
 /// SQLite database (two engines on one file would each believe they own its state).
 fn lock_database(db: &std::path::Path) -> Result<std::fs::File, StartError> {
     let mut name = db.as_os_str().to_owned();
     name.push(".lock");
     let path = std::path::PathBuf::from(name);
-    if let Some(dir) = path.parent() {
-        claudemesh_store::sqlite::private_dir(dir).map_err(StartError::Store)?;
-    }
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let data_dir = |source| StartError::DataDir {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    claudemesh_store::sqlite::private_dir(dir).map_err(data_dir)?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| {
-            StartError::Store(claudemesh_store::StoreError::Open {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })
-        })?;
+        .map_err(data_dir)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked {

@@ -159,8 +159,8 @@ async fn health(b: &TestBroker) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-#[tokio::test]
-async fn storage_failure_fails_acks_closes_connections_and_recovers() {
+/// A broker over the real SQLite store behind [`Faulty`], and its failure switch.
+async fn faulty_broker() -> (TestBroker, Arc<AtomicBool>) {
     let dir = tempfile::tempdir().unwrap();
     let fail = Arc::new(AtomicBool::new(false));
     let store = Faulty {
@@ -179,6 +179,63 @@ async fn storage_failure_fails_acks_closes_connections_and_recovers() {
         child: None,
         dir,
     };
+    (b, fail)
+}
+
+/// Disk trouble while a client pipelines sends: every ack the broker wrote reaches the
+/// client (each one `unavailable`, none claiming the message was stored), and the close
+/// that follows arrives as 1001, not as a bare drop, although the client still had
+/// frames in flight when the broker closed.
+#[tokio::test]
+async fn pipelined_sends_during_a_storage_failure_get_their_acks_and_a_clean_close() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let (b, fail) = faulty_broker().await;
+    let mesh = create_mesh(&b, "faulty").await;
+    let alice = enroll(&b, &mesh, "alice").await;
+    let bob = enroll(&b, &mesh, "bob").await;
+    let mut a = V1Client::connect(&b.ws(), &alice).await;
+    fail.store(true, Ordering::SeqCst);
+    let frame = |i: usize| json!({"type": "send", "targetSpec": bob.ident.pk, "priority": "now", "nonce": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "ciphertext": "AAAA", "id": format!("p{i}")});
+    let frames = (0..300).map(|i| Ok(Message::Text(frame(i).to_string().into())));
+    // Written without waiting for answers; some may find the socket already closing.
+    let _ = a.ws.send_all(&mut futures_util::stream::iter(frames)).await;
+    let mut acks = Vec::new();
+    let code = loop {
+        match tokio::time::timeout(WAIT, a.ws.next())
+            .await
+            .expect("no close")
+        {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "ack" {
+                    acks.push(v);
+                }
+            }
+            Some(Ok(Message::Close(f))) => break f.map_or(1005, |f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break 1006,
+        }
+    };
+    assert_eq!(
+        code,
+        1001,
+        "a close frame, not a drop, after {} acks",
+        acks.len()
+    );
+    assert!(!acks.is_empty(), "the failed batch was answered");
+    for ack in &acks {
+        assert_eq!(
+            (ack["queued"].as_bool(), ack["error"].as_str()),
+            (Some(false), Some("unavailable")),
+            "{ack}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn storage_failure_fails_acks_closes_connections_and_recovers() {
+    let (b, fail) = faulty_broker().await;
     let mesh = create_mesh(&b, "faulty").await;
     let alice = enroll(&b, &mesh, "alice").await;
     let bob = enroll(&b, &mesh, "bob").await;

@@ -79,6 +79,49 @@ fn an_address_in_use_is_named_once() {
     assert_eq!(err.matches("in use").count(), 1, "the cause once: {err}");
 }
 
+/// A data directory the broker's user may not write in: one line that says so and what to
+/// do, the OS cause once. (As root, permissions do not apply, so the broker runs as
+/// `nobody` through `setpriv`, from a copy of the binary that user can execute.)
+#[test]
+fn an_unwritable_data_dir_says_permission_once() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    let mut cmd = if String::from_utf8_lossy(&uid.stdout).trim() == "0" {
+        let bin = root.path().join("claudemesh-broker");
+        std::fs::copy(env!("CARGO_BIN_EXE_claudemesh-broker"), &bin).unwrap();
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(bin);
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_claudemesh-broker"))
+    };
+    let out = cmd
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("CLAUDEMESH_LOG", "warn")
+        .stdout(Stdio::null())
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot use the data directory {}", data.display())),
+        "{err}"
+    );
+    assert!(err.contains("may not write there"), "{err}");
+    assert_eq!(
+        err.matches("ermission denied").count(),
+        1,
+        "the cause once: {err}"
+    );
+}
+
 #[test]
 fn a_database_url_password_never_prints() {
     let dir = tempfile::tempdir().unwrap();

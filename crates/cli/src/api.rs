@@ -43,9 +43,10 @@ fn signed(key: &SecretKey, action: AdminAction, mesh_id: &str, args: &[&str]) ->
     }
 }
 
-/// `POST /api/meshes`: a new mesh owned by `key` (signed by it, args `{slug}|{name}`).
+/// `POST /api/meshes` on the broker at `broker_url` (its WebSocket URL, as the user gave
+/// it): a new mesh owned by `key` (signed by it, args `{slug}|{name}`).
 pub async fn create_mesh(
-    base: &str,
+    broker_url: &str,
     key: &SecretKey,
     name: &str,
     slug: &str,
@@ -59,28 +60,28 @@ pub async fn create_mesh(
         creation_token,
         signed: signed(key, AdminAction::CreateMesh, "", &[slug, name]),
     };
-    post(base, "/api/meshes", &request).await
+    post(broker_url, "/api/meshes", &request).await
 }
 
-/// `POST /join`: enroll `request.peer_pubkey` with an invite.
-pub async fn join(base: &str, request: &JoinRequest) -> anyhow::Result<JoinResponse> {
-    post(base, "/join", request).await
+/// `POST /join` on the broker at `broker_url`: enroll `request.peer_pubkey` with an invite.
+pub async fn join(broker_url: &str, request: &JoinRequest) -> anyhow::Result<JoinResponse> {
+    post(broker_url, "/join", request).await
 }
 
 /// The admin API of one mesh as one of its members: every request is signed with the
 /// member key.
 pub struct Admin {
-    base: String,
+    broker_url: String,
     mesh_id: String,
     key: SecretKey,
 }
 
 impl Admin {
-    /// The member key and the broker's HTTP base of `entry`.
+    /// The member key and the broker of `entry`.
     pub fn new(entry: &MeshEntry) -> anyhow::Result<Self> {
         let key = entry.key()?;
         Ok(Self {
-            base: entry.http_base()?,
+            broker_url: entry.broker_url.clone(),
             mesh_id: entry.mesh_id.clone(),
             key,
         })
@@ -101,7 +102,7 @@ impl Admin {
         body: &B,
     ) -> anyhow::Result<T> {
         post(
-            &self.base,
+            &self.broker_url,
             &format!("/api/meshes/{}{path}", self.mesh_id),
             body,
         )
@@ -245,23 +246,26 @@ pub async fn check_broker(ws_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// POST JSON; a 2xx body parses as `T`, anything else becomes one readable error line.
+/// POST JSON to `path` on the broker at `broker_url` (its WebSocket URL: errors name the
+/// URL the user knows, not the HTTP base derived from it); a 2xx body parses as `T`,
+/// anything else becomes one readable error line.
 async fn post<B: Serialize, T: DeserializeOwned>(
-    base: &str,
+    broker_url: &str,
     path: &str,
     body: &B,
 ) -> anyhow::Result<T> {
+    let base = crate::config::http_base(broker_url)?;
     let url = format!("{base}{path}");
-    let client = http_client(base, std::time::Duration::from_secs(15))?;
+    let client = http_client(&base, std::time::Duration::from_secs(15))?;
     let resp = client
         .post(&url)
         .json(body)
         .send()
         .await
-        .map_err(|e| unreachable(base, &e))?;
+        .map_err(|e| unreachable(broker_url, &e))?;
     let status = resp.status();
     let value: Value = resp.json().await.with_context(|| {
-        format!("the broker at {base} sent an unreadable reply (HTTP {status})")
+        format!("the broker at {broker_url} sent an unreadable reply (HTTP {status})")
     })?;
     if !status.is_success() || value.get("ok") == Some(&Value::Bool(false)) {
         let code = value
@@ -275,7 +279,7 @@ async fn post<B: Serialize, T: DeserializeOwned>(
         }));
     }
     serde_json::from_value(value)
-        .with_context(|| format!("the broker at {base} sent an unexpected reply"))
+        .with_context(|| format!("the broker at {broker_url} sent an unexpected reply"))
 }
 
 /// A refusal from the broker, kept typed so callers can explain specific codes.

@@ -57,17 +57,12 @@ async fn check_broker(report: &mut Report, entry: &MeshEntry) {
         Ok(c) => c.get(format!("{base}/health")).send().await,
         Err(e) => return report.add(Level::Fail, "broker", format!("{mesh}: {e:#}")),
     };
-    if let Err(e) = &response
-        && let Some(why) = claudemesh_client::tls::explain(e)
-    {
-        return report.add(Level::Fail, "broker", format!("{mesh}: {base}: {why}"));
-    }
-    let Ok(response) = response else {
-        return report.add(
-            Level::Fail,
-            "broker",
-            format!("{mesh}: cannot reach {base}; is the broker running and the URL right? (claudemesh-broker --listen …)"),
-        );
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => {
+            let why = crate::api::unreachable(&entry.broker_url, &e);
+            return report.add(Level::Fail, "broker", format!("{mesh}: {why}"));
+        }
     };
     let status = response.status();
     let date = response

@@ -186,7 +186,17 @@ async fn bad_invites_give_one_clear_line() {
     assert!(err.contains("cannot reach the broker"), "{err}");
     // Not joined at all.
     assert!(lost.fails(&["peers"]).await.contains("not joined a mesh"));
+    let ws_url = b.ws_url();
     b.shutdown().await;
+    // An admin command against a broker that is gone names the URL the user gave (the
+    // WebSocket one), not the HTTP base derived from it.
+    let err = owner.fails(&["members"]).await;
+    assert!(
+        err.contains(&format!(
+            "cannot reach the broker at {ws_url}: connection refused"
+        )),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -273,6 +273,51 @@ fn project(name: &str) -> String {
     format!("/tmp/work/{name}")
 }
 
+/// The MCP server over `wss://`: the broker serves TLS from a private CA, and two sessions
+/// that trust it through `CLAUDEMESH_CA_FILE` see each other and talk with live push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sessions_talk_over_wss_with_a_private_ca() {
+    let pki = common::pki::Pki::new();
+    let (files, _) = pki.leaf("broker");
+    let (b, _dir) = broker_with(|c| c.tls = Some(files)).await;
+    assert!(b.ws_url().starts_with("wss://"), "{}", b.ws_url());
+    let ca = pki.ca_file().display().to_string();
+    let (_owner, alice, bob) = mesh_with_env(&b, &[("CLAUDEMESH_CA_FILE", &ca)]).await;
+    let session =
+        |name: &'static str| [("CLAUDEMESH_SESSION", name), ("CLAUDEMESH_CHANNELS", "on")];
+    let mut a = Mcp::start(
+        &alice,
+        &[
+            session("alice-1").as_slice(),
+            &[("CLAUDEMESH_CA_FILE", &ca)],
+        ]
+        .concat(),
+    )
+    .await;
+    let mut bo = Mcp::start(
+        &bob,
+        &[session("bob-1").as_slice(), &[("CLAUDEMESH_CA_FILE", &ca)]].concat(),
+    )
+    .await;
+    a.initialize("2025-11-25").await;
+    bo.initialize("2025-11-25").await;
+    bo.until("list_peers", json!({}), |t| t.contains("alice"))
+        .await;
+    let sent = bo
+        .ok(
+            "send_message",
+            json!({"to": "alice", "message": "over wss", "priority": "now"}),
+        )
+        .await;
+    assert!(sent.contains("Sent to alice"), "{sent}");
+    let push = a
+        .channel(WAIT)
+        .await
+        .expect("a channel notification over wss");
+    assert_eq!(push["content"], "over wss");
+    assert_eq!(push["meta"]["verified"], "true", "{push}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sessions_talk_through_mcp_with_live_push() {
     // A short lease so that a stalled receiver gets a real redelivery within the test.

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::Ctx;
 use super::input::default_name;
 use crate::api::{self, Admin};
-use crate::config::{MeshEntry, http_base};
+use crate::config::MeshEntry;
 use crate::output::{out, short, table};
 
 /// An invite link, parsed and checked offline: its signature and expiry.
@@ -89,7 +89,7 @@ pub(super) async fn join(ctx: &mut Ctx, link: &str, name: Option<String>) -> any
         display_name: Some(display_name.clone()),
     };
     api::check_broker(&invite.broker_url).await?;
-    let resp = api::join(&http_base(&invite.broker_url)?, &request)
+    let resp = api::join(&invite.broker_url, &request)
         .await
         .map_err(join_refused)?;
     let member_id = resp

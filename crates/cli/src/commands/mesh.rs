@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::Ctx;
 use super::input::{default_name, parse_duration, slugify};
 use crate::api::{self, Admin};
-use crate::config::{MeshEntry, http_base};
+use crate::config::MeshEntry;
 use crate::output::{out, table_or};
 
 pub(super) async fn mesh_create(
@@ -30,11 +30,10 @@ pub(super) async fn mesh_create(
     if ctx.config.meshes.contains_key(&slug) {
         bail!("you already have a mesh called '{slug}'; pick another --slug");
     }
-    let base = http_base(broker)?;
     api::check_broker(broker).await?;
     let key = SecretKey::generate();
     let display_name = display_name.unwrap_or_else(default_name);
-    let resp = api::create_mesh(&base, &key, name, &slug, &display_name, token)
+    let resp = api::create_mesh(broker, &key, name, &slug, &display_name, token)
         .await
         .context("creating the mesh failed")?;
     ctx.add_mesh(MeshEntry {

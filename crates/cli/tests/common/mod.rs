@@ -10,6 +10,8 @@
     clippy::indexing_slicing
 )]
 
+pub mod pki;
+
 use std::process::Output;
 use std::time::Duration;
 
@@ -113,7 +115,13 @@ pub async fn broker_with(
 
 /// Owner creates a mesh; alice and bob join with their own invites.
 pub async fn mesh(b: &BrokerHandle) -> (User, User, User) {
-    let owner = User::new();
+    mesh_with_env(b, &[]).await
+}
+
+/// [`mesh`], every user running with `env` (e.g. `CLAUDEMESH_CA_FILE`).
+pub async fn mesh_with_env(b: &BrokerHandle, env: &[(&str, &str)]) -> (User, User, User) {
+    let user = || env.iter().fold(User::new(), |u, (k, v)| u.with_env(k, v));
+    let owner = user();
     let created = owner
         .json(&[
             "mesh",
@@ -126,7 +134,7 @@ pub async fn mesh(b: &BrokerHandle) -> (User, User, User) {
         ])
         .await;
     assert_eq!(created["slug"], "acme-payments");
-    let (alice, bob) = (User::new(), User::new());
+    let (alice, bob) = (user(), user());
     for (user, name) in [(&alice, "alice"), (&bob, "bob")] {
         let link = owner.ok(&["invite"]).await.trim().to_owned();
         assert!(link.starts_with("ic://join/"), "{link}");

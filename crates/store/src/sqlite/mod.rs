@@ -21,7 +21,7 @@ use crate::{
 
 /// Create `dir` (and missing parents) readable by its owner only (0700 on Unix); an
 /// existing directory is left as it is.
-pub fn private_dir(dir: &Path) -> Result<()> {
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
@@ -29,10 +29,7 @@ pub fn private_dir(dir: &Path) -> Result<()> {
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(|e| StoreError::Open {
-        path: dir.display().to_string(),
-        reason: e.to_string(),
-    })
+    builder.create(dir)
 }
 
 /// SQLite-backed [`Store`].
@@ -53,7 +50,10 @@ impl SqliteStore {
     /// Open (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
-            private_dir(dir)?;
+            private_dir(dir).map_err(|e| StoreError::Open {
+                path: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
         }
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
