@@ -116,6 +116,20 @@ pub enum HttpKind {
     Admin,
 }
 
+/// The "source" that per-address limits count: an IPv4 address (an IPv4-mapped IPv6
+/// address counts as its IPv4 one), or an IPv6 address's /64 — one subscriber usually holds
+/// a whole /64, so counting single IPv6 addresses would let one host take 2^64 places.
+pub fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !0u128 << 64)),
+        },
+    }
+}
+
 /// Per-source-address limits on the HTTP endpoints (`/health` and `/metrics` have none,
 /// so an operator can still look at a broker under load). Off with the frame limits.
 #[derive(Debug)]
@@ -147,7 +161,7 @@ impl HttpLimiter {
             HttpKind::CreateMesh => &self.create,
             HttpKind::Admin => &self.admin,
         };
-        limit.check(&ip)
+        limit.check(&source_of(ip))
     }
 }
 

@@ -151,6 +151,17 @@ async fn mesh_create_refuses_a_url_that_is_not_the_websocket_path() {
     assert_eq!(meshes.as_array().map(Vec::len), Some(0), "{meshes}");
 }
 
+/// A host name that does not resolve is called that, with the URL as typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_does_not_resolve_is_called_that() {
+    let url = "ws://no-such-broker.invalid/ws";
+    let line = User::new()
+        .fails(&["mesh", "create", "Nowhere", "--broker", url])
+        .await;
+    assert!(line.contains("does not resolve"), "{line}");
+    assert!(line.contains(url), "the URL as typed: {line}");
+}
+
 /// A broker that is not there is named as such: connection refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_port_is_called_connection_refused() {

@@ -131,6 +131,7 @@ impl Pool {
     }
 
     fn take(self: &Arc<Self>, ip: IpAddr) -> Result<PreAuth, Full> {
+        let ip = crate::ratelimit::source_of(ip);
         let mut c = self
             .counts
             .lock()
@@ -262,5 +263,25 @@ mod tests {
         drop(reserve);
         drop(p1);
         full(a.admit(ip(2)));
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_source_and_mapped_ipv4_is_its_ipv4() {
+        let a = Admission::new(100, 2);
+        let host = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _p = (
+            a.admit(host("2001:db8:1:2::1")),
+            a.admit(host("2001:db8:1:2:ffff::9")),
+        );
+        assert!(a.admit(host("2001:db8:1:2:abcd::1")).is_none(), "same /64");
+        assert!(a.admit(host("2001:db8:1:3::1")).is_some(), "another /64");
+        let _q = (
+            a.admit(host("192.0.2.7")),
+            a.admit(host("::ffff:192.0.2.7")),
+        );
+        assert!(
+            a.admit(host("192.0.2.7")).is_none(),
+            "mapped counts as IPv4"
+        );
     }
 }
