@@ -15,12 +15,17 @@
 //! conditional statement each; storing a message with all its deliveries
 //! ([`Store::insert_message`]) is one call inside the batch's transaction.
 //!
-//! Backends are cargo features: `sqlite` (default, the embedded backend).
+//! Backends are cargo features: `sqlite` (default, the embedded backend) and `postgres`
+//! (`PgStore`, the backend several broker nodes can share).
 
+#[cfg(feature = "postgres")]
+pub mod pg;
 mod rows;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub use pg::PgStore;
 pub use rows::*;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;

@@ -1,6 +1,6 @@
-//! The Store conformance suite: every backend must pass [`conformance`]. Today it runs on
-//! SQLite; the PostgreSQL backend (scale-out issue) will call the same function against a
-//! uniquely named database, gated by `postgres_or_skip` below.
+//! The Store conformance suite: every backend must pass the same functions. Each runs on
+//! SQLite (a temporary file) and on PostgreSQL (a uniquely named database created for the
+//! test and dropped afterwards, even on panic), gated by `postgres_or_skip` below.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,8 +13,8 @@ use claudemesh_proto::authority::{PeerKind, Removal, Role};
 use claudemesh_proto::frames::Priority;
 use claudemesh_proto::invite::InviteRole;
 use claudemesh_store::{
-    Claim, Inserted, InviteRow, MemberRow, MeshRow, MessageRow, NewDelivery, PeerRow, SqliteStore,
-    Store,
+    Claim, Inserted, InviteRow, MemberRow, MeshRow, MessageRow, NewDelivery, PeerRow, PgStore,
+    SqliteStore, Store, StoreError,
 };
 
 /// Store `m` with one delivery per `(recipient, sealed key)`; the deliveries' seqs.
@@ -483,48 +483,37 @@ pub fn decisions(store: &mut dyn Store) {
     );
 }
 
-#[test]
-fn sqlite_decides_invite_uses_and_removals() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-    decisions(&mut store);
-}
-
-/// Two connections to one database file (what two broker nodes would be) race for the
-/// last use of an invite: exactly one wins, whatever the interleaving.
-#[test]
-fn sqlite_two_connections_claiming_the_last_use_one_wins() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.db");
+/// Two connections to one database (what two broker nodes would be) race for the last
+/// use of an invite: exactly one wins, whatever the interleaving.
+fn two_connections_claiming_the_last_use_one_wins(open: &(dyn Fn() -> Box<dyn Store> + Sync)) {
     {
-        let mut store = SqliteStore::open(&path).unwrap();
-        seed(&mut store);
+        let mut store = open();
+        seed(store.as_mut());
         store.upsert_invite(&invite("last", 1, 100)).unwrap();
         store.commit().unwrap();
     }
     for round in 0..20 {
         let id = format!("last{round}");
         {
-            let mut store = SqliteStore::open(&path).unwrap();
+            let mut store = open();
             store.upsert_invite(&invite(&id, 1, 100)).unwrap();
             store.commit().unwrap();
         }
-        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
-        let claims: Vec<Claim> = (0..2)
-            .map(|_| {
-                let (path, id, barrier) = (path.clone(), id.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    let mut store = SqliteStore::open(&path).unwrap();
-                    barrier.wait();
-                    let claim = store.claim_invite_use("m1", &id, 50).unwrap();
-                    store.commit().unwrap();
-                    claim
+        let barrier = std::sync::Barrier::new(2);
+        let claims: Vec<Claim> = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut store = open();
+                        barrier.wait();
+                        let claim = store.claim_invite_use("m1", &id, 50).unwrap();
+                        store.commit().unwrap();
+                        claim
+                    })
                 })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|t| t.join().unwrap())
-            .collect();
+                .collect();
+            racers.into_iter().map(|t| t.join().unwrap()).collect()
+        });
         let won = claims.iter().filter(|c| **c == Claim::Claimed).count();
         assert_eq!(won, 1, "round {round}: {claims:?}");
         assert!(
@@ -532,66 +521,29 @@ fn sqlite_two_connections_claiming_the_last_use_one_wins() {
             "round {round}: {claims:?}"
         );
     }
-    let mut store = SqliteStore::open(&path).unwrap();
+    let mut store = open();
     assert_eq!(store.invite("last0").unwrap().unwrap().uses, 1);
 }
 
-#[test]
-fn sqlite_drops_a_retired_identitys_copies() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-    retirement_drops_undelivered(&mut store);
-}
-
-#[test]
-fn sqlite_reports_message_deliveries() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-    message_deliveries(&mut store);
-}
-
-#[test]
-fn sqlite_batches_acks() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-    batched_acks(&mut store);
-}
-
-#[test]
-fn sqlite_purges_exact_prefixes() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-    purge_boundaries(&mut store);
-}
-
-#[test]
-fn sqlite_conforms() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-    conformance(&mut store);
-}
-
-#[test]
-fn sqlite_commits_survive_reopen_and_uncommitted_work_does_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.db");
+/// What was committed is there after reopening; what was not, is not.
+fn commits_survive_reopen_and_uncommitted_work_does_not(open: &dyn Fn() -> Box<dyn Store>) {
     {
-        let mut store = SqliteStore::open(&path).unwrap();
-        seed(&mut store);
+        let mut store = open();
+        seed(store.as_mut());
         send(
-            &mut store,
+            store.as_mut(),
             &message("kept", None, 1_000),
             &[(&"b".repeat(64), None)],
         );
         store.commit().unwrap();
         send(
-            &mut store,
+            store.as_mut(),
             &message("lost", None, 1_000),
             &[(&"b".repeat(64), None)],
         );
         // dropped without commit
     }
-    let mut store = SqliteStore::open(&path).unwrap();
+    let mut store = open();
     let ids: Vec<String> = store
         .pending("m1", &"b".repeat(64), 0, 10, 10)
         .unwrap()
@@ -599,6 +551,61 @@ fn sqlite_commits_survive_reopen_and_uncommitted_work_does_not() {
         .map(|d| d.message.message_id)
         .collect();
     assert_eq!(ids, ["kept"]);
+}
+
+/// Run `test` on a fresh SQLite file.
+fn on_sqlite(test: impl FnOnce(&mut dyn Store)) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    test(&mut store);
+}
+
+#[test]
+fn sqlite_conforms() {
+    on_sqlite(conformance);
+}
+
+#[test]
+fn sqlite_purges_exact_prefixes() {
+    on_sqlite(purge_boundaries);
+}
+
+#[test]
+fn sqlite_batches_acks() {
+    on_sqlite(batched_acks);
+}
+
+#[test]
+fn sqlite_reports_message_deliveries() {
+    on_sqlite(message_deliveries);
+}
+
+#[test]
+fn sqlite_drops_a_retired_identitys_copies() {
+    on_sqlite(retirement_drops_undelivered);
+}
+
+#[test]
+fn sqlite_decides_invite_uses_and_removals() {
+    on_sqlite(decisions);
+}
+
+#[test]
+fn sqlite_two_connections_claiming_the_last_use_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    two_connections_claiming_the_last_use_one_wins(&|| {
+        Box::new(SqliteStore::open(&path).unwrap()) as Box<dyn Store>
+    });
+}
+
+#[test]
+fn sqlite_commits_survive_reopen_and_uncommitted_work_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    commits_survive_reopen_and_uncommitted_work_does_not(&|| {
+        Box::new(SqliteStore::open(&path).unwrap()) as Box<dyn Store>
+    });
     let mode: String = rusqlite::Connection::open(&path)
         .unwrap()
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
@@ -606,7 +613,7 @@ fn sqlite_commits_survive_reopen_and_uncommitted_work_does_not() {
     assert_eq!(mode, "wal");
 }
 
-/// The gate future PostgreSQL tests go through: the server at `CLAUDEMESH_TEST_POSTGRES`
+/// The gate every PostgreSQL test goes through: the server at `CLAUDEMESH_TEST_POSTGRES`
 /// (default 127.0.0.1:5432) must answer. Without it the test says SKIPPED loudly, and
 /// when `CLAUDEMESH_REQUIRE_POSTGRES=1` (set by `.ci/run`) the skip is a failure.
 fn postgres_or_skip(test: &str) -> Option<String> {
@@ -627,11 +634,195 @@ fn postgres_or_skip(test: &str) -> Option<String> {
     None
 }
 
-#[test]
-fn postgres_gate() {
-    // Proves the gate works where CI runs; the PostgreSQL backend's conformance run will
-    // start here once it exists.
-    if let Some(addr) = postgres_or_skip("postgres_gate") {
-        assert!(!addr.is_empty());
+/// A database of its own for one test, created on the `postgres` database and dropped
+/// (connections and all) when this guard drops, also when the test panics.
+struct TestDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    fn create(test: &str) -> Option<Self> {
+        use std::hash::{BuildHasher, Hasher};
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let addr = postgres_or_skip(test)?;
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        // Only digits, lowercase letters and '_': safe to splice into DDL, which cannot
+        // take a bound parameter for a database name.
+        let name = format!("cm_test_{}_{n}_{random:016x}", std::process::id());
+        let admin_url = format!("postgres://postgres@{addr}/postgres");
+        let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let url = format!("postgres://postgres@{addr}/{name}");
+        Some(Self {
+            admin_url,
+            name,
+            url,
+        })
     }
+
+    fn open(&self) -> PgStore {
+        PgStore::open(&self.url).unwrap()
+    }
+
+    fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let dropped =
+            postgres::Client::connect(&self.admin_url, postgres::NoTls).and_then(|mut c| {
+                c.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+            });
+        if let Err(e) = dropped {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// Run `test` on a fresh PostgreSQL database, or skip (see `postgres_or_skip`).
+fn on_postgres(name: &str, test: impl FnOnce(&mut dyn Store)) {
+    let Some(db) = TestDb::create(name) else {
+        return;
+    };
+    let mut store = db.open();
+    test(&mut store);
+}
+
+#[test]
+fn postgres_conforms() {
+    on_postgres("postgres_conforms", conformance);
+}
+
+#[test]
+fn postgres_purges_exact_prefixes() {
+    on_postgres("postgres_purges_exact_prefixes", purge_boundaries);
+}
+
+#[test]
+fn postgres_batches_acks() {
+    on_postgres("postgres_batches_acks", batched_acks);
+}
+
+#[test]
+fn postgres_reports_message_deliveries() {
+    on_postgres("postgres_reports_message_deliveries", message_deliveries);
+}
+
+#[test]
+fn postgres_drops_a_retired_identitys_copies() {
+    on_postgres(
+        "postgres_drops_a_retired_identitys_copies",
+        retirement_drops_undelivered,
+    );
+}
+
+#[test]
+fn postgres_decides_invite_uses_and_removals() {
+    on_postgres("postgres_decides_invite_uses_and_removals", decisions);
+}
+
+#[test]
+fn postgres_two_connections_claiming_the_last_use_one_wins() {
+    let Some(db) = TestDb::create("postgres_two_connections_claiming_the_last_use_one_wins") else {
+        return;
+    };
+    two_connections_claiming_the_last_use_one_wins(&|| Box::new(db.open()) as Box<dyn Store>);
+}
+
+#[test]
+fn postgres_commits_survive_reopen_and_uncommitted_work_does_not() {
+    let Some(db) = TestDb::create("postgres_commits_survive_reopen_and_uncommitted_work_does_not")
+    else {
+        return;
+    };
+    commits_survive_reopen_and_uncommitted_work_does_not(&|| Box::new(db.open()) as Box<dyn Store>);
+    // Opening twice ran the migrations once.
+    let versions: i64 = db
+        .client()
+        .query_one("SELECT COUNT(*) FROM schema_version", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(versions, 1);
+}
+
+/// A failed statement aborts a PostgreSQL transaction; `commit` must then fail (not
+/// silently roll back), and the next batch works.
+#[test]
+fn postgres_commit_after_a_failed_statement_fails() {
+    on_postgres("postgres_commit_after_a_failed_statement_fails", |store| {
+        seed(store);
+        send(
+            store,
+            &message("ok", None, 1_000),
+            &[(&"b".repeat(64), None)],
+        );
+        // A second mesh with the same slug violates a unique constraint.
+        let clash = MeshRow {
+            id: "m2".into(),
+            slug: "one".into(),
+            name: "Two".into(),
+            owner_pubkey: "o".repeat(64),
+            created_at: 1,
+        };
+        assert!(store.insert_mesh(&clash).is_err());
+        assert!(
+            store.commit().is_err(),
+            "the aborted batch is not committed"
+        );
+        assert!(
+            store
+                .pending("m1", &"b".repeat(64), 0, 10, 10)
+                .unwrap()
+                .is_empty()
+        );
+        send(
+            store,
+            &message("ok2", None, 1_000),
+            &[(&"b".repeat(64), None)],
+        );
+        store.commit().unwrap();
+        assert_eq!(
+            store
+                .pending("m1", &"b".repeat(64), 0, 10, 10)
+                .unwrap()
+                .len(),
+            1
+        );
+    });
+}
+
+#[test]
+fn postgres_refuses_a_newer_schema() {
+    let Some(db) = TestDb::create("postgres_refuses_a_newer_schema") else {
+        return;
+    };
+    drop(db.open());
+    db.client()
+        .execute("INSERT INTO schema_version (version) VALUES (999)", &[])
+        .unwrap();
+    match PgStore::open(&db.url) {
+        Err(StoreError::SchemaTooNew { found: 999, .. }) => {}
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+}
+
+#[test]
+fn postgres_open_errors_never_show_the_password() {
+    // Port 1 on loopback refuses at once; no PostgreSQL needed.
+    let err = PgStore::open("postgres://postgres:hunter2@127.0.0.1:1/x").unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("127.0.0.1"), "{text}");
 }

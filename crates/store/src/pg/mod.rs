@@ -1,0 +1,631 @@
+//! The PostgreSQL backend: one connection (the synchronous `postgres` client, so the
+//! engine thread blocks on it exactly as on SQLite), `synchronous_commit = on`, its own
+//! migrations at open, bound parameters and a per-connection prepared-statement cache.
+//!
+//! The transaction model is SQLite's: the first mutating call opens a transaction and
+//! everything joins it until [`Store::commit`] or [`Store::rollback`]. One difference is
+//! handled here rather than left to callers: after a failed statement PostgreSQL aborts
+//! the whole transaction (and would answer a later `COMMIT` with a silent rollback), so a
+//! failure marks the transaction failed and `commit` then rolls back and returns an error.
+//!
+//! What it must not do: reconnect behind the caller's back (a later step), hold the
+//! database password anywhere but the driver's configuration, or put it in an error.
+
+mod rows;
+mod schema;
+
+/// Column lists as literals, so every statement stays a `&'static str` (cache keys).
+macro_rules! invite_cols {
+    () => {
+        "id, mesh_id, role, max_uses, uses, expires_at, revoked, created_by, created_at"
+    };
+}
+macro_rules! message_cols {
+    () => {
+        "message_id, mesh_id, sender_pubkey, sender_member_pubkey, sender_name, target_spec, \
+         priority, nonce, ciphertext, client_message_id, created_at, expires_at"
+    };
+}
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement};
+
+use claudemesh_proto::authority::{Removal, Role};
+use rows::{duplicate_id, invite_from_row, message_from_row, opt_text, redact, text};
+
+use crate::{
+    Claim, DeliveryRecord, Inserted, InviteRow, MemberRow, MeshRow, MessageDeliveries, MessageRow,
+    NewDelivery, PeerRow, PendingDelivery, Result, Store, StoreError,
+};
+
+/// How long `open` waits for the server when the URL names no `connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// An earlier statement of this transaction failed, so PostgreSQL has aborted it.
+#[derive(Debug, thiserror::Error)]
+#[error("transaction aborted by an earlier failed statement; rolled back")]
+struct Aborted;
+
+/// PostgreSQL-backed [`Store`].
+pub struct PgStore {
+    client: Client,
+    /// Prepared statements by their SQL text (all `'static`: no SQL is built from input).
+    statements: HashMap<&'static str, Statement>,
+    in_tx: bool,
+    /// A statement failed inside the open transaction.
+    failed: bool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("in_tx", &self.in_tx)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connect to `url` (a `postgres://` URL or a key/value connection string, no TLS),
+    /// set `synchronous_commit = on` and migrate. A password in `url` never appears in the
+    /// error.
+    pub fn open(url: &str) -> Result<Self> {
+        let open_error = |password: Option<&str>, reason: String| StoreError::Open {
+            path: redact(url, password),
+            reason: redact(&reason, password),
+        };
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e: postgres::Error| open_error(None, e.to_string()))?;
+        let password = config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let mut client = config
+            .connect(NoTls)
+            .map_err(|e| open_error(password.as_deref(), e.to_string()))?;
+        client.batch_execute("SET synchronous_commit = on")?;
+        schema::migrate(&mut client)?;
+        Ok(Self {
+            client,
+            statements: HashMap::new(),
+            in_tx: false,
+            failed: false,
+        })
+    }
+
+    fn statement(&mut self, sql: &'static str) -> Result<Statement> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn begin(&mut self) -> Result<()> {
+        if !self.in_tx {
+            self.client.batch_execute("BEGIN")?;
+            self.in_tx = true;
+            self.failed = false;
+        }
+        Ok(())
+    }
+
+    /// Record a failure inside the open transaction (PostgreSQL has aborted it).
+    fn note<T>(&mut self, r: Result<T>) -> Result<T> {
+        if r.is_err() && self.in_tx {
+            self.failed = true;
+        }
+        r
+    }
+
+    /// Run a statement inside the batch's transaction; rows changed.
+    fn exec(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64> {
+        self.begin()?;
+        let r = self
+            .statement(sql)
+            .and_then(|s| Ok(self.client.execute(&s, params)?));
+        self.note(r)
+    }
+
+    /// Query inside the batch's transaction.
+    fn query(&mut self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
+        self.begin()?;
+        self.read(sql, params)
+    }
+
+    /// Query in whatever state the connection is (inside the open transaction if there
+    /// is one, else on its own), as SQLite's loads and gauges do.
+    fn read(&mut self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
+        let r = self
+            .statement(sql)
+            .and_then(|s| Ok(self.client.query(&s, params)?));
+        self.note(r)
+    }
+
+    /// The single row a statement always returns.
+    fn one(rows: Vec<Row>) -> Result<Row> {
+        rows.into_iter().next().ok_or_else(|| StoreError::Corrupt {
+            what: "a statement that returns one row returned none".into(),
+        })
+    }
+}
+
+/// Rows changed, for the trait's `bool` answers.
+fn changed(n: u64) -> bool {
+    n > 0
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Store for PgStore {
+    fn commit(&mut self) -> Result<()> {
+        if !self.in_tx {
+            return Ok(());
+        }
+        // Whatever happens, the transaction is over after this.
+        self.in_tx = false;
+        if std::mem::take(&mut self.failed) {
+            self.client.batch_execute("ROLLBACK")?;
+            return Err(StoreError::db(Aborted));
+        }
+        if let Err(e) = self.client.batch_execute("COMMIT") {
+            let _ = self.client.batch_execute("ROLLBACK");
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn rollback(&mut self) -> Result<()> {
+        if self.in_tx {
+            self.in_tx = false;
+            self.failed = false;
+            self.client.batch_execute("ROLLBACK")?;
+        }
+        Ok(())
+    }
+
+    fn ping(&mut self) -> Result<()> {
+        self.client.simple_query("SELECT 1")?;
+        Ok(())
+    }
+
+    fn load_meshes(&mut self) -> Result<Vec<MeshRow>> {
+        self.read(
+            "SELECT id, slug, name, owner_pubkey, created_at FROM meshes",
+            &[],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(MeshRow {
+                id: r.try_get(0)?,
+                slug: r.try_get(1)?,
+                name: r.try_get(2)?,
+                owner_pubkey: r.try_get(3)?,
+                created_at: r.try_get(4)?,
+            })
+        })
+        .collect()
+    }
+
+    fn load_members(&mut self) -> Result<Vec<MemberRow>> {
+        self.read(
+            "SELECT id, mesh_id, pubkey, display_name, role, joined_at, removed FROM members",
+            &[],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(MemberRow {
+                id: r.try_get(0)?,
+                mesh_id: r.try_get(1)?,
+                pubkey: r.try_get(2)?,
+                display_name: r.try_get(3)?,
+                role: text(r, 4)?,
+                joined_at: r.try_get(5)?,
+                removed: opt_text(r, 6)?,
+            })
+        })
+        .collect()
+    }
+
+    fn load_peers(&mut self) -> Result<Vec<PeerRow>> {
+        self.read(
+            "SELECT pubkey, mesh_id, member_id, kind, display_name, groups_json, last_seen,
+                    e2e_multicast, retired_at FROM peers",
+            &[],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(PeerRow {
+                pubkey: r.try_get(0)?,
+                mesh_id: r.try_get(1)?,
+                member_id: r.try_get(2)?,
+                kind: text(r, 3)?,
+                display_name: r.try_get(4)?,
+                groups_json: r.try_get(5)?,
+                last_seen: r.try_get(6)?,
+                e2e_multicast: r.try_get(7)?,
+                retired_at: r.try_get(8)?,
+            })
+        })
+        .collect()
+    }
+
+    fn insert_mesh(&mut self, mesh: &MeshRow) -> Result<()> {
+        self.exec(
+            "INSERT INTO meshes (id, slug, name, owner_pubkey, created_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&mesh.id, &mesh.slug, &mesh.name, &mesh.owner_pubkey, &mesh.created_at],
+        )?;
+        Ok(())
+    }
+
+    fn upsert_member(&mut self, m: &MemberRow) -> Result<()> {
+        self.exec(
+            "INSERT INTO members (id, mesh_id, pubkey, display_name, role, joined_at, removed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name,
+               role = excluded.role, removed = excluded.removed",
+            &[
+                &m.id,
+                &m.mesh_id,
+                &m.pubkey,
+                &m.display_name,
+                &m.role.as_str(),
+                &m.joined_at,
+                &m.removed.map(Removal::as_str),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn upsert_peer(&mut self, p: &PeerRow) -> Result<()> {
+        self.exec(
+            "INSERT INTO peers (pubkey, mesh_id, member_id, kind, display_name, groups_json,
+               last_seen, e2e_multicast, retired_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (mesh_id, pubkey) DO UPDATE SET member_id = excluded.member_id,
+               kind = excluded.kind, display_name = excluded.display_name,
+               groups_json = excluded.groups_json, last_seen = excluded.last_seen,
+               e2e_multicast = excluded.e2e_multicast, retired_at = excluded.retired_at",
+            &[
+                &p.pubkey,
+                &p.mesh_id,
+                &p.member_id,
+                &p.kind.as_str(),
+                &p.display_name,
+                &p.groups_json,
+                &p.last_seen,
+                &p.e2e_multicast,
+                &p.retired_at,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn invite(&mut self, invite_id: &str) -> Result<Option<InviteRow>> {
+        const SQL: &str = concat!("SELECT ", invite_cols!(), " FROM invites WHERE id = $1");
+        self.query(SQL, &[&invite_id])?
+            .first()
+            .map(invite_from_row)
+            .transpose()
+    }
+
+    fn invites(&mut self, mesh_id: &str) -> Result<Vec<InviteRow>> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            invite_cols!(),
+            " FROM invites WHERE mesh_id = $1 ORDER BY created_at"
+        );
+        self.query(SQL, &[&mesh_id])?
+            .iter()
+            .map(invite_from_row)
+            .collect()
+    }
+
+    fn upsert_invite(&mut self, i: &InviteRow) -> Result<()> {
+        self.exec(
+            "INSERT INTO invites (id, mesh_id, role, max_uses, uses, expires_at, revoked, created_by, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (id) DO UPDATE SET uses = excluded.uses, revoked = excluded.revoked,
+               max_uses = excluded.max_uses",
+            &[
+                &i.id,
+                &i.mesh_id,
+                &i.role.as_str(),
+                &i64::from(i.max_uses),
+                &i64::from(i.uses),
+                &i.expires_at,
+                &i.revoked,
+                &i.created_by,
+                &i.created_at,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn claim_invite_use(&mut self, mesh_id: &str, invite_id: &str, now_s: i64) -> Result<Claim> {
+        // One statement claims and, when it did not, reads why from the same snapshot. A
+        // concurrent claim of the last use makes this UPDATE wait for that transaction and
+        // re-check `uses < max_uses` on the committed row, so exactly one of them wins.
+        let row = Self::one(self.query(
+            "WITH claimed AS (
+               UPDATE invites SET uses = uses + 1
+               WHERE id = $1 AND mesh_id = $2 AND NOT revoked AND expires_at > $3
+                 AND (max_uses = 0 OR uses < max_uses)
+               RETURNING 1)
+             SELECT EXISTS (SELECT 1 FROM claimed),
+                    (SELECT revoked FROM invites WHERE id = $1 AND mesh_id = $2),
+                    (SELECT expires_at FROM invites WHERE id = $1 AND mesh_id = $2)",
+            &[&invite_id, &mesh_id, &now_s],
+        )?)?;
+        let claimed: bool = row.try_get(0)?;
+        let revoked: Option<bool> = row.try_get(1)?;
+        let expires_at: Option<i64> = row.try_get(2)?;
+        Ok(match (claimed, revoked, expires_at) {
+            (true, _, _) => Claim::Claimed,
+            (false, None, _) | (false, _, None) => Claim::NotFound,
+            (false, Some(true), _) => Claim::Revoked,
+            (false, _, Some(at)) if at <= now_s => Claim::Expired,
+            (false, _, _) => Claim::Exhausted,
+        })
+    }
+
+    fn revoke_invite(&mut self, mesh_id: &str, invite_id: &str) -> Result<bool> {
+        Ok(changed(self.exec(
+            "UPDATE invites SET revoked = TRUE WHERE id = $1 AND mesh_id = $2",
+            &[&invite_id, &mesh_id],
+        )?))
+    }
+
+    fn remove_member(&mut self, mesh_id: &str, member_id: &str, removal: Removal) -> Result<bool> {
+        Ok(changed(self.exec(
+            "UPDATE members SET removed = $3::text
+             WHERE id = $1 AND mesh_id = $2 AND role <> $4::text
+               AND (removed IS NULL OR (removed <> $3::text AND $3::text = $5::text))",
+            &[
+                &member_id,
+                &mesh_id,
+                &removal.as_str(),
+                &Role::Owner.as_str(),
+                &Removal::Revoked.as_str(),
+            ],
+        )?))
+    }
+
+    fn insert_message(
+        &mut self,
+        m: &MessageRow,
+        deliveries: &[NewDelivery<'_>],
+    ) -> Result<Inserted> {
+        let recipients: Vec<&str> = deliveries.iter().map(|d| d.recipient).collect();
+        let sealed_keys: Vec<Option<&str>> = deliveries.iter().map(|d| d.sealed_key).collect();
+        // The body and every delivery in one round trip. The deliveries are inserted in the
+        // order given (ORDER BY the array position), so their identity values, sorted, are
+        // the seqs in that order. A conflict on either unique index (message id, or this
+        // sender's client_message_id) inserts nothing at all.
+        let row = Self::one(self.query(
+            "WITH msg AS (
+               INSERT INTO messages (message_id, mesh_id, sender_pubkey, sender_member_pubkey,
+                 sender_name, target_spec, priority, nonce, ciphertext, client_message_id,
+                 created_at, expires_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+               ON CONFLICT DO NOTHING
+               RETURNING rowid),
+             ins AS (
+               INSERT INTO deliveries (mesh_id, message_rowid, recipient, sealed_key, expires_at)
+               SELECT $2, msg.rowid, d.recipient, d.sealed_key, $12
+               FROM msg, unnest($13::text[], $14::text[]) WITH ORDINALITY AS d(recipient, sealed_key, n)
+               ORDER BY d.n
+               RETURNING seq)
+             SELECT (SELECT rowid FROM msg), ARRAY(SELECT seq FROM ins ORDER BY seq)",
+            &[
+                &m.message_id,
+                &m.mesh_id,
+                &m.sender_pubkey,
+                &m.sender_member_pubkey,
+                &m.sender_name,
+                &m.target_spec,
+                &m.priority.as_str(),
+                &m.nonce,
+                &m.ciphertext,
+                &m.client_message_id,
+                &m.created_at,
+                &m.expires_at,
+                &recipients,
+                &sealed_keys,
+            ],
+        )?)?;
+        if row.try_get::<_, Option<i64>>(0)?.is_some() {
+            return Ok(Inserted::New(row.try_get(1)?));
+        }
+        let Some(cmid) = m.client_message_id.as_deref() else {
+            return Err(duplicate_id());
+        };
+        match self.find_message_by_client_id(&m.mesh_id, &m.sender_pubkey, cmid)? {
+            Some(existing) => Ok(Inserted::Existing(existing)),
+            None => Err(duplicate_id()),
+        }
+    }
+
+    fn find_message_by_client_id(
+        &mut self,
+        mesh_id: &str,
+        sender_pubkey: &str,
+        client_message_id: &str,
+    ) -> Result<Option<String>> {
+        self.query(
+            "SELECT message_id FROM messages
+             WHERE mesh_id = $1 AND sender_pubkey = $2 AND client_message_id = $3 LIMIT 1",
+            &[&mesh_id, &sender_pubkey, &client_message_id],
+        )?
+        .first()
+        .map(|r| Ok(r.try_get(0)?))
+        .transpose()
+    }
+
+    fn ack_delivery(
+        &mut self,
+        mesh_id: &str,
+        recipient: &str,
+        message_id: &str,
+        now: i64,
+    ) -> Result<bool> {
+        Ok(changed(self.exec(
+            "UPDATE deliveries SET acked_at = $4
+             WHERE recipient = $2 AND mesh_id = $1 AND acked_at IS NULL
+               AND message_rowid = (SELECT rowid FROM messages WHERE message_id = $3)",
+            &[&mesh_id, &recipient, &message_id, &now],
+        )?))
+    }
+
+    fn ack_deliveries(&mut self, seqs: &[i64], now: i64) -> Result<u64> {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        // One statement for the whole batch: the seqs travel as one BIGINT[] parameter.
+        self.exec(
+            "UPDATE deliveries SET acked_at = $1 WHERE seq = ANY($2) AND acked_at IS NULL",
+            &[&now, &seqs],
+        )
+    }
+
+    fn ack_delivery_by_client_id(
+        &mut self,
+        mesh_id: &str,
+        recipient: &str,
+        client_message_id: &str,
+        now: i64,
+    ) -> Result<Option<String>> {
+        self.query(
+            "UPDATE deliveries d SET acked_at = $4 FROM messages m
+             WHERE m.rowid = d.message_rowid AND d.acked_at IS NULL
+               AND d.seq = (SELECT d2.seq FROM deliveries d2 JOIN messages m2 ON m2.rowid = d2.message_rowid
+                            WHERE d2.recipient = $1 AND d2.mesh_id = $3 AND d2.acked_at IS NULL
+                              AND m2.client_message_id = $2
+                            ORDER BY d2.seq LIMIT 1)
+             RETURNING m.message_id",
+            &[&recipient, &client_message_id, &mesh_id, &now],
+        )?
+        .first()
+        .map(|r| Ok(r.try_get(0)?))
+        .transpose()
+    }
+
+    fn pending(
+        &mut self,
+        mesh_id: &str,
+        recipient: &str,
+        after: i64,
+        limit_n: usize,
+        now: i64,
+    ) -> Result<Vec<PendingDelivery>> {
+        self.query(
+            "SELECT d.seq, d.message_rowid, d.sealed_key,
+                    m.message_id, m.mesh_id, m.sender_pubkey, m.sender_member_pubkey, m.sender_name,
+                    m.target_spec, m.priority, m.nonce, m.ciphertext, m.client_message_id,
+                    m.created_at, m.expires_at
+             FROM deliveries d JOIN messages m ON m.rowid = d.message_rowid
+             WHERE d.recipient = $1 AND d.mesh_id = $5 AND d.acked_at IS NULL AND d.seq > $2
+               AND d.expires_at > $3
+             ORDER BY d.seq LIMIT $4",
+            &[&recipient, &after, &now, &limit(limit_n), &mesh_id],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(PendingDelivery {
+                seq: r.try_get(0)?,
+                message_rowid: r.try_get(1)?,
+                sealed_key: r.try_get(2)?,
+                message: message_from_row(r, 3)?,
+            })
+        })
+        .collect()
+    }
+
+    fn message_deliveries(
+        &mut self,
+        mesh_id: &str,
+        message_id: &str,
+        limit_n: usize,
+    ) -> Result<Option<MessageDeliveries>> {
+        const SQL: &str = concat!(
+            "SELECT rowid, ",
+            message_cols!(),
+            " FROM messages WHERE message_id = $1 AND mesh_id = $2"
+        );
+        let found = self.query(SQL, &[&message_id, &mesh_id])?;
+        let Some(r) = found.first() else {
+            return Ok(None);
+        };
+        let rowid: i64 = r.try_get(0)?;
+        let message = message_from_row(r, 1)?;
+        let deliveries = self
+            .query(
+                "SELECT seq, recipient, expires_at, acked_at FROM deliveries
+                 WHERE message_rowid = $1 ORDER BY seq LIMIT $2",
+                &[&rowid, &limit(limit_n)],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(DeliveryRecord {
+                    seq: r.try_get(0)?,
+                    recipient: r.try_get(1)?,
+                    expires_at: r.try_get(2)?,
+                    acked_at: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Some(MessageDeliveries {
+            message,
+            deliveries,
+        }))
+    }
+
+    fn queue_depth(&mut self, now: i64) -> Result<i64> {
+        Ok(Self::one(self.read(
+            "SELECT COUNT(*) FROM deliveries WHERE acked_at IS NULL AND expires_at > $1",
+            &[&now],
+        )?)?
+        .try_get(0)?)
+    }
+
+    fn drop_undelivered(&mut self, mesh_id: &str, recipient: &str, now: i64) -> Result<u64> {
+        self.exec(
+            "DELETE FROM deliveries WHERE recipient = $1 AND mesh_id = $2 AND acked_at IS NULL
+               AND expires_at > $3",
+            &[&recipient, &mesh_id, &now],
+        )
+    }
+
+    fn purge_expired(&mut self, now: i64) -> Result<u64> {
+        // By the expiry indexes, in one statement (SQLite finds the expired key prefix by
+        // binary search instead; with a constant TTL both delete the same rows).
+        let n: i64 = Self::one(self.query(
+            "WITH d AS (DELETE FROM deliveries WHERE expires_at <= $1 RETURNING 1),
+                  m AS (DELETE FROM messages WHERE expires_at <= $1 RETURNING 1),
+                  s AS (DELETE FROM seen_signatures WHERE expires_at <= $1 RETURNING 1)
+             SELECT (SELECT COUNT(*) FROM d) + (SELECT COUNT(*) FROM m) + (SELECT COUNT(*) FROM s)",
+            &[&now],
+        )?)?
+        .try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    fn remember_signature(&mut self, signature: &str, expires_at: i64) -> Result<bool> {
+        Ok(changed(self.exec(
+            "INSERT INTO seen_signatures (signature, expires_at) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING",
+            &[&signature, &expires_at],
+        )?))
+    }
+}
