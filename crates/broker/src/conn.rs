@@ -407,7 +407,7 @@ impl Connection {
 
 /// A client frame, or the `error` that answers it: malformed JSON, or (once attached) an
 /// unknown `type`; both keep the frame's `_reqId` when it has one.
-fn parse(text: &str, attached: bool) -> Result<ClientFrame, Message> {
+pub(crate) fn parse(text: &str, attached: bool) -> Result<ClientFrame, Message> {
     let raw_req_id = || {
         serde_json::from_str::<serde_json::Value>(text)
             .ok()

@@ -7,11 +7,14 @@
 //! WebSocket) → `engine` (the single thread that owns the store and all routing state).
 //! `state` is the process state they share, `refusal` the domain error they all speak,
 //! `auth` verifies hellos, `ratelimit` holds token buckets, `metrics` the counters.
+//! `fuzzing` (hidden) hands the fuzz targets in `fuzz/` the code that reads peer bytes.
 
 mod auth;
 pub mod config;
 mod conn;
 mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod metrics;
 mod ratelimit;

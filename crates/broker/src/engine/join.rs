@@ -31,7 +31,7 @@ fn joined(member: &MemberRow, already: bool) -> JoinResponse {
 }
 
 /// The invite a join request carries, signature verified.
-fn invite_of(req: &JoinRequest) -> Result<InvitePayload, Refusal> {
+pub(crate) fn invite_of(req: &JoinRequest) -> Result<InvitePayload, Refusal> {
     let invite = match (&req.invite_token, &req.invite_payload) {
         (Some(token), _) => InvitePayload::from_link(token)
             .map_err(|_| Refusal::new(Code::InviteBadSignature, "invite token is malformed"))?,
@@ -50,7 +50,7 @@ fn invite_of(req: &JoinRequest) -> Result<InvitePayload, Refusal> {
 }
 
 /// The joining key (normalised) and the display name it asks for.
-fn joiner(req: JoinRequest) -> Result<(String, String), Refusal> {
+pub(crate) fn joiner(req: JoinRequest) -> Result<(String, String), Refusal> {
     let peer = PublicKey::from_hex(&req.peer_pubkey)
         .map_err(|_| Refusal::new(Code::Malformed, "peer_pubkey is not a 64-hex ed25519 key"))?
         .to_hex();

@@ -15,7 +15,7 @@ mod admin;
 mod attach;
 mod delivery;
 mod directory;
-mod join;
+pub(crate) mod join;
 mod presence;
 mod reply;
 mod sessions;

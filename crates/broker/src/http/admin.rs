@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::error::HttpError;
 use super::signed::{PathIds, SignedBody, Verified};
-use crate::config::MeshCreation;
+use crate::config::{BrokerConfig, MeshCreation};
 use crate::engine::{AdminCommand, AdminReply, Command};
 use crate::refusal::Refusal;
 use crate::state::Shared;
@@ -37,8 +37,8 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// Whether this broker lets `req` create a mesh (PROTOCOL.md, mesh creation policy).
-fn creation_allowed(shared: &Shared, req: &CreateMeshRequest) -> Result<(), Refusal> {
-    match &shared.config.mesh_creation {
+fn creation_allowed(config: &BrokerConfig, req: &CreateMeshRequest) -> Result<(), Refusal> {
+    match &config.mesh_creation {
         MeshCreation::Open => Ok(()),
         MeshCreation::Closed => Err(Refusal::new(
             Code::CreationDisabled,
@@ -73,8 +73,8 @@ impl SignedBody for CreateMeshRequest {
     fn args(&self, _: &PathIds) -> Vec<String> {
         vec![self.slug.clone(), self.name.clone()]
     }
-    fn check(&self, shared: &Shared) -> Result<(), Refusal> {
-        creation_allowed(shared, self)?;
+    fn check(&self, config: &BrokerConfig) -> Result<(), Refusal> {
+        creation_allowed(config, self)?;
         if !valid_slug(&self.slug) {
             return Err(Refusal::new(
                 Code::Malformed,
@@ -105,7 +105,7 @@ impl SignedBody for RegisterInviteRequest {
     fn args(&self, _: &PathIds) -> Vec<String> {
         vec![self.invite.invite_id(), self.max_uses.to_string()]
     }
-    fn check(&self, _: &Shared) -> Result<(), Refusal> {
+    fn check(&self, _: &BrokerConfig) -> Result<(), Refusal> {
         self.invite.verify().map_err(|_| {
             Refusal::new(
                 Code::InviteBadSignature,

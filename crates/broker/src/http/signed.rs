@@ -17,6 +17,7 @@ use claudemesh_proto::time::now_ms;
 use serde::de::DeserializeOwned;
 
 use super::error::HttpError;
+use crate::config::BrokerConfig;
 use crate::engine::AdminCommand;
 use crate::refusal::Refusal;
 use crate::state::Shared;
@@ -24,6 +25,12 @@ use crate::state::Shared;
 /// The route's path parameters (`mesh_id`, `invite_id`, `member_id`).
 #[derive(Debug, Default)]
 pub struct PathIds(HashMap<String, String>);
+
+impl From<HashMap<String, String>> for PathIds {
+    fn from(ids: HashMap<String, String>) -> Self {
+        Self(ids)
+    }
+}
 
 impl PathIds {
     pub fn get(&self, name: &str) -> &str {
@@ -42,7 +49,7 @@ pub trait SignedBody: DeserializeOwned + Send + 'static {
     /// The action's canonical arguments, from the path and the body.
     fn args(&self, path: &PathIds) -> Vec<String>;
     /// Stateless checks that come before the signature (shape, policy).
-    fn check(&self, _shared: &Shared) -> Result<(), Refusal> {
+    fn check(&self, _config: &BrokerConfig) -> Result<(), Refusal> {
         Ok(())
     }
 }
@@ -58,14 +65,15 @@ fn malformed(message: impl Into<String>) -> Refusal {
     Refusal::new(Code::Malformed, message)
 }
 
-/// Check skew and the signature over the admin canonical string.
+/// Check skew against `now` (ms) and the signature over the admin canonical string.
 fn verify(
     signed: &Signed,
     action: AdminAction,
     mesh_id: &str,
     args: &[String],
+    now: i64,
 ) -> Result<(), Refusal> {
-    if now_ms().abs_diff(signed.timestamp) > limits::MAX_CLOCK_SKEW_MS.unsigned_abs() {
+    if now.abs_diff(signed.timestamp) > limits::MAX_CLOCK_SKEW_MS.unsigned_abs() {
         return Err(Refusal::new(
             Code::TimestampSkew,
             "timestamp is too far from the broker clock; check your system time",
@@ -107,14 +115,29 @@ impl<T: SignedBody> FromRequest<Arc<Shared>> for Verified<T> {
                     malformed(format!("request body could not be read: {e}"))
                 }
             })?;
-        let body: T = serde_json::from_slice(&bytes)
+        Ok(Self::from_body(path, &bytes, &shared.config, now_ms())?)
+    }
+}
+
+impl<T: SignedBody> Verified<T> {
+    /// The stateless core of the extractor, once the path and body are read: parse the
+    /// body, run its checks, then skew (against `now`, ms) and signature. Everything here
+    /// is what the peer sent; the fuzz targets call it through `crate::fuzzing`.
+    pub(crate) fn from_body(
+        path: PathIds,
+        bytes: &[u8],
+        config: &BrokerConfig,
+        now: i64,
+    ) -> Result<Self, Refusal> {
+        let body: T = serde_json::from_slice(bytes)
             .map_err(|e| malformed(format!("request body is not valid: {e}")))?;
-        body.check(shared)?;
+        body.check(config)?;
         verify(
             body.signed(),
             T::ACTION,
             path.get("mesh_id"),
             &body.args(&path),
+            now,
         )?;
         Ok(Self { path, body })
     }
