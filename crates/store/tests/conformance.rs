@@ -1,6 +1,7 @@
 //! The Store conformance suite: every backend must pass the same functions. Each runs on
 //! SQLite (a temporary file) and on PostgreSQL (a uniquely named database created for the
-//! test and dropped afterwards, even on panic), gated by `postgres_or_skip` below.
+//! test and dropped afterwards, even on panic), gated by
+//! `claudemesh_testdb` (a loud skip without PostgreSQL, a failure when it is required).
 
 #![allow(
     clippy::unwrap_used,
@@ -16,6 +17,7 @@ use claudemesh_store::{
     Claim, Inserted, InviteRow, MemberRow, MeshRow, MessageRow, NewDelivery, PeerRow, PgStore,
     SqliteStore, Store, StoreError,
 };
+use claudemesh_testdb::{PgServer, TestDb};
 
 /// Store `m` with one delivery per `(recipient, sealed key)`; the deliveries' seqs.
 fn send(store: &mut dyn Store, m: &MessageRow, to: &[(&str, Option<&str>)]) -> Vec<i64> {
@@ -613,90 +615,12 @@ fn sqlite_commits_survive_reopen_and_uncommitted_work_does_not() {
     assert_eq!(mode, "wal");
 }
 
-/// The gate every PostgreSQL test goes through: the server at `CLAUDEMESH_TEST_POSTGRES`
-/// (default 127.0.0.1:5432) must answer. Without it the test says SKIPPED loudly, and
-/// when `CLAUDEMESH_REQUIRE_POSTGRES=1` (set by `.ci/run`) the skip is a failure.
-fn postgres_or_skip(test: &str) -> Option<String> {
-    let addr =
-        std::env::var("CLAUDEMESH_TEST_POSTGRES").unwrap_or_else(|_| "127.0.0.1:5432".into());
-    let reachable = addr.parse().ok().is_some_and(|a| {
-        std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok()
-    });
-    if reachable {
-        return Some(addr);
-    }
-    let required = std::env::var("CLAUDEMESH_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "{test}: PostgreSQL at {addr} is required (CLAUDEMESH_REQUIRE_POSTGRES=1) but unreachable"
-    );
-    eprintln!("SKIPPED {test}: no PostgreSQL at {addr}");
-    None
-}
-
-/// A database of its own for one test, created on the `postgres` database and dropped
-/// (connections and all) when this guard drops, also when the test panics.
-struct TestDb {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    fn create(test: &str) -> Option<Self> {
-        use std::hash::{BuildHasher, Hasher};
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let addr = postgres_or_skip(test)?;
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let random = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        // Only digits, lowercase letters and '_': safe to splice into DDL, which cannot
-        // take a bound parameter for a database name.
-        let name = format!("cm_test_{}_{n}_{random:016x}", std::process::id());
-        let admin_url = format!("postgres://postgres@{addr}/postgres");
-        let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        let url = format!("postgres://postgres@{addr}/{name}");
-        Some(Self {
-            admin_url,
-            name,
-            url,
-        })
-    }
-
-    fn open(&self) -> PgStore {
-        PgStore::open(&self.url).unwrap()
-    }
-
-    fn client(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url, postgres::NoTls).unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let dropped =
-            postgres::Client::connect(&self.admin_url, postgres::NoTls).and_then(|mut c| {
-                c.batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.name
-                ))
-            });
-        if let Err(e) = dropped {
-            eprintln!("could not drop test database {}: {e}", self.name);
-        }
-    }
-}
-
-/// Run `test` on a fresh PostgreSQL database, or skip (see `postgres_or_skip`).
+/// Run `test` on a fresh PostgreSQL database, or skip (see `claudemesh_testdb`).
 fn on_postgres(name: &str, test: impl FnOnce(&mut dyn Store)) {
     let Some(db) = TestDb::create(name) else {
         return;
     };
-    let mut store = db.open();
+    let mut store = PgStore::open(db.url()).unwrap();
     test(&mut store);
 }
 
@@ -738,7 +662,9 @@ fn postgres_two_connections_claiming_the_last_use_one_wins() {
     let Some(db) = TestDb::create("postgres_two_connections_claiming_the_last_use_one_wins") else {
         return;
     };
-    two_connections_claiming_the_last_use_one_wins(&|| Box::new(db.open()) as Box<dyn Store>);
+    two_connections_claiming_the_last_use_one_wins(&|| {
+        Box::new(PgStore::open(db.url()).unwrap()) as Box<dyn Store>
+    });
 }
 
 #[test]
@@ -747,7 +673,9 @@ fn postgres_commits_survive_reopen_and_uncommitted_work_does_not() {
     else {
         return;
     };
-    commits_survive_reopen_and_uncommitted_work_does_not(&|| Box::new(db.open()) as Box<dyn Store>);
+    commits_survive_reopen_and_uncommitted_work_does_not(&|| {
+        Box::new(PgStore::open(db.url()).unwrap()) as Box<dyn Store>
+    });
     // Opening twice ran the migrations once.
     let versions: i64 = db
         .client()
@@ -808,11 +736,11 @@ fn postgres_refuses_a_newer_schema() {
     let Some(db) = TestDb::create("postgres_refuses_a_newer_schema") else {
         return;
     };
-    drop(db.open());
+    drop(PgStore::open(db.url()).unwrap());
     db.client()
         .execute("INSERT INTO schema_version (version) VALUES (999)", &[])
         .unwrap();
-    match PgStore::open(&db.url) {
+    match PgStore::open(db.url()) {
         Err(StoreError::SchemaTooNew { found: 999, .. }) => {}
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
@@ -825,4 +753,116 @@ fn postgres_open_errors_never_show_the_password() {
     let text = format!("{err} {err:?}");
     assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("127.0.0.1"), "{text}");
+}
+
+/// A connection PostgreSQL closes (as a restart does) fails the statement that finds it
+/// and the transaction it was in, never commits half a batch on a new connection, and is
+/// replaced by itself on a later call; what was committed is all there.
+#[test]
+fn postgres_reconnects_after_its_connection_is_closed() {
+    let Some(db) = TestDb::create("postgres_reconnects_after_its_connection_is_closed") else {
+        return;
+    };
+    let mut store = PgStore::open(db.url()).unwrap();
+    seed(&mut store);
+    send(
+        &mut store,
+        &message("kept", None, i64::MAX),
+        &[(&"b".repeat(64), None)],
+    );
+    store.commit().unwrap();
+    // A batch in progress when the connection goes.
+    send(
+        &mut store,
+        &message("lost", None, i64::MAX),
+        &[(&"b".repeat(64), None)],
+    );
+    assert!(db.terminate_connections() >= 1);
+    let later = message("after", None, i64::MAX);
+    let to = [NewDelivery {
+        recipient: &"b".repeat(64),
+        sealed_key: None,
+    }];
+    assert!(store.insert_message(&later, &to).is_err());
+    assert!(
+        store.commit().is_err(),
+        "a batch cut by the lost connection must not commit"
+    );
+    assert!(!store.is_connected());
+    // Outside a transaction the store connects again (at most one attempt per interval).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.ping().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reconnection within 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(store.is_connected());
+    send(
+        &mut store,
+        &message("again", None, i64::MAX),
+        &[(&"b".repeat(64), None)],
+    );
+    store.commit().unwrap();
+    let ids: Vec<String> = store
+        .pending("m1", &"b".repeat(64), 0, 10, 0)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.message.message_id)
+        .collect();
+    assert_eq!(ids, ["kept", "again"]);
+}
+
+/// The same through a real server restart: a private PostgreSQL stopped (`pg_ctl stop
+/// -m fast`) and started again. While it is down every call fails quickly; once it is
+/// back the store carries on by itself.
+#[test]
+fn postgres_survives_a_server_restart() {
+    let Some(server) = PgServer::start("postgres_survives_a_server_restart") else {
+        return;
+    };
+    let db = TestDb::create_on(&server.addr());
+    let mut store = PgStore::open(db.url()).unwrap();
+    seed(&mut store);
+    send(
+        &mut store,
+        &message("before", None, i64::MAX),
+        &[(&"b".repeat(64), None)],
+    );
+    store.commit().unwrap();
+    server.stop();
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        assert!(store.ping().is_err());
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "calls against a stopped server must fail quickly, took {:?}",
+        started.elapsed()
+    );
+    server.start_again();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.ping().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reconnection within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    send(
+        &mut store,
+        &message("after", None, i64::MAX),
+        &[(&"b".repeat(64), None)],
+    );
+    store.commit().unwrap();
+    let ids: Vec<String> = store
+        .pending("m1", &"b".repeat(64), 0, 10, 0)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.message.message_id)
+        .collect();
+    assert_eq!(ids, ["before", "after"]);
+    drop(store);
+    drop(db);
 }

@@ -8,8 +8,16 @@
 //! the whole transaction (and would answer a later `COMMIT` with a silent rollback), so a
 //! failure marks the transaction failed and `commit` then rolls back and returns an error.
 //!
-//! What it must not do: reconnect behind the caller's back (a later step), hold the
-//! database password anywhere but the driver's configuration, or put it in an error.
+//! A lost connection (PostgreSQL restarted, the network dropped it) fails the statement
+//! that found it and, if a transaction was open, that whole transaction: `commit` returns
+//! an error, so nothing of it is acknowledged. The next call outside a transaction
+//! connects again (at most one attempt per [`RETRY_EVERY`], each bounded by
+//! [`RECONNECT_TIMEOUT`], so a database that is down costs the engine little), with a fresh
+//! statement cache. The caller sees errors meanwhile and carries on when they stop.
+//!
+//! What it must not do: reconnect inside a transaction (a half-applied batch would then
+//! commit on the new connection), hold the database password anywhere but the driver's
+//! configuration, or put it in an error.
 
 mod rows;
 mod schema;
@@ -28,7 +36,7 @@ macro_rules! message_cols {
 }
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
@@ -43,6 +51,10 @@ use crate::{
 
 /// How long `open` waits for the server when the URL names no `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one reconnection attempt may block the caller.
+pub const RECONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// At most one reconnection attempt per this interval.
+pub const RETRY_EVERY: Duration = Duration::from_millis(500);
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
@@ -51,9 +63,19 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 #[error("transaction aborted by an earlier failed statement; rolled back")]
 struct Aborted;
 
+/// The connection to the database is lost and not yet back.
+#[derive(Debug, thiserror::Error)]
+#[error("the connection to PostgreSQL is lost; reconnecting")]
+struct Disconnected;
+
 /// PostgreSQL-backed [`Store`].
 pub struct PgStore {
-    client: Client,
+    /// The driver's configuration (it holds the password; never printed).
+    config: postgres::Config,
+    /// `None` while the connection is lost.
+    client: Option<Client>,
+    /// No reconnection attempt before this.
+    next_attempt: Instant,
     /// Prepared statements by their SQL text (all `'static`: no SQL is built from input).
     statements: HashMap<&'static str, Statement>,
     in_tx: bool,
@@ -64,6 +86,7 @@ pub struct PgStore {
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
+            .field("connected", &self.client.is_some())
             .field("in_tx", &self.in_tx)
             .field("failed", &self.failed)
             .finish_non_exhaustive()
@@ -88,31 +111,81 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        let mut client = config
-            .connect(NoTls)
-            .map_err(|e| open_error(password.as_deref(), e.to_string()))?;
-        client.batch_execute("SET synchronous_commit = on")?;
+        let mut client =
+            connect(&config).map_err(|e| open_error(password.as_deref(), e.to_string()))?;
         schema::migrate(&mut client)?;
         Ok(Self {
-            client,
+            config,
+            client: Some(client),
+            next_attempt: Instant::now(),
             statements: HashMap::new(),
             in_tx: false,
             failed: false,
         })
     }
 
+    /// Whether the store holds a live connection (it reconnects on the next call if not).
+    pub fn is_connected(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| !c.is_closed())
+    }
+
+    /// The live connection, reconnecting first when it was lost and no transaction is
+    /// open (see the module doc).
+    fn client(&mut self) -> Result<&mut Client> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.lost();
+        }
+        if self.client.is_none() {
+            if self.in_tx || Instant::now() < self.next_attempt {
+                return Err(StoreError::db(Disconnected));
+            }
+            self.next_attempt = Instant::now() + RETRY_EVERY;
+            let mut config = self.config.clone();
+            config.connect_timeout(RECONNECT_TIMEOUT);
+            // The driver's error names no password: it comes from the connection, not the URL.
+            let client = connect(&config)?;
+            tracing::info!("reconnected to PostgreSQL");
+            self.client = Some(client);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| StoreError::db(Disconnected))
+    }
+
+    /// Forget a lost connection and everything prepared on it.
+    fn lost(&mut self) {
+        if self.client.take().is_some() {
+            tracing::warn!("the connection to PostgreSQL is lost");
+        }
+        self.statements.clear();
+    }
+
+    /// Look at a driver result: an error that closed the connection drops it.
+    fn check<T>(&mut self, r: std::result::Result<T, postgres::Error>) -> Result<T> {
+        if r.as_ref().is_err_and(postgres::Error::is_closed) || !self.is_connected() {
+            self.lost();
+        }
+        Ok(r?)
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<()> {
+        let r = self.client()?.batch_execute(sql);
+        self.check(r)
+    }
+
     fn statement(&mut self, sql: &'static str) -> Result<Statement> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.prepare(sql)?;
+        let r = self.client()?.prepare(sql);
+        let s = self.check(r)?;
         self.statements.insert(sql, s.clone());
         Ok(s)
     }
 
     fn begin(&mut self) -> Result<()> {
         if !self.in_tx {
-            self.client.batch_execute("BEGIN")?;
+            self.batch("BEGIN")?;
             self.in_tx = true;
             self.failed = false;
         }
@@ -130,9 +203,10 @@ impl PgStore {
     /// Run a statement inside the batch's transaction; rows changed.
     fn exec(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64> {
         self.begin()?;
-        let r = self
-            .statement(sql)
-            .and_then(|s| Ok(self.client.execute(&s, params)?));
+        let r = self.statement(sql).and_then(|s| {
+            let r = self.client()?.execute(&s, params);
+            self.check(r)
+        });
         self.note(r)
     }
 
@@ -145,9 +219,10 @@ impl PgStore {
     /// Query in whatever state the connection is (inside the open transaction if there
     /// is one, else on its own), as SQLite's loads and gauges do.
     fn read(&mut self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
-        let r = self
-            .statement(sql)
-            .and_then(|s| Ok(self.client.query(&s, params)?));
+        let r = self.statement(sql).and_then(|s| {
+            let r = self.client()?.query(&s, params);
+            self.check(r)
+        });
         self.note(r)
     }
 
@@ -168,6 +243,13 @@ fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Open one connection with the session settings every connection of this store has.
+fn connect(config: &postgres::Config) -> std::result::Result<Client, postgres::Error> {
+    let mut client = config.connect(NoTls)?;
+    client.batch_execute("SET synchronous_commit = on")?;
+    Ok(client)
+}
+
 impl Store for PgStore {
     fn commit(&mut self) -> Result<()> {
         if !self.in_tx {
@@ -176,12 +258,17 @@ impl Store for PgStore {
         // Whatever happens, the transaction is over after this.
         self.in_tx = false;
         if std::mem::take(&mut self.failed) {
-            self.client.batch_execute("ROLLBACK")?;
+            // On a lost connection there is nothing to roll back: the server did.
+            if self.is_connected() {
+                self.batch("ROLLBACK")?;
+            }
             return Err(StoreError::db(Aborted));
         }
-        if let Err(e) = self.client.batch_execute("COMMIT") {
-            let _ = self.client.batch_execute("ROLLBACK");
-            return Err(e.into());
+        if let Err(e) = self.batch("COMMIT") {
+            if self.is_connected() {
+                let _ = self.batch("ROLLBACK");
+            }
+            return Err(e);
         }
         Ok(())
     }
@@ -190,14 +277,20 @@ impl Store for PgStore {
         if self.in_tx {
             self.in_tx = false;
             self.failed = false;
-            self.client.batch_execute("ROLLBACK")?;
+            if self.is_connected() {
+                self.batch("ROLLBACK")?;
+            }
         }
         Ok(())
     }
 
     fn ping(&mut self) -> Result<()> {
-        self.client.simple_query("SELECT 1")?;
-        Ok(())
+        if self.in_tx {
+            // Inside a transaction a failed ping would abort it; the caller's own
+            // statements report a lost connection anyway.
+            return self.client().map(|_| ());
+        }
+        self.batch("SELECT 1")
     }
 
     fn load_meshes(&mut self) -> Result<Vec<MeshRow>> {
