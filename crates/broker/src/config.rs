@@ -136,6 +136,15 @@ impl Default for Timings {
     }
 }
 
+/// The host name (Linux), else "broker".
+pub fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "broker".to_owned())
+}
+
 /// Everything the broker needs to start.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -144,6 +153,9 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// `sqlite:///path` or `postgres://…`; `None` means SQLite in `data_dir`.
     pub database_url: Option<String>,
+    /// This node's name in `/health`, the `node` label of `/metrics` and logs (default:
+    /// the host name).
+    pub node_name: String,
     pub mesh_creation: MeshCreation,
     /// Serve TLS with these PEM files (else plain HTTP, e.g. behind a TLS proxy).
     pub tls: Option<crate::tls::TlsFiles>,
@@ -185,6 +197,7 @@ impl BrokerConfig {
             listen,
             data_dir,
             database_url: None,
+            node_name: default_node_name(),
             mesh_creation,
             tls: None,
             rate_limits: RateLimits::default(),
@@ -216,6 +229,14 @@ impl BrokerConfig {
             .min(budget.saturating_sub(self.max_unauthenticated))
             .max(1);
         (self.max_connections, self.max_unauthenticated)
+    }
+
+    /// The database backend the config names: `postgres` or `sqlite`.
+    pub fn backend(&self) -> &'static str {
+        match self.database_url.as_deref() {
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => "postgres",
+            _ => "sqlite",
+        }
     }
 
     /// Loopback port 0, the given data directory, everything else default.

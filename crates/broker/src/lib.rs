@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use claudemesh_store::{SqliteStore, Store};
+use claudemesh_store::{PgStore, SqliteStore, Store};
 pub use config::{BrokerConfig, MeshCreation, Rate, RateLimits, Timings};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -45,9 +45,10 @@ pub enum StartError {
         dir: std::path::PathBuf,
         source: std::io::Error,
     },
-    /// Another broker holds this database (its lock file is taken).
-    #[error("another broker is already using {path}; stop it, or give this one another --data-dir")]
-    Locked { path: std::path::PathBuf },
+    /// Another broker holds this database (its lock file, or on PostgreSQL its advisory
+    /// lock, is taken).
+    #[error("another broker is already using {path}; stop it, or give this one another {}", if path.starts_with("postgres") { "--database-url (several nodes on one database are not supported yet)" } else { "--data-dir" })]
+    Locked { path: String },
     /// The listen address could not be bound (the cause is the source).
     #[error("cannot listen on {addr}")]
     Bind {
@@ -60,7 +61,7 @@ pub enum StartError {
     /// The database URL names a backend this build does not have (shown without any
     /// credentials it carried).
     #[error(
-        "unsupported database URL '{0}': use a sqlite:// path or leave it unset (PostgreSQL arrives with the scale-out work)"
+        "unsupported database URL '{0}': use postgres://USER@HOST/DB, a sqlite:// path, or leave it unset"
     )]
     UnsupportedDatabase(String),
 }
@@ -122,7 +123,7 @@ fn lock_database(db: &std::path::Path) -> Result<std::fs::File, StartError> {
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked {
-            path: db.to_path_buf(),
+            path: db.display().to_string(),
         }),
         Err(std::fs::TryLockError::Error(e)) => {
             Err(StartError::Store(claudemesh_store::StoreError::Open {
@@ -133,9 +134,22 @@ fn lock_database(db: &std::path::Path) -> Result<std::fs::File, StartError> {
     }
 }
 
-fn open_store(config: &BrokerConfig) -> Result<(Box<dyn Store>, std::fs::File), StartError> {
+/// The store the config names: SQLite (a file under a lock file, held by the returned
+/// guard) or PostgreSQL (held by a session advisory lock on the store's connection).
+fn open_store(
+    config: &BrokerConfig,
+) -> Result<(Box<dyn Store>, Option<std::fs::File>), StartError> {
     let path = match config.database_url.as_deref() {
         None => config.data_dir.join("claudemesh.db"),
+        Some(url) if config.backend() == "postgres" => {
+            return match PgStore::open_exclusive(url) {
+                Ok(store) => Ok((Box::new(store), None)),
+                Err(claudemesh_store::StoreError::InUse { what }) => {
+                    Err(StartError::Locked { path: what })
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
         Some(url) => match url.strip_prefix("sqlite://") {
             Some(path) => path.into(),
             None => return Err(StartError::UnsupportedDatabase(redact_url(url))),
@@ -143,15 +157,33 @@ fn open_store(config: &BrokerConfig) -> Result<(Box<dyn Store>, std::fs::File), 
     };
     let path: std::path::PathBuf = path;
     let lock = lock_database(&path)?;
-    Ok((Box::new(SqliteStore::open(&path)?), lock))
+    Ok((Box::new(SqliteStore::open(&path)?), Some(lock)))
+}
+
+/// Where the config's database is, fit to print (no password).
+pub fn describe_database(config: &BrokerConfig) -> String {
+    match config.database_url.as_deref() {
+        None => config.data_dir.join("claudemesh.db").display().to_string(),
+        Some(url) => claudemesh_store::pg::redact_url(url),
+    }
 }
 
 impl Broker {
     /// Open the store named by the config, start the engine and serve on `config.listen`.
     pub async fn spawn(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
-        let (store, lock) = open_store(&config)?;
+        // Opening may block on the network (PostgreSQL): off the async threads.
+        let (store, lock, config) = tokio::task::spawn_blocking(move || {
+            open_store(&config).map(|(store, lock)| (store, lock, config))
+        })
+        .await
+        .map_err(|e| {
+            StartError::Store(claudemesh_store::StoreError::Open {
+                path: "the database".into(),
+                reason: format!("opening it panicked: {e}"),
+            })
+        })??;
         let mut handle = Self::spawn_with_store(config, store).await?;
-        handle.lock = Some(lock);
+        handle.lock = lock;
         Ok(handle)
     }
 
@@ -160,8 +192,8 @@ impl Broker {
         config: BrokerConfig,
         store: Box<dyn Store>,
     ) -> Result<BrokerHandle, StartError> {
-        let metrics = Arc::new(metrics::Metrics::default());
-        let (engine, engine_thread) = engine::start(store, &config, metrics.clone())?;
+        let metrics = Arc::new(metrics::Metrics::new(&config.node_name));
+        let (engine, engine_thread) = engine::start(store, &config, metrics.clone()).await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind {

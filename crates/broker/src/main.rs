@@ -27,9 +27,14 @@ struct Args {
     /// Directory for the SQLite database (default: ~/.claudemesh/broker).
     #[arg(long, env = "CLAUDEMESH_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Database URL: sqlite:///path/to/file.db (default: SQLite in the data directory).
+    /// Database URL: postgres://USER[:PASSWORD]@HOST[:PORT]/DB, or sqlite:///path/to/file.db
+    /// (default: SQLite in the data directory).
     #[arg(long, env = "CLAUDEMESH_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// This node's name in /health, the `node` label of /metrics and logs (default: the
+    /// host name).
+    #[arg(long, env = "CLAUDEMESH_NODE_NAME")]
+    node_name: Option<String>,
     /// Token required to create meshes. Without it, creation is open on loopback and
     /// disabled on any other address.
     #[arg(long, env = "CLAUDEMESH_CREATE_TOKEN", hide_env_values = true)]
@@ -110,6 +115,13 @@ fn config(args: Args) -> anyhow::Result<BrokerConfig> {
     };
     let mut config = BrokerConfig::new(args.listen, data_dir);
     config.database_url = args.database_url;
+    if let Some(name) = args.node_name {
+        anyhow::ensure!(
+            !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_graphic()),
+            "--node-name must be 1-64 printable ASCII characters without spaces"
+        );
+        config.node_name = name;
+    }
     if let Some(token) = args.create_token {
         config.mesh_creation = MeshCreation::Token(token);
     } else if args.open_mesh_creation {
@@ -211,10 +223,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         MeshCreation::Token(_) => "token required",
         MeshCreation::Closed => "disabled",
     };
-    let where_ = config
-        .database_url
-        .clone()
-        .unwrap_or_else(|| config.data_dir.join("claudemesh.db").display().to_string());
+    let where_ = claudemesh_broker::describe_database(&config);
     let broker = Broker::spawn(config).await.context("starting the broker")?;
     // The URL on stdout is this binary's interface; a closed stdout must not kill the broker.
     {

@@ -30,8 +30,14 @@ pub struct Metrics {
     registry: Registry,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// Every series carries `node="<node>"`, so several nodes' figures can be told apart
+    /// (and summed) by whatever scrapes them.
+    pub fn new(node: &str) -> Self {
+        let labels = [(
+            std::borrow::Cow::Borrowed("node"),
+            std::borrow::Cow::Owned(node.to_owned()),
+        )];
         let mut m = Self {
             connections_active: Gauge::default(),
             messages_routed_total: Counter::default(),
@@ -49,7 +55,7 @@ impl Default for Metrics {
             hello_rejected_total: Counter::default(),
             preauth_refused_total: Counter::default(),
             preauth_reserve_total: Counter::default(),
-            registry: Registry::default(),
+            registry: Registry::with_labels(labels.into_iter()),
         };
         let r = &mut m.registry;
         r.register(
@@ -156,15 +162,18 @@ impl Metrics {
 mod tests {
     #[test]
     fn renders_names_values_and_eof() {
-        let m = super::Metrics::default();
+        let m = super::Metrics::new("n1");
         m.messages_routed_total.inc_by(3);
         m.queue_depth.set(7);
         let text = m.render();
         assert!(
-            text.contains("\nbroker_messages_routed_total 3\n"),
+            text.contains("\nbroker_messages_routed_total{node=\"n1\"} 3\n"),
             "{text}"
         );
-        assert!(text.contains("\nbroker_queue_depth 7\n"), "{text}");
+        assert!(
+            text.contains("\nbroker_queue_depth{node=\"n1\"} 7\n"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -11,24 +11,31 @@
     clippy::indexing_slicing
 )]
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
+
 use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::Duration;
 
-use claudemesh_broker::{Broker, BrokerConfig};
+use claudemesh_broker::Broker;
+
 use claudemesh_proto::authority::Removal;
+
 use claudemesh_store::{
     Claim, Inserted, InviteRow, MemberRow, MeshRow, MessageDeliveries, MessageRow, NewDelivery,
-    PeerRow, PendingDelivery, Result, SqliteStore, Store, StoreError,
+    PeerRow, PendingDelivery, Result, Store, StoreError,
 };
+
 use common::*;
+
 use serde_json::{Value, json};
 
 /// The real SQLite store, with a switch that makes commits and pings fail.
 struct Faulty {
-    inner: SqliteStore,
+    inner: Box<dyn Store>,
     fail: Arc<AtomicBool>,
 }
 
@@ -159,177 +166,170 @@ async fn health(b: &TestBroker) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-/// A broker over the real SQLite store behind [`Faulty`], and its failure switch.
+/// A broker over the test backend's real store behind [`Faulty`], and its failure switch.
 async fn faulty_broker() -> (TestBroker, Arc<AtomicBool>) {
-    let dir = tempfile::tempdir().unwrap();
+    let data = Data::new();
     let fail = Arc::new(AtomicBool::new(false));
     let store = Faulty {
-        inner: SqliteStore::open(&dir.path().join("claudemesh.db")).unwrap(),
+        inner: data.open_store(),
         fail: fail.clone(),
     };
-    let handle = Broker::spawn_with_store(
-        BrokerConfig::for_tests(dir.path().to_path_buf()),
-        Box::new(store),
-    )
-    .await
-    .unwrap();
-    let b = TestBroker {
-        ws_url: handle.ws_url(),
-        handle: Some(handle),
-        child: None,
-        dir,
-    };
-    (b, fail)
+    let handle = Broker::spawn_with_store(data.config(), Box::new(store))
+        .await
+        .unwrap();
+    (TestBroker::serving(handle, data), fail)
 }
 
-/// Disk trouble while a client pipelines sends: every ack the broker wrote reaches the
-/// client (each one `unavailable`, none claiming the message was stored), and the close
-/// that follows arrives as 1001, not as a bare drop, although the client still had
-/// frames in flight when the broker closed.
-#[tokio::test]
-async fn pipelined_sends_during_a_storage_failure_get_their_acks_and_a_clean_close() {
-    use futures_util::{SinkExt as _, StreamExt as _};
-    use tokio_tungstenite::tungstenite::Message;
-    let (b, fail) = faulty_broker().await;
-    let mesh = create_mesh(&b, "faulty").await;
-    let alice = enroll(&b, &mesh, "alice").await;
-    let bob = enroll(&b, &mesh, "bob").await;
-    let mut a = V1Client::connect(&b.ws(), &alice).await;
-    fail.store(true, Ordering::SeqCst);
-    let frame = |i: usize| json!({"type": "send", "targetSpec": bob.ident.pk, "priority": "now", "nonce": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "ciphertext": "AAAA", "id": format!("p{i}")});
-    let frames = (0..300).map(|i| Ok(Message::Text(frame(i).to_string().into())));
-    // Written without waiting for answers; some may find the socket already closing.
-    let _ = a.ws.send_all(&mut futures_util::stream::iter(frames)).await;
-    let mut acks = Vec::new();
-    let code = loop {
-        match tokio::time::timeout(WAIT, a.ws.next())
-            .await
-            .expect("no close")
-        {
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                if v["type"] == "ack" {
-                    acks.push(v);
+on_every_backend! {
+    /// Disk trouble while a client pipelines sends: every ack the broker wrote reaches the
+    /// client (each one `unavailable`, none claiming the message was stored), and the close
+    /// that follows arrives as 1001, not as a bare drop, although the client still had
+    /// frames in flight when the broker closed.
+    #[tokio::test]
+    async fn pipelined_sends_during_a_storage_failure_get_their_acks_and_a_clean_close() {
+        use futures_util::{SinkExt as _, StreamExt as _};
+        use tokio_tungstenite::tungstenite::Message;
+        let (b, fail) = faulty_broker().await;
+        let mesh = create_mesh(&b, "faulty").await;
+        let alice = enroll(&b, &mesh, "alice").await;
+        let bob = enroll(&b, &mesh, "bob").await;
+        let mut a = V1Client::connect(&b.ws(), &alice).await;
+        fail.store(true, Ordering::SeqCst);
+        let frame = |i: usize| json!({"type": "send", "targetSpec": bob.ident.pk, "priority": "now", "nonce": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "ciphertext": "AAAA", "id": format!("p{i}")});
+        let frames = (0..300).map(|i| Ok(Message::Text(frame(i).to_string().into())));
+        // Written without waiting for answers; some may find the socket already closing.
+        let _ = a.ws.send_all(&mut futures_util::stream::iter(frames)).await;
+        let mut acks = Vec::new();
+        let code = loop {
+            match tokio::time::timeout(WAIT, a.ws.next())
+                .await
+                .expect("no close")
+            {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if v["type"] == "ack" {
+                        acks.push(v);
+                    }
                 }
+                Some(Ok(Message::Close(f))) => break f.map_or(1005, |f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break 1006,
             }
-            Some(Ok(Message::Close(f))) => break f.map_or(1005, |f| u16::from(f.code)),
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => break 1006,
+        };
+        assert_eq!(
+            code,
+            1001,
+            "a close frame, not a drop, after {} acks",
+            acks.len()
+        );
+        assert!(!acks.is_empty(), "the failed batch was answered");
+        for ack in &acks {
+            assert_eq!(
+                (ack["queued"].as_bool(), ack["error"].as_str()),
+                (Some(false), Some("unavailable")),
+                "{ack}"
+            );
         }
-    };
-    assert_eq!(
-        code,
-        1001,
-        "a close frame, not a drop, after {} acks",
-        acks.len()
-    );
-    assert!(!acks.is_empty(), "the failed batch was answered");
-    for ack in &acks {
+    }
+
+    #[tokio::test]
+    async fn storage_failure_fails_acks_closes_connections_and_recovers() {
+        let (b, fail) = faulty_broker().await;
+        let mesh = create_mesh(&b, "faulty").await;
+        let alice = enroll(&b, &mesh, "alice").await;
+        let bob = enroll(&b, &mesh, "bob").await;
+        let mut a = V1Client::connect(&b.ws(), &alice).await;
+
+        fail.store(true, Ordering::SeqCst);
+        let ack = a
+            .send_dm(&alice.ident.sk, &bob.ident.pk, "never stored", "now")
+            .await;
         assert_eq!(
             (ack["queued"].as_bool(), ack["error"].as_str()),
             (Some(false), Some("unavailable")),
             "{ack}"
         );
-    }
-}
+        assert_eq!(
+            a.closed(WAIT).await,
+            Some(1001),
+            "connections are closed so state is rebuilt"
+        );
+        let (status, body) = health(&b).await;
+        assert_eq!(
+            (status, body["db"].as_str(), body["status"].as_str()),
+            (503, Some("down"), Some("degraded"))
+        );
 
-#[tokio::test]
-async fn storage_failure_fails_acks_closes_connections_and_recovers() {
-    let (b, fail) = faulty_broker().await;
-    let mesh = create_mesh(&b, "faulty").await;
-    let alice = enroll(&b, &mesh, "alice").await;
-    let bob = enroll(&b, &mesh, "bob").await;
-    let mut a = V1Client::connect(&b.ws(), &alice).await;
-
-    fail.store(true, Ordering::SeqCst);
-    let ack = a
-        .send_dm(&alice.ident.sk, &bob.ident.pk, "never stored", "now")
-        .await;
-    assert_eq!(
-        (ack["queued"].as_bool(), ack["error"].as_str()),
-        (Some(false), Some("unavailable")),
-        "{ack}"
-    );
-    assert_eq!(
-        a.closed(WAIT).await,
-        Some(1001),
-        "connections are closed so state is rebuilt"
-    );
-    let (status, body) = health(&b).await;
-    assert_eq!(
-        (status, body["db"].as_str(), body["status"].as_str()),
-        (503, Some("down"), Some("degraded"))
-    );
-
-    fail.store(false, Ordering::SeqCst);
-    let mut recovered = false;
-    for _ in 0..50 {
-        if health(&b).await.0 == 200 {
-            recovered = true;
-            break;
+        fail.store(false, Ordering::SeqCst);
+        let mut recovered = false;
+        for _ in 0..50 {
+            if health(&b).await.0 == 200 {
+                recovered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(recovered, "health returns to 200 when storage does");
-    let mut a = V1Client::connect_session(&b.ws(), &alice, "after").await;
-    a.send_dm(&alice.ident.sk, &bob.ident.pk, "stored", "now")
-        .await;
-    let mut bc = V1Client::connect(&b.ws(), &bob).await;
-    let push = bc.next_push(WAIT).await.unwrap();
-    assert_eq!(
-        open_push(&push, &bob.ident.sk),
-        "stored",
-        "the failed send was rolled back, not delivered"
-    );
-    bc.ack(&push).await;
-    assert!(bc.next_push(Duration::from_millis(300)).await.is_none());
-}
-
-#[tokio::test]
-async fn a_reader_that_stops_reading_is_dropped_and_gets_everything_later() {
-    // A stalled reader holds 32 unacked pushes; every 300 ms lease they are pushed again,
-    // so its queue passes the 64-push bound within a second or two.
-    let b = TestBroker::start_with(|c| {
-        c.outbound_buffer = 64;
-        c.inflight_window = 32;
-        c.timings.lease = Duration::from_millis(300);
-    })
-    .await;
-    let mesh = create_mesh(&b, "slow").await;
-    let alice = enroll(&b, &mesh, "alice").await;
-    let bob = enroll(&b, &mesh, "bob").await;
-    let mut a = V1Client::connect(&b.ws(), &alice).await;
-    let stalled = V1Client::connect(&b.ws(), &bob).await; // never read from again
-
-    // ~18 MB of pushes: far more than the socket buffers and 8 queued frames hold.
-    const N: usize = 300;
-    let body = "A".repeat(60_000);
-    for i in 0..N {
-        a.send(json!({ "type": "send", "targetSpec": bob.ident.pk, "priority": "now", "nonce": "", "ciphertext": body, "id": i.to_string() })).await;
-    }
-    for _ in 0..N {
-        assert_eq!(a.recv_type("ack").await["queued"], true);
-    }
-    let mut dropped = false;
-    for _ in 0..100 {
-        if metrics(&b).await.contains("broker_slow_consumers_total 1") {
-            dropped = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(dropped, "the stalled reader was not disconnected");
-    drop(stalled);
-
-    // Back with a reader that keeps up: every message arrives, in order.
-    let mut bc = V1Client::connect_session(&b.ws(), &bob, "fast").await;
-    let mut seen = std::collections::HashSet::new();
-    while seen.len() < N {
-        let push = bc
-            .next_push(WAIT)
-            .await
-            .unwrap_or_else(|| panic!("{} of {N}", seen.len()));
-        seen.insert(push["messageId"].as_str().unwrap().to_owned());
+        assert!(recovered, "health returns to 200 when storage does");
+        let mut a = V1Client::connect_session(&b.ws(), &alice, "after").await;
+        a.send_dm(&alice.ident.sk, &bob.ident.pk, "stored", "now")
+            .await;
+        let mut bc = V1Client::connect(&b.ws(), &bob).await;
+        let push = bc.next_push(WAIT).await.unwrap();
+        assert_eq!(
+            open_push(&push, &bob.ident.sk),
+            "stored",
+            "the failed send was rolled back, not delivered"
+        );
         bc.ack(&push).await;
+        assert!(bc.next_push(Duration::from_millis(300)).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_stops_reading_is_dropped_and_gets_everything_later() {
+        // A stalled reader holds 32 unacked pushes; every 300 ms lease they are pushed again,
+        // so its queue passes the 64-push bound within a second or two.
+        let b = TestBroker::start_with(|c| {
+            c.outbound_buffer = 64;
+            c.inflight_window = 32;
+            c.timings.lease = Duration::from_millis(300);
+        })
+        .await;
+        let mesh = create_mesh(&b, "slow").await;
+        let alice = enroll(&b, &mesh, "alice").await;
+        let bob = enroll(&b, &mesh, "bob").await;
+        let mut a = V1Client::connect(&b.ws(), &alice).await;
+        let stalled = V1Client::connect(&b.ws(), &bob).await; // never read from again
+
+        // ~18 MB of pushes: far more than the socket buffers and 8 queued frames hold.
+        const N: usize = 300;
+        let body = "A".repeat(60_000);
+        for i in 0..N {
+            a.send(json!({ "type": "send", "targetSpec": bob.ident.pk, "priority": "now", "nonce": "", "ciphertext": body, "id": i.to_string() })).await;
+        }
+        for _ in 0..N {
+            assert_eq!(a.recv_type("ack").await["queued"], true);
+        }
+        let mut dropped = false;
+        for _ in 0..100 {
+            if metrics(&b).await.contains("broker_slow_consumers_total 1") {
+                dropped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(dropped, "the stalled reader was not disconnected");
+        drop(stalled);
+
+        // Back with a reader that keeps up: every message arrives, in order.
+        let mut bc = V1Client::connect_session(&b.ws(), &bob, "fast").await;
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < N {
+            let push = bc
+                .next_push(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("{} of {N}", seen.len()));
+            seen.insert(push["messageId"].as_str().unwrap().to_owned());
+            bc.ack(&push).await;
+        }
     }
 }

@@ -264,8 +264,13 @@ async fn metric(b: &BrokerHandle, name: &str) -> u64 {
         .text()
         .await
         .unwrap();
+    // `name{node="…"} value`: the value is the last field.
     text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            rest.starts_with(['{', ' '])
+                .then(|| rest.rsplit(' ').next()?.parse().ok())?
+        })
         .unwrap_or(0)
 }
 

@@ -158,7 +158,14 @@ pub struct ApiError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
     pub status: String,
+    /// `up` or `down`.
     pub db: String,
+    /// The database backend: `sqlite` or `postgres` (extension; absent from v1 brokers).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backend: String,
+    /// The answering node's name (extension; absent from v1 brokers).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
     pub version: String,
     /// Seconds since start.
     pub uptime: u64,

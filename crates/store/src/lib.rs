@@ -49,6 +49,10 @@ pub enum StoreError {
     /// mapping that found it.
     #[error("database holds an unexpected value in {what}")]
     Corrupt { what: String },
+    /// Another process holds the database exclusively (`what` names it, without any
+    /// password).
+    #[error("{what} is in use by another broker")]
+    InUse { what: String },
 }
 
 impl StoreError {

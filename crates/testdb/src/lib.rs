@@ -13,6 +13,14 @@ mod server;
 
 pub use server::PgServer;
 
+/// Run `f` on a thread of its own and wait for it. The synchronous `postgres` client runs
+/// a runtime of its own, which cannot start on a thread inside a tokio runtime (an async
+/// test), so everything here that connects goes through this; so must a caller's own use
+/// of [`TestDb::client`] from async code.
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().unwrap())
+}
+
 /// Whether a skip must fail the test (`CLAUDEMESH_REQUIRE_POSTGRES=1`).
 pub fn required() -> bool {
     std::env::var("CLAUDEMESH_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
@@ -74,10 +82,12 @@ impl TestDb {
     pub fn create_on(addr: &str) -> Self {
         let name = unique_name("cm_test");
         let admin_url = format!("postgres://postgres@{addr}/postgres");
-        let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
+        off_runtime(|| {
+            let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .unwrap();
+        });
         let url = format!("postgres://postgres@{addr}/{name}");
         Self {
             admin_url,
@@ -96,7 +106,7 @@ impl TestDb {
         &self.name
     }
 
-    /// A new connection to the database.
+    /// A new connection to the database (from async code, inside [`off_runtime`]).
     pub fn client(&self) -> postgres::Client {
         postgres::Client::connect(&self.url, postgres::NoTls).unwrap()
     }
@@ -104,27 +114,30 @@ impl TestDb {
     /// Close every other connection to this database (what a server restart does to
     /// them); returns how many were closed.
     pub fn terminate_connections(&self) -> u64 {
-        let mut admin = postgres::Client::connect(&self.admin_url, postgres::NoTls).unwrap();
-        admin
-            .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE datname = $1 AND pid <> pg_backend_pid()",
-                &[&self.name],
-            )
-            .unwrap()
-            .len() as u64
+        off_runtime(|| {
+            let mut admin = postgres::Client::connect(&self.admin_url, postgres::NoTls).unwrap();
+            admin
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[&self.name],
+                )
+                .unwrap()
+                .len() as u64
+        })
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let dropped =
+        let dropped = off_runtime(|| {
             postgres::Client::connect(&self.admin_url, postgres::NoTls).and_then(|mut c| {
                 c.batch_execute(&format!(
                     "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                     self.name
                 ))
-            });
+            })
+        });
         if let Err(e) = dropped {
             eprintln!("could not drop test database {}: {e}", self.name);
         }

@@ -189,15 +189,7 @@ impl Engine {
         sender: &str,
         mut send: Send,
     ) {
-        let mut ack = Ack {
-            id: send.id.take().unwrap_or_default(),
-            message_id: String::new(),
-            queued: false,
-            error: None,
-            recipients: None,
-            client_message_id: send.client_message_id.clone(),
-            req_id: send.req_id.take(),
-        };
+        let mut ack = blank_ack(&mut send);
         let to = match self.recipients(mesh_id, sender, &mut send) {
             Ok(to) => to,
             Err(code) => return self.refuse(conn, slot, ack, code),
@@ -567,5 +559,19 @@ impl Engine {
             req_id,
         };
         self.reply(conn, slot, BrokerFrame::MessageStatus(reply));
+    }
+}
+
+/// The ack of `send` before anything is decided (not queued, no message id), carrying the
+/// send's own ids.
+pub(super) fn blank_ack(send: &mut Send) -> Ack {
+    Ack {
+        id: send.id.take().unwrap_or_default(),
+        message_id: String::new(),
+        queued: false,
+        error: None,
+        recipients: None,
+        client_message_id: send.client_message_id.clone(),
+        req_id: send.req_id.take(),
     }
 }

@@ -7,6 +7,12 @@
 //! acknowledged before it is durable, and because one thread decides everything, per
 //! (sender, recipient) FIFO and exactly-one-wins invite use need no locks.
 //!
+//! When a commit fails, memory may disagree with the database: every connection is closed
+//! and the state reloaded. If the database cannot even be read (PostgreSQL down), the state
+//! is *stale*: every command is answered `unavailable` without touching the store, and a
+//! timer retries the reload every [`RECOVER_EVERY`] until it works; `/health` says 503
+//! meanwhile. Nothing is acknowledged from a state the database does not back.
+//!
 //! What it must not do: block on the network (outbound frames go through bounded
 //! channels with `try_send`; a full channel means a slow reader, which is disconnected),
 //! parse JSON from clients, or verify signatures (connection tasks do that in parallel).
@@ -48,6 +54,8 @@ pub use reply::{Budget, MAX_AWAITING_REPLIES, ReplySlot, Request};
 pub const MAX_BATCH: usize = 4_096;
 /// Capacity of the engine's inbox; senders wait (backpressure) when it is full.
 pub const INBOX_CAPACITY: usize = 16_384;
+/// How often a stale engine tries to reload its state from the database.
+pub const RECOVER_EVERY: Duration = Duration::from_millis(500);
 
 /// Identifies one WebSocket connection for the engine.
 pub type ConnId = u64;
@@ -193,6 +201,8 @@ enum TimerKind {
         epoch: u64,
     },
     Purge,
+    /// The state is stale: try to reload it.
+    Recover,
 }
 
 /// The handle connection tasks and HTTP handlers use to reach the engine.
@@ -236,23 +246,41 @@ impl EngineHandle {
     }
 }
 
-/// Start the engine thread. It stops when every [`EngineHandle`] is dropped and the inbox
-/// is drained, committing what it has.
-pub fn start(
+/// Start the engine thread and wait until it has loaded its state (on that thread: a
+/// synchronous database client must not block, or start a runtime, on an async one). It
+/// stops when every [`EngineHandle`] is dropped and the inbox is drained, committing what
+/// it has.
+pub async fn start(
     store: Box<dyn Store>,
     config: &BrokerConfig,
     metrics: Arc<Metrics>,
 ) -> Result<(EngineHandle, std::thread::JoinHandle<()>), claudemesh_store::StoreError> {
     let (tx, rx) = flume::bounded(INBOX_CAPACITY);
-    let mut engine = Engine::new(store, config, metrics)?;
+    let (loaded_tx, loaded) = oneshot::channel();
+    let config = config.clone();
     let thread = std::thread::Builder::new()
         .name("claudemesh-engine".into())
-        .spawn(move || engine.run(&rx))
+        .spawn(move || match Engine::new(store, &config, metrics) {
+            Ok(mut engine) => {
+                let _ = loaded_tx.send(Ok(()));
+                engine.run(&rx);
+            }
+            Err(e) => {
+                let _ = loaded_tx.send(Err(e));
+            }
+        })
         .map_err(|e| claudemesh_store::StoreError::Open {
             path: "engine thread".into(),
             reason: e.to_string(),
         })?;
-    Ok((EngineHandle { tx }, thread))
+    match loaded.await {
+        Ok(Ok(())) => Ok((EngineHandle { tx }, thread)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(claudemesh_store::StoreError::Open {
+            path: "engine thread".into(),
+            reason: "it stopped while loading the state".into(),
+        }),
+    }
 }
 
 pub(crate) struct Engine {
@@ -268,7 +296,10 @@ pub(crate) struct Engine {
     outbound_limit: usize,
     /// Announce no extensions and refuse them (compatibility mode).
     v1_only: bool,
+    /// The last commit worked and the state is not stale.
     db_healthy: bool,
+    /// The state could not be reloaded after a failed commit (see the module doc).
+    stale: bool,
     /// Unacked deliveries (the queue-depth gauge), kept exact between purges.
     queue_depth: i64,
     /// A statement failed during this batch: roll the whole batch back instead of
@@ -317,6 +348,7 @@ impl Engine {
             outbound_limit: config.outbound_buffer.max(config.inflight_window).max(1),
             v1_only: config.v1_only,
             db_healthy: true,
+            stale: false,
             queue_depth,
             batch_failed: false,
             pending_acks: Vec::new(),
@@ -393,11 +425,15 @@ impl Engine {
                     }
                     self.timer(now + self.timings.purge_interval, TimerKind::Purge);
                 }
+                TimerKind::Recover => self.reload(),
             }
         }
     }
 
     fn apply(&mut self, cmd: Command) {
+        if self.stale {
+            return self.refuse_stale(cmd);
+        }
         match cmd {
             Command::Attach { hello, conn, reply } => self.attach(hello, conn, reply),
             Command::Request {
@@ -413,6 +449,43 @@ impl Engine {
                 let ok = self.db_healthy && self.store.ping().is_ok();
                 let _ = reply.send(ok);
             }
+        }
+    }
+
+    /// Answer a command `unavailable` without touching the store (the state is stale).
+    fn refuse_stale(&mut self, cmd: Command) {
+        let down = || Refusal::unavailable();
+        match cmd {
+            Command::Attach { reply, .. } => {
+                let _ = reply.send(Err(Rejection::new(down().code, down().message)));
+            }
+            Command::Request {
+                conn,
+                request,
+                slot,
+            } => {
+                let req_id = request.req_id().cloned();
+                let frame = match request {
+                    Request::Send(mut send) => {
+                        failed_reply(BrokerFrame::Ack(delivery::blank_ack(&mut send)))
+                    }
+                    _ => BrokerFrame::Error(
+                        ErrorFrame::new(Code::Unavailable, &down().message).with_req_id(req_id),
+                    ),
+                };
+                self.reply(conn, slot, frame);
+            }
+            Command::Join { reply, .. } => {
+                let _ = reply.send(Err(down()));
+            }
+            Command::Admin { reply, .. } => {
+                let _ = reply.send(Err(down()));
+            }
+            Command::Health { reply } => {
+                let _ = reply.send(false);
+            }
+            // Connections were all closed when the state went stale; nothing to undo.
+            Command::Frame { .. } | Command::Detach { .. } => {}
         }
     }
 
@@ -539,7 +612,7 @@ impl Engine {
                 .commit_batch_frames_total
                 .inc_by(commands as u64);
         }
-        self.db_healthy = committed;
+        self.db_healthy = committed && !self.stale;
         let effects = std::mem::take(&mut self.effects);
         for effect in effects {
             match effect {
@@ -571,12 +644,34 @@ impl Engine {
             );
         }
         self.metrics.connections_active.set(0);
-        match Directory::load(self.store.as_mut()) {
-            Ok(dir) => self.dir = dir,
-            Err(e) => tracing::error!(error = %e, "reloading state failed"),
-        }
-        if let Ok(depth) = self.store.queue_depth(now_ms()) {
-            self.queue_depth = depth;
+        self.reload();
+    }
+
+    /// Load the state from the database; on failure the engine is stale and tries again
+    /// in [`RECOVER_EVERY`].
+    fn reload(&mut self) {
+        let loaded = Directory::load(self.store.as_mut()).and_then(|dir| {
+            let depth = self.store.queue_depth(now_ms())?;
+            Ok((dir, depth))
+        });
+        match loaded {
+            Ok((dir, depth)) => {
+                if self.stale {
+                    tracing::info!("storage is back; state reloaded");
+                }
+                self.dir = dir;
+                self.queue_depth = depth;
+                self.stale = false;
+                self.db_healthy = true;
+            }
+            Err(e) => {
+                if !self.stale {
+                    tracing::error!(error = %e, "reloading state failed; refusing everything until it works");
+                }
+                self.stale = true;
+                self.db_healthy = false;
+                self.timer(Instant::now() + RECOVER_EVERY, TimerKind::Recover);
+            }
         }
     }
 

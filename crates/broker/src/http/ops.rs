@@ -22,6 +22,8 @@ pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let body = Health {
         status: if up { "ok" } else { "degraded" }.into(),
         db: if up { "up" } else { "down" }.into(),
+        backend: shared.config.backend().into(),
+        node: shared.config.node_name.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         uptime: shared.started.elapsed().as_secs(),
     };

@@ -1,7 +1,13 @@
-//! Test harness: a real broker on port 0 over a real SQLite file, signed admin calls, and
+//! Test harness: a real broker on port 0 over a real database, signed admin calls, and
 //! a v1 client that speaks only raw WIRE-V1 JSON (built with `serde_json::json!`, not the
 //! project's frame types), so these tests check compatibility rather than round-tripping
 //! our own structs.
+//!
+//! The database is the test's backend: tests written inside [`on_every_backend!`] run
+//! twice, as `sqlite::name` (a SQLite file in a temporary directory) and `postgres::name`
+//! (a PostgreSQL database of the test's own, dropped afterwards; skipped loudly without
+//! PostgreSQL, a failure with `CLAUDEMESH_REQUIRE_POSTGRES=1`). Tests outside it (the
+//! SQLite-specific ones: lock files, data directory permissions) run on SQLite.
 
 #![allow(dead_code)]
 // each test binary uses a different subset
@@ -29,6 +35,138 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// Write each test inside once; it runs on every backend, as `sqlite::name` and
+/// `postgres::name`, with the brokers it starts on that backend.
+macro_rules! on_every_backend {
+    ($($(#[$attr:meta])* async fn $name:ident() $body:block)*) => {
+        mod sqlite {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                $(#[$attr])*
+                async fn $name() {
+                    $crate::common::on_backend(
+                        $crate::common::Backend::Sqlite,
+                        stringify!($name),
+                        async move $body,
+                    )
+                    .await
+                }
+            )*
+        }
+        mod postgres {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                $(#[$attr])*
+                async fn $name() {
+                    $crate::common::on_backend(
+                        $crate::common::Backend::Postgres,
+                        stringify!($name),
+                        async move $body,
+                    )
+                    .await
+                }
+            )*
+        }
+    };
+}
+
+/// The database the brokers of a test run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+tokio::task_local! {
+    static BACKEND: Backend;
+}
+
+/// The running test's backend (SQLite outside [`on_every_backend!`]).
+pub fn backend() -> Backend {
+    BACKEND.try_with(|b| *b).unwrap_or(Backend::Sqlite)
+}
+
+/// Run a test body on `backend`, or skip it (loudly) when that backend is missing.
+pub async fn on_backend(backend: Backend, test: &str, body: impl std::future::Future<Output = ()>) {
+    if backend == Backend::Postgres && claudemesh_testdb::postgres_or_skip(test).is_none() {
+        return;
+    }
+    BACKEND.scope(backend, body).await;
+}
+
+/// Where one broker under test keeps its state, kept across its restarts: a temporary
+/// directory and, on PostgreSQL, a database of its own.
+pub struct Data {
+    pub dir: tempfile::TempDir,
+    pub pg: Option<claudemesh_testdb::TestDb>,
+}
+
+impl Data {
+    /// Fresh state on the running test's backend.
+    pub fn new() -> Self {
+        let pg = match backend() {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(
+                claudemesh_testdb::TestDb::create("broker test")
+                    .expect("on_backend checked PostgreSQL"),
+            ),
+        };
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            pg,
+        }
+    }
+
+    /// A broker config over this state.
+    pub fn config(&self) -> BrokerConfig {
+        let mut config = BrokerConfig::for_tests(self.dir.path().to_path_buf());
+        config.database_url = self.pg.as_ref().map(|db| db.url().to_owned());
+        config
+    }
+
+    /// The `claudemesh-broker` flags that name this state.
+    pub fn args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = vec!["--data-dir".into(), self.dir.path().into()];
+        if let Some(db) = &self.pg {
+            args.extend(["--database-url".into(), db.url().into()]);
+        }
+        args
+    }
+
+    /// A store over this state, opened directly (for wrappers that inject faults).
+    pub fn open_store(&self) -> Box<dyn claudemesh_store::Store> {
+        match &self.pg {
+            Some(db) => claudemesh_testdb::off_runtime(|| {
+                Box::new(claudemesh_store::PgStore::open(db.url()).unwrap())
+            }),
+            None => Box::new(
+                claudemesh_store::SqliteStore::open(&self.dir.path().join("claudemesh.db"))
+                    .unwrap(),
+            ),
+        }
+    }
+
+    /// (message bodies, deliveries) stored for a mesh, read straight from the database.
+    pub fn stored(&self, mesh_id: &str) -> (i64, i64) {
+        const COUNTS: &str = "SELECT (SELECT COUNT(*) FROM messages WHERE mesh_id = $1), \
+                              (SELECT COUNT(*) FROM deliveries WHERE mesh_id = $1)";
+        match &self.pg {
+            Some(db) => claudemesh_testdb::off_runtime(|| {
+                let row = db.client().query_one(COUNTS, &[&mesh_id]).unwrap();
+                (row.get(0), row.get(1))
+            }),
+            None => rusqlite::Connection::open(self.dir.path().join("claudemesh.db"))
+                .unwrap()
+                .query_row(&COUNTS.replace("$1", "?1"), [mesh_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .unwrap(),
+        }
+    }
+}
+
 pub use claudemesh_proto::time::now_ms;
 
 /// A broker under test: in-process (library handle) or a real `claudemesh-broker` process.
@@ -36,7 +174,7 @@ pub struct TestBroker {
     pub handle: Option<BrokerHandle>,
     pub child: Option<std::process::Child>,
     pub ws_url: String,
-    pub dir: tempfile::TempDir,
+    pub data: Data,
 }
 
 impl TestBroker {
@@ -45,36 +183,41 @@ impl TestBroker {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut BrokerConfig)) -> Self {
-        Self::start_in(tempfile::tempdir().unwrap(), tweak).await
+        Self::start_in(Data::new(), tweak).await
     }
 
-    /// In-process broker on port 0 over `dir`.
-    pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut BrokerConfig)) -> Self {
-        let mut config = BrokerConfig::for_tests(dir.path().to_path_buf());
+    /// In-process broker on port 0 over `data`.
+    pub async fn start_in(data: Data, tweak: impl FnOnce(&mut BrokerConfig)) -> Self {
+        let mut config = data.config();
         tweak(&mut config);
         let handle = Broker::spawn(config).await.unwrap();
+        Self::serving(handle, data)
+    }
+
+    /// An in-process broker the caller started over `data`.
+    pub fn serving(handle: BrokerHandle, data: Data) -> Self {
         Self {
             ws_url: handle.ws_url(),
             handle: Some(handle),
             child: None,
-            dir,
+            data,
         }
     }
 
-    /// The real binary on port 0 over `dir`; the URL is read from its stdout.
-    pub fn spawn_process(dir: tempfile::TempDir) -> Self {
+    /// The real binary on port 0 over `data`; the URL is read from its stdout.
+    pub fn spawn_process(data: Data) -> Self {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_claudemesh-broker"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(data.args())
             .env("CLAUDEMESH_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        Self::adopt(child, dir)
+        Self::adopt(child, data)
     }
 
     /// A broker process started by the caller (stdout piped): its URL is read from stdout.
-    pub fn adopt(mut child: std::process::Child, dir: tempfile::TempDir) -> Self {
+    pub fn adopt(mut child: std::process::Child, data: Data) -> Self {
         use std::io::BufRead as _;
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap())
@@ -89,7 +232,7 @@ impl TestBroker {
             handle: None,
             child: Some(child),
             ws_url,
-            dir,
+            data,
         }
     }
 
@@ -104,22 +247,28 @@ impl TestBroker {
             .to_owned()
     }
 
-    /// Graceful shutdown of an in-process broker; returns its data directory.
-    pub async fn stop(mut self) -> tempfile::TempDir {
+    /// Graceful shutdown of an in-process broker; returns its state.
+    pub async fn stop(mut self) -> Data {
         if let Some(h) = self.handle.take() {
             h.shutdown().await;
         }
-        let dir = tempfile::tempdir().unwrap();
-        std::mem::replace(&mut self.dir, dir)
+        self.take_data()
     }
 
-    /// SIGKILL the broker process; returns its data directory.
-    pub fn kill9(mut self) -> tempfile::TempDir {
+    /// SIGKILL the broker process; returns its state.
+    pub fn kill9(mut self) -> Data {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::mem::replace(&mut self.dir, dir)
+        self.take_data()
+    }
+
+    fn take_data(&mut self) -> Data {
+        let empty = Data {
+            dir: tempfile::tempdir().unwrap(),
+            pg: None,
+        };
+        std::mem::replace(&mut self.data, empty)
     }
 }
 
@@ -161,14 +310,34 @@ impl Ident {
     }
 }
 
-/// The broker's `/metrics` text.
+/// The broker's `/metrics` text, with the `{node="…"}` label every series carries taken
+/// out (after checking it is there), so tests can look for `name value`.
 pub async fn metrics(b: &TestBroker) -> String {
-    reqwest::get(format!("{}/metrics", b.http()))
+    let text = reqwest::get(format!("{}/metrics", b.http()))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap()
+        .unwrap();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        match line.split_once("{node=\"") {
+            Some((name, rest)) if !line.starts_with('#') => {
+                let (_, value) = rest.split_once("\"}").expect("a closed node label");
+                out.push_str(name);
+                out.push_str(value);
+            }
+            _ => {
+                assert!(
+                    line.starts_with('#') || line.is_empty(),
+                    "a series without its node label: {line}"
+                );
+                out.push_str(line);
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 pub async fn post(url: &str, body: &Value) -> (u16, Value) {

@@ -42,6 +42,7 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
 use claudemesh_proto::authority::{Removal, Role};
+pub use rows::redact_url;
 use rows::{duplicate_id, invite_from_row, message_from_row, opt_text, redact, text};
 
 use crate::{
@@ -63,6 +64,15 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 #[error("transaction aborted by an earlier failed statement; rolled back")]
 struct Aborted;
 
+/// The advisory lock that keeps a second broker off the database (until several nodes
+/// can share one): one 64-bit key, "claudemesh" in ASCII.
+const EXCLUSIVE_LOCK: i64 = 0x636c_6175_6465_6d73;
+
+/// Another process holds [`EXCLUSIVE_LOCK`].
+#[derive(Debug, thiserror::Error)]
+#[error("another broker holds this database")]
+struct Taken;
+
 /// The connection to the database is lost and not yet back.
 #[derive(Debug, thiserror::Error)]
 #[error("the connection to PostgreSQL is lost; reconnecting")]
@@ -76,6 +86,8 @@ pub struct PgStore {
     client: Option<Client>,
     /// No reconnection attempt before this.
     next_attempt: Instant,
+    /// Hold [`EXCLUSIVE_LOCK`] on every connection (see [`PgStore::open_exclusive`]).
+    exclusive: bool,
     /// Prepared statements by their SQL text (all `'static`: no SQL is built from input).
     statements: HashMap<&'static str, Statement>,
     in_tx: bool,
@@ -104,7 +116,7 @@ impl PgStore {
         };
         let mut config: postgres::Config = url
             .parse()
-            .map_err(|e: postgres::Error| open_error(None, e.to_string()))?;
+            .map_err(|e: postgres::Error| open_error(None, with_causes(&e)))?;
         let password = config
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned());
@@ -112,16 +124,33 @@ impl PgStore {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         let mut client =
-            connect(&config).map_err(|e| open_error(password.as_deref(), e.to_string()))?;
+            connect(&config).map_err(|e| open_error(password.as_deref(), with_causes(&e)))?;
         schema::migrate(&mut client)?;
         Ok(Self {
             config,
             client: Some(client),
             next_attempt: Instant::now(),
+            exclusive: false,
             statements: HashMap::new(),
             in_tx: false,
             failed: false,
         })
+    }
+
+    /// [`PgStore::open`], holding a session advisory lock so that no second broker uses
+    /// the database at the same time: [`StoreError::InUse`] when another holds it. The
+    /// lock goes with the connection; a reconnection takes it again or fails with the same
+    /// error.
+    pub fn open_exclusive(url: &str) -> Result<Self> {
+        let mut store = Self::open(url)?;
+        store.exclusive = true;
+        let client = store.client()?;
+        if !lock(client)? {
+            return Err(StoreError::InUse {
+                what: redact(url, None),
+            });
+        }
+        Ok(store)
     }
 
     /// Whether the store holds a live connection (it reconnects on the next call if not).
@@ -143,7 +172,11 @@ impl PgStore {
             let mut config = self.config.clone();
             config.connect_timeout(RECONNECT_TIMEOUT);
             // The driver's error names no password: it comes from the connection, not the URL.
-            let client = connect(&config)?;
+            let mut client = connect(&config)?;
+            if self.exclusive && !lock(&mut client)? {
+                tracing::error!("after reconnecting, another broker holds the database");
+                return Err(StoreError::db(Taken));
+            }
             tracing::info!("reconnected to PostgreSQL");
             self.client = Some(client);
         }
@@ -243,11 +276,31 @@ fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// The driver's error with its causes ("error connecting to server: Connection refused"),
+/// which its own text leaves out.
+fn with_causes(e: &postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// Open one connection with the session settings every connection of this store has.
 fn connect(config: &postgres::Config) -> std::result::Result<Client, postgres::Error> {
     let mut client = config.connect(NoTls)?;
     client.batch_execute("SET synchronous_commit = on")?;
     Ok(client)
+}
+
+/// Try to take [`EXCLUSIVE_LOCK`] for this connection's session.
+fn lock(client: &mut Client) -> Result<bool> {
+    Ok(client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&EXCLUSIVE_LOCK])?
+        .try_get(0)?)
 }
 
 impl Store for PgStore {

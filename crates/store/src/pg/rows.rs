@@ -84,6 +84,11 @@ pub(super) fn invite_from_row(row: &Row) -> Result<InviteRow> {
 /// (`postgres://user:secret@host/db`, `?password=secret`) and key/value
 /// (`host=… password=secret`). Also scrubs `password` (the parsed value) wherever it
 /// still appears, so an error message built from this text never carries it.
+/// A database URL fit to print: any password in it (userinfo or `password=`) masked.
+pub fn redact_url(url: &str) -> String {
+    redact(url, None)
+}
+
 pub(super) fn redact(url: &str, password: Option<&str>) -> String {
     let mut out = String::with_capacity(url.len());
     let mut rest = url;
