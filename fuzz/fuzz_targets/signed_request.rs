@@ -21,7 +21,8 @@ use claudemesh_broker::fuzzing::{AdminRoute, admin_request, source_address};
 use claudemesh_broker::{BrokerConfig, MeshCreation};
 use claudemesh_fuzz::{NOW_MS, action, admin_signed, assert_admin_sound, pick, split_mode};
 use claudemesh_proto::http::{
-    CreateMeshRequest, RegisterInviteRequest, RemoveMemberRequest, RemoveMode,
+    CreateMeshRequest, RegisterInviteRequest, RemoveMemberRequest, RemoveMode, valid_name,
+    valid_slug,
 };
 use claudemesh_proto::invite::InviteRole;
 use claudemesh_proto::limits;
@@ -102,22 +103,6 @@ struct Fields {
     tamper: u8,
 }
 
-/// PROTOCOL §10 pre-checks of `create_mesh`, restated.
-fn valid_slug(slug: &str) -> bool {
-    (1..=64).contains(&slug.len())
-        && slug
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !slug.starts_with('-')
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.trim().is_empty()
-        && name.len() <= limits::MAX_SHORT_TEXT_BYTES
-        && !name.contains('|')
-        && !name.chars().any(char::is_control)
-}
-
 fn structured(f: Fields) {
     let route = route(f.route);
     let config = config(f.policy, false);
@@ -194,6 +179,7 @@ fn structured(f: Fields) {
                 MeshCreation::Closed => false,
                 MeshCreation::Token(t) => f.creation_token.as_deref() == Some(t.as_str()),
             };
+            // PROTOCOL §10 pre-checks of `create_mesh`; the slug and name rules are proto's.
             allowed
                 && valid_slug(&f.slug)
                 && valid_name(&f.name)

@@ -58,8 +58,8 @@ pub fn admin_request(
 
 /// A `POST /join` body: parsed as `http/join.rs` does, then the engine's stateless checks
 /// (the invite's signature, the joining key, the display name). Returns the invite, the
-/// normalised key and the display name; membership, registration and use counts need
-/// the store and are not reached.
+/// joining key (as sent: only lowercase hex is accepted) and the display name;
+/// membership, registration and use counts need the store and are not reached.
 pub fn join_request(body: &[u8]) -> Result<(InvitePayload, String, String), Refusal> {
     let req: JoinRequest = serde_json::from_slice(body)
         .map_err(|e| Refusal::new(claudemesh_proto::codes::Code::Malformed, e.to_string()))?;

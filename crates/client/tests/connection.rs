@@ -10,6 +10,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::time::Duration;
 
 use claudemesh_broker::{Broker, BrokerConfig, BrokerHandle};
@@ -20,81 +22,14 @@ use claudemesh_client::{
     messaging,
 };
 use claudemesh_crypto::SecretKey;
-use claudemesh_proto::canonical::{self, AdminAction};
 use claudemesh_proto::frames::{PresenceInfo, Priority, Push, Status};
-use claudemesh_proto::invite::{InvitePayload, InviteRole};
-use serde_json::{Value, json};
+use common::Mesh;
 use tokio::sync::mpsc;
 
-use claudemesh_proto::time::now_ms;
-
-async fn post(url: String, body: Value) -> Value {
-    let r = reqwest::Client::new()
-        .post(url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
-    r.json().await.unwrap()
-}
-
-fn signed(
-    key: &SecretKey,
-    action: AdminAction,
-    mesh: &str,
-    args: &[&str],
-) -> serde_json::Map<String, Value> {
-    let ts = now_ms();
-    let pk = key.public().to_hex();
-    let sig = key
-        .sign_str(&canonical::admin(action, mesh, &pk, ts, args))
-        .to_hex();
-    json!({ "signerPubkey": pk, "timestamp": ts, "signature": sig })
-        .as_object()
-        .unwrap()
-        .clone()
-}
-
-struct Mesh {
-    id: String,
-    members: Vec<(String, SecretKey)>,
-}
-
-/// A mesh with `n` enrolled members (member ids and keys).
+/// A mesh with `n` enrolled members, display names `m0`, `m1`…
 async fn mesh(b: &BrokerHandle, n: usize) -> Mesh {
-    let owner = SecretKey::generate();
-    let mut body = json!({ "name": "m", "slug": "m" });
-    body.as_object_mut()
-        .unwrap()
-        .extend(signed(&owner, AdminAction::CreateMesh, "", &["m", "m"]));
-    let id = post(format!("{}/api/meshes", b.http_url()), body).await["meshId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut members = Vec::new();
-    for i in 0..n {
-        let inv = InvitePayload::sign(
-            &id,
-            "m",
-            &b.ws_url(),
-            now_ms() / 1000 + 600,
-            InviteRole::Member,
-            &owner,
-        );
-        let mut body = json!({ "invite": inv, "maxUses": 1 });
-        body.as_object_mut().unwrap().extend(signed(
-            &owner,
-            AdminAction::RegisterInvite,
-            &id,
-            &[&inv.invite_id(), "1"],
-        ));
-        post(format!("{}/api/meshes/{id}/invites", b.http_url()), body).await;
-        let key = SecretKey::generate();
-        let joined = post(format!("{}/join", b.http_url()), json!({ "invite_token": inv.token(), "peer_pubkey": key.public().to_hex(), "display_name": format!("m{i}") })).await;
-        members.push((joined["memberId"].as_str().unwrap().to_owned(), key));
-    }
-    Mesh { id, members }
+    let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    common::mesh(&b.http_url(), &b.ws_url(), "m", &names).await
 }
 
 async fn connect(

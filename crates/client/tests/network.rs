@@ -21,6 +21,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::collections::VecDeque;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -34,11 +36,7 @@ use claudemesh_client::envelope::Keyring;
 use claudemesh_client::inbox::Inbox;
 use claudemesh_client::{ConnectOptions, Connection, Identity, Liveness, State, Target, messaging};
 use claudemesh_crypto::SecretKey;
-use claudemesh_proto::canonical::{self, AdminAction};
 use claudemesh_proto::frames::{PresenceInfo, Priority};
-use claudemesh_proto::invite::{InvitePayload, InviteRole};
-use claudemesh_proto::time::now_ms;
-use serde_json::{Value, json};
 
 /// The broker's side of each pair is 10.77.N.1, the peer's 10.77.N.2.
 const BROKER_IP_FOR_A: &str = "10.77.1.1";
@@ -288,77 +286,6 @@ where
     })
 }
 
-async fn post(url: String, body: Value) -> Value {
-    let r = reqwest::Client::new()
-        .post(url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
-    r.json().await.unwrap()
-}
-
-fn signed(
-    key: &SecretKey,
-    action: AdminAction,
-    mesh: &str,
-    args: &[&str],
-) -> serde_json::Map<String, Value> {
-    let ts = now_ms();
-    let pk = key.public().to_hex();
-    let sig = key
-        .sign_str(&canonical::admin(action, mesh, &pk, ts, args))
-        .to_hex();
-    json!({ "signerPubkey": pk, "timestamp": ts, "signature": sig })
-        .as_object()
-        .unwrap()
-        .clone()
-}
-
-/// A mesh with two members, made over HTTP from peer A's namespace.
-async fn mesh_of_two(http: &str, ws: &str) -> (String, Vec<(String, SecretKey)>) {
-    let owner = SecretKey::generate();
-    let mut body = json!({ "name": "net", "slug": "net" });
-    body.as_object_mut().unwrap().extend(signed(
-        &owner,
-        AdminAction::CreateMesh,
-        "",
-        &["net", "net"],
-    ));
-    let id = post(format!("{http}/api/meshes"), body).await["meshId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut members = Vec::new();
-    for name in ["a", "b"] {
-        let inv = InvitePayload::sign(
-            &id,
-            "net",
-            ws,
-            now_ms() / 1000 + 600,
-            InviteRole::Member,
-            &owner,
-        );
-        let mut body = json!({ "invite": inv, "maxUses": 1 });
-        body.as_object_mut().unwrap().extend(signed(
-            &owner,
-            AdminAction::RegisterInvite,
-            &id,
-            &[&inv.invite_id(), "1"],
-        ));
-        post(format!("{http}/api/meshes/{id}/invites"), body).await;
-        let key = SecretKey::generate();
-        let joined = post(
-            format!("{http}/join"),
-            json!({ "invite_token": inv.token(), "peer_pubkey": key.public().to_hex(), "display_name": name }),
-        )
-        .await;
-        members.push((joined["memberId"].as_str().unwrap().to_owned(), key));
-    }
-    (id, members)
-}
-
 fn options(url: String, mesh_id: &str, member: &(String, SecretKey), name: &str) -> ConnectOptions {
     ConnectOptions {
         url,
@@ -436,7 +363,11 @@ fn acked_messages_survive_latency_loss_and_a_partition_exactly_once() {
     let a = in_netns(net.ns(1), move || async move {
         let http = format!("http://{BROKER_IP_FOR_A}:{port}");
         let ws = format!("ws://{BROKER_IP_FOR_A}:{port}/ws");
-        let (mesh_id, members) = mesh_of_two(&http, &ws).await;
+        // A mesh with two members, made over HTTP from peer A's namespace.
+        let common::Mesh {
+            id: mesh_id,
+            members,
+        } = common::mesh(&http, &ws, "net", &["a", "b"]).await;
         b_ident_tx
             .send((mesh_id.clone(), members[1].clone()))
             .unwrap();

@@ -1,10 +1,12 @@
 //! Bodies of the broker's HTTP endpoints: `POST /join` (v1) and the signed mesh-admin
 //! API (extension `mesh-admin`). Every admin request carries `signerPubkey`, `timestamp`
-//! and a `signature` over [`crate::canonical::admin`].
+//! and a `signature` over [`crate::canonical::admin`]. Also the rules a new mesh's slug
+//! and names must meet ([`valid_slug`], [`valid_name`]), which the broker checks.
 
 use serde::{Deserialize, Serialize};
 
 use crate::invite::{InvitePayload, InviteRole};
+use crate::limits;
 
 /// `POST /join` request (v1, snake_case).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +60,26 @@ pub struct CreateMeshRequest {
     pub creation_token: Option<String>,
     #[serde(flatten)]
     pub signed: Signed,
+}
+
+/// Whether `slug` is a valid [`CreateMeshRequest::slug`] (PROTOCOL.md, `create_mesh`
+/// pre-checks): 1-64 characters of `a-z`, `0-9` and `-`, not starting with `-`.
+pub fn valid_slug(slug: &str) -> bool {
+    (1..=64).contains(&slug.len())
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !slug.starts_with('-')
+}
+
+/// Whether `name` is a valid mesh name or owner display name of a [`CreateMeshRequest`]
+/// (PROTOCOL.md, `create_mesh` pre-checks): not empty or only whitespace, at most
+/// [`limits::MAX_SHORT_TEXT_BYTES`] bytes, without `|` or control characters.
+pub fn valid_name(name: &str) -> bool {
+    !name.trim().is_empty()
+        && name.len() <= limits::MAX_SHORT_TEXT_BYTES
+        && !name.contains('|')
+        && !name.chars().any(char::is_control)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

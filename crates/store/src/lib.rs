@@ -76,6 +76,24 @@ pub enum Inserted {
     Existing(String),
 }
 
+/// What [`Store::insert_message`] returns when its insert stored nothing because a unique
+/// index was taken: the broker id of this sender's message with the same
+/// `client_message_id` (an idempotent resend), else a duplicate-id error (only the broker
+/// message id can have collided: 128 random bits, so this is a bug). Shared by the
+/// backends, so both answer a conflict alike.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn existing_or_duplicate_id<S: Store + ?Sized>(store: &mut S, m: &MessageRow) -> Result<Inserted> {
+    let existing = match m.client_message_id.as_deref() {
+        Some(cmid) => store.find_message_by_client_id(&m.mesh_id, &m.sender_pubkey, cmid)?,
+        None => None,
+    };
+    existing
+        .map(Inserted::Existing)
+        .ok_or_else(|| StoreError::Corrupt {
+            what: "messages (duplicate message id)".into(),
+        })
+}
+
 /// One recipient's copy of a message being stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDelivery<'a> {

@@ -49,7 +49,9 @@ pub(crate) fn invite_of(req: &JoinRequest) -> Result<InvitePayload, Refusal> {
     Ok(invite)
 }
 
-/// The joining key (normalised) and the display name it asks for.
+/// The joining key and the display name it asks for. The key is checked, not
+/// normalised: `PublicKey::from_hex` takes only 64 lowercase hex characters (PROTOCOL
+/// §1: uppercase is refused), so the key returned is `peer_pubkey` as sent.
 pub(crate) fn joiner(req: JoinRequest) -> Result<(String, String), Refusal> {
     let peer = PublicKey::from_hex(&req.peer_pubkey)
         .map_err(|_| Refusal::new(Code::Malformed, "peer_pubkey is not a 64-hex ed25519 key"))?

@@ -9,9 +9,8 @@ use axum::response::{IntoResponse, Response};
 use claudemesh_proto::canonical::AdminAction;
 use claudemesh_proto::codes::Code;
 use claudemesh_proto::http::{
-    CreateMeshRequest, RegisterInviteRequest, RemoveMemberRequest, Signed,
+    CreateMeshRequest, RegisterInviteRequest, RemoveMemberRequest, Signed, valid_name, valid_slug,
 };
-use claudemesh_proto::limits;
 use serde::Deserialize;
 
 use super::error::HttpError;
@@ -20,21 +19,6 @@ use crate::config::{BrokerConfig, MeshCreation};
 use crate::engine::{AdminCommand, AdminReply, Command};
 use crate::refusal::Refusal;
 use crate::state::Shared;
-
-fn valid_slug(slug: &str) -> bool {
-    (1..=64).contains(&slug.len())
-        && slug
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !slug.starts_with('-')
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.trim().is_empty()
-        && name.len() <= limits::MAX_SHORT_TEXT_BYTES
-        && !name.contains('|')
-        && !name.chars().any(char::is_control)
-}
 
 /// Whether this broker lets `req` create a mesh (PROTOCOL.md, mesh creation policy).
 fn creation_allowed(config: &BrokerConfig, req: &CreateMeshRequest) -> Result<(), Refusal> {

@@ -43,7 +43,7 @@ use postgres::{Client, NoTls, Row, Statement};
 
 use claudemesh_proto::authority::{Removal, Role};
 pub use rows::redact_url;
-use rows::{duplicate_id, invite_from_row, message_from_row, opt_text, redact, text};
+use rows::{invite_from_row, message_from_row, opt_text, redact, text};
 
 use crate::{
     Claim, DeliveryRecord, Inserted, InviteRow, MemberRow, MeshRow, MessageDeliveries, MessageRow,
@@ -594,13 +594,7 @@ impl Store for PgStore {
         if row.try_get::<_, Option<i64>>(0)?.is_some() {
             return Ok(Inserted::New(row.try_get(1)?));
         }
-        let Some(cmid) = m.client_message_id.as_deref() else {
-            return Err(duplicate_id());
-        };
-        match self.find_message_by_client_id(&m.mesh_id, &m.sender_pubkey, cmid)? {
-            Some(existing) => Ok(Inserted::Existing(existing)),
-            None => Err(duplicate_id()),
-        }
+        crate::existing_or_duplicate_id(self, m)
     }
 
     fn find_message_by_client_id(

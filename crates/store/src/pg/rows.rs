@@ -40,13 +40,6 @@ fn count(row: &Row, idx: usize, what: &str) -> Result<u32> {
         .map_err(|_| StoreError::Corrupt { what: what.into() })
 }
 
-pub(super) fn duplicate_id() -> StoreError {
-    // Only the message id can have collided: 128 random bits, so this is a bug.
-    StoreError::Corrupt {
-        what: "messages (duplicate message id)".into(),
-    }
-}
-
 /// A message from `row`, its columns from `base` on in `message_cols!()` order.
 pub(super) fn message_from_row(row: &Row, base: usize) -> Result<MessageRow> {
     Ok(MessageRow {

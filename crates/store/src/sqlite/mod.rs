@@ -10,9 +10,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use claudemesh_proto::authority::{Removal, Role};
-use rows::{
-    INVITE_COLS, duplicate_id, first_key_above, invite_from_row, message_from_row, opt_text, text,
-};
+use rows::{INVITE_COLS, first_key_above, invite_from_row, message_from_row, opt_text, text};
 
 use crate::{
     Claim, DeliveryRecord, Inserted, InviteRow, MemberRow, MeshRow, MessageDeliveries, MessageRow,
@@ -341,13 +339,7 @@ impl Store for SqliteStore {
             }
             return Ok(Inserted::New(seqs));
         }
-        let Some(cmid) = m.client_message_id.as_deref() else {
-            return Err(duplicate_id());
-        };
-        match self.find_message_by_client_id(&m.mesh_id, &m.sender_pubkey, cmid)? {
-            Some(existing) => Ok(Inserted::Existing(existing)),
-            None => Err(duplicate_id()),
-        }
+        crate::existing_or_duplicate_id(self, m)
     }
 
     fn find_message_by_client_id(

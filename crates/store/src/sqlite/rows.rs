@@ -36,13 +36,6 @@ where
     }
 }
 
-pub(super) fn duplicate_id() -> StoreError {
-    // Only the message id can have collided: 128 random bits, so this is a bug.
-    StoreError::Corrupt {
-        what: "messages (duplicate message id)".into(),
-    }
-}
-
 pub(super) fn message_from_row(
     row: &rusqlite::Row<'_>,
     base: usize,
