@@ -10,6 +10,8 @@
     clippy::indexing_slicing
 )]
 
+pub mod traffic;
+
 use claudemesh_crypto::SecretKey;
 use claudemesh_proto::canonical::{self, AdminAction};
 use claudemesh_proto::invite::{InvitePayload, InviteRole};
