@@ -10,6 +10,7 @@
 //! `fuzzing` (hidden) hands the fuzz targets in `fuzz/` the code that reads peer bytes.
 
 mod auth;
+mod cluster;
 pub mod config;
 mod conn;
 mod engine;
@@ -45,9 +46,8 @@ pub enum StartError {
         dir: std::path::PathBuf,
         source: std::io::Error,
     },
-    /// Another broker holds this database (its lock file, or on PostgreSQL its advisory
-    /// lock, is taken).
-    #[error("another broker is already using {path}; stop it, or give this one another {}", if path.starts_with("postgres") { "--database-url (several nodes on one database are not supported yet)" } else { "--data-dir" })]
+    /// Another broker holds this SQLite database (its lock file is taken).
+    #[error("another broker is already using {path}; stop it, or give this one another --data-dir")]
     Locked { path: String },
     /// The listen address could not be bound (the cause is the source).
     #[error("cannot listen on {addr}")]
@@ -78,6 +78,8 @@ pub struct BrokerHandle {
     certs: Option<Arc<tls::CertStore>>,
     /// The database's lock file, held until the broker is gone.
     lock: Option<std::fs::File>,
+    /// The listener for other nodes' notifications (on a shared database).
+    listener: Option<cluster::Listener>,
     shared: Arc<state::Shared>,
     server: tokio::task::JoinHandle<()>,
     engine: std::thread::JoinHandle<()>,
@@ -135,20 +137,15 @@ fn lock_database(db: &std::path::Path) -> Result<std::fs::File, StartError> {
 }
 
 /// The store the config names: SQLite (a file under a lock file, held by the returned
-/// guard) or PostgreSQL (held by a session advisory lock on the store's connection).
+/// guard: one broker per file) or PostgreSQL (shared by any number of broker nodes).
 fn open_store(
     config: &BrokerConfig,
 ) -> Result<(Box<dyn Store>, Option<std::fs::File>), StartError> {
     let path = match config.database_url.as_deref() {
         None => config.data_dir.join("claudemesh.db"),
         Some(url) if config.backend() == "postgres" => {
-            return match PgStore::open_exclusive(url) {
-                Ok(store) => Ok((Box::new(store), None)),
-                Err(claudemesh_store::StoreError::InUse { what }) => {
-                    Err(StartError::Locked { path: what })
-                }
-                Err(e) => Err(e.into()),
-            };
+            // Any number of nodes may share it (see engine/cluster.rs): no lock.
+            return Ok((Box::new(PgStore::open(url)?), None));
         }
         Some(url) => match url.strip_prefix("sqlite://") {
             Some(path) => path.into(),
@@ -193,7 +190,19 @@ impl Broker {
         store: Box<dyn Store>,
     ) -> Result<BrokerHandle, StartError> {
         let metrics = Arc::new(metrics::Metrics::new(&config.node_name));
-        let (engine, engine_thread) = engine::start(store, &config, metrics.clone()).await?;
+        let (engine, engine_thread, node_id) =
+            engine::start(store, &config, metrics.clone()).await?;
+        let peers_listener = match (node_id, config.database_url.clone()) {
+            (Some(node), Some(url)) => Some(
+                cluster::Listener::start(url, node, engine.sender()).map_err(|source| {
+                    StartError::Store(claudemesh_store::StoreError::Open {
+                        path: "listener thread".into(),
+                        reason: source.to_string(),
+                    })
+                })?,
+            ),
+            _ => None,
+        };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -254,6 +263,7 @@ impl Broker {
             addr,
             certs,
             lock: None,
+            listener: peers_listener,
             shared,
             server,
             engine: engine_thread,
@@ -300,6 +310,10 @@ impl BrokerHandle {
         let _ = self.server.await;
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+        // The listener holds an inbox sender too; the engine stops only once it is gone.
+        if let Some(listener) = self.listener {
+            let _ = tokio::task::spawn_blocking(move || listener.stop()).await;
+        }
         // The last EngineHandle lives in `shared`; dropping it closes the engine inbox.
         drop(self.shared);
         let engine = self.engine;

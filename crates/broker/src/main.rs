@@ -56,6 +56,10 @@ struct Args {
     /// offline longest retires.
     #[arg(long, default_value_t = claudemesh_proto::limits::MAX_SESSIONS_PER_MEMBER, env = "CLAUDEMESH_SESSIONS_PER_MEMBER")]
     sessions_per_member: usize,
+    /// How long a peer whose connection dropped stays present (listed as gone only after
+    /// this; a reconnect within it is seamless, also to another node).
+    #[arg(long, default_value_t = claudemesh_proto::limits::PRESENCE_GRACE.as_secs(), env = "CLAUDEMESH_PRESENCE_GRACE_SECS")]
+    presence_grace_secs: u64,
     /// A session identity offline for this many hours retires (stops receiving
     /// messages; its queued copies are dropped).
     #[arg(long, default_value_t = 72, env = "CLAUDEMESH_SESSION_RETENTION_HOURS")]
@@ -145,6 +149,7 @@ fn config(args: Args) -> anyhow::Result<BrokerConfig> {
     config.sessions_per_member = args.sessions_per_member;
     anyhow::ensure!(args.max_pushes >= 1, "--max-pushes must be at least 1");
     config.timings.max_pushes = args.max_pushes;
+    config.timings.grace = std::time::Duration::from_secs(args.presence_grace_secs);
     config.max_unauthenticated = args.max_unauthenticated.max(1);
     config.trust_proxy = args.trust_proxy;
     config.max_unauthenticated_per_source = args.max_unauthenticated_per_source.max(1);

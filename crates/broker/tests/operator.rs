@@ -186,23 +186,25 @@ async fn a_trace_log_holds_no_frame_bodies_signatures_or_ciphertexts() {
     );
 }
 
-on_every_backend! {
-    #[tokio::test]
-    async fn a_second_broker_on_the_same_database_is_refused() {
-        let first = TestBroker::start().await;
-        match Broker::spawn(first.data.config()).await {
-            Err(e @ StartError::Locked { .. }) => {
-                assert!(e.to_string().contains("another broker"), "{e}");
-            }
-            Err(e) => panic!("wrong refusal: {e}"),
-            Ok(_) => panic!("two brokers opened one database"),
+/// SQLite: one broker per database file (on PostgreSQL any number share one; see
+/// crates/client/tests/multinode.rs).
+#[tokio::test]
+async fn a_second_broker_on_the_same_database_is_refused() {
+    let first = TestBroker::start().await;
+    match Broker::spawn(first.data.config()).await {
+        Err(e @ StartError::Locked { .. }) => {
+            assert!(e.to_string().contains("another broker"), "{e}");
         }
-        // Once the first one is gone the database can be used again.
-        let data = first.stop().await;
-        let again = Broker::spawn(data.config()).await.unwrap();
-        again.shutdown().await;
+        Err(e) => panic!("wrong refusal: {e}"),
+        Ok(_) => panic!("two brokers opened one database"),
     }
+    // Once the first one is gone the database can be used again.
+    let data = first.stop().await;
+    let again = Broker::spawn(data.config()).await.unwrap();
+    again.shutdown().await;
+}
 
+on_every_backend! {
     /// 1 100 TCP connections that never send a byte, from one address, against a broker
     /// whose fd limit is 1 024: a legitimate peer still connects and authenticates, and
     /// `/health` still answers. (The broker used to keep every one of them open, forever.)

@@ -188,6 +188,9 @@ pub struct Health {
     /// The answering node's name (extension; absent from v1 brokers).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node: String,
+    /// Nodes up on the shared database, this one included (extension; PostgreSQL only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<usize>,
     pub version: String,
     /// Seconds since start.
     pub uptime: u64,

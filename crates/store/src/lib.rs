@@ -25,7 +25,7 @@ mod rows;
 pub mod sqlite;
 
 #[cfg(feature = "postgres")]
-pub use pg::PgStore;
+pub use pg::{PgListener, PgStore};
 pub use rows::*;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
@@ -49,10 +49,6 @@ pub enum StoreError {
     /// mapping that found it.
     #[error("database holds an unexpected value in {what}")]
     Corrupt { what: String },
-    /// Another process holds the database exclusively (`what` names it, without any
-    /// password).
-    #[error("{what} is in use by another broker")]
-    InUse { what: String },
 }
 
 impl StoreError {
@@ -213,4 +209,54 @@ pub trait Store: Send + 'static {
     // ---- replay protection ----
     /// Remember a signature until `expires_at`. Returns false if it was already seen.
     fn remember_signature(&mut self, signature: &str, expires_at: i64) -> Result<bool>;
+
+    /// The state several broker nodes share, on a backend they can share (PostgreSQL);
+    /// `None` on an embedded one (SQLite), where one broker is the whole cluster.
+    fn cluster(&mut self) -> Option<&mut dyn Cluster> {
+        None
+    }
+}
+
+/// The shared side of a store several broker nodes use at once: node heartbeats, every
+/// node's presences, notifications between nodes, and single-row reads for refreshing a
+/// cache when another node says a row changed. Writes join the open transaction like
+/// every other store call; a notification is delivered only if that transaction commits.
+pub trait Cluster {
+    /// Record this node (at start).
+    fn register_node(&mut self, node: &NodeRow) -> Result<()>;
+    /// Refresh this node's heartbeat (stamped with the database's clock, so the nodes'
+    /// own clocks never matter); every node as it stands now, and the database's time
+    /// (ms since the epoch).
+    fn heartbeat(&mut self, node_id: i64) -> Result<(Vec<NodeRow>, i64)>;
+    /// Forget nodes silent for `silent_ms` or more by the database's clock, with their
+    /// presences, in one statement; the ids forgotten (empty when another node reaped
+    /// them first).
+    fn reap_nodes(&mut self, silent_ms: i64) -> Result<Vec<i64>>;
+    /// Delete every presence row of one node (it dropped them all); how many.
+    fn drop_node_presences(&mut self, node_id: i64) -> Result<u64>;
+    /// Take the lock that orders delivery seqs across nodes now, before the batch takes
+    /// any row lock (taken lazily by the first delivery insert otherwise, which two
+    /// nodes holding each other's row locks could deadlock on).
+    fn lock_seqs(&mut self) -> Result<()>;
+    /// Insert or replace a node's presence of a key.
+    fn put_presence(&mut self, presence: &PresenceRow) -> Result<()>;
+    /// Delete a node's presence of a key; whether there was one.
+    fn drop_presence(&mut self, mesh_id: &str, pubkey: &str, node_id: i64) -> Result<bool>;
+    /// Every node's presences.
+    fn presences(&mut self) -> Result<Vec<PresenceRow>>;
+    /// One node's presence of a key.
+    fn presence(
+        &mut self,
+        mesh_id: &str,
+        pubkey: &str,
+        node_id: i64,
+    ) -> Result<Option<PresenceRow>>;
+    /// Announce `payload` to every node (at most 7 900 bytes; delivered after commit).
+    fn notify(&mut self, payload: &str) -> Result<()>;
+    /// One mesh, member or known identity, as committed now.
+    fn mesh(&mut self, mesh_id: &str) -> Result<Option<MeshRow>>;
+    fn member(&mut self, mesh_id: &str, member_id: &str) -> Result<Option<MemberRow>>;
+    fn peer(&mut self, mesh_id: &str, pubkey: &str) -> Result<Option<PeerRow>>;
+    /// Every member and every known identity of one mesh (a mesh another node created).
+    fn mesh_members(&mut self, mesh_id: &str) -> Result<(Vec<MemberRow>, Vec<PeerRow>)>;
 }

@@ -105,3 +105,27 @@ pub struct MessageDeliveries {
     pub message: MessageRow,
     pub deliveries: Vec<DeliveryRecord>,
 }
+
+/// A broker node sharing the database with others (PostgreSQL): its random id for this
+/// process, its name, and its heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    pub id: i64,
+    pub name: String,
+    pub started_at: i64,
+    pub seen_at: i64,
+}
+
+/// One node's presence of one key (several nodes may each hold one). `data` is the
+/// broker's own description of it (JSON the store does not read); `live` is false while
+/// the presence is in its grace period on that node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceRow {
+    pub mesh_id: String,
+    pub pubkey: String,
+    pub node_id: i64,
+    pub session_id: String,
+    pub live: bool,
+    pub data: String,
+    pub updated_at: i64,
+}

@@ -682,7 +682,7 @@ fn postgres_commits_survive_reopen_and_uncommitted_work_does_not() {
         .query_one("SELECT COUNT(*) FROM schema_version", &[])
         .unwrap()
         .get(0);
-    assert_eq!(versions, 1);
+    assert_eq!(versions, 2, "each migration applied once");
 }
 
 /// A failed statement aborts a PostgreSQL transaction; `commit` must then fail (not

@@ -50,6 +50,20 @@ pub enum AdminCommand {
     },
 }
 
+impl AdminCommand {
+    /// The mesh the command is about (none for creating one).
+    fn mesh_id(&self) -> Option<&str> {
+        match self {
+            AdminCommand::CreateMesh(_) => None,
+            AdminCommand::RegisterInvite { mesh_id, .. }
+            | AdminCommand::ListInvites { mesh_id, .. }
+            | AdminCommand::RevokeInvite { mesh_id, .. }
+            | AdminCommand::ListMembers { mesh_id, .. }
+            | AdminCommand::RemoveMember { mesh_id, .. } => Some(mesh_id),
+        }
+    }
+}
+
 /// What a successful admin request answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminReply {
@@ -139,6 +153,9 @@ impl Engine {
     }
 
     pub(super) fn admin(&mut self, cmd: AdminCommand, reply: Reply<AdminReply>) {
+        if let Some(mesh_id) = cmd.mesh_id().map(str::to_owned) {
+            self.read_through(&mesh_id, None);
+        }
         let r = match cmd {
             AdminCommand::CreateMesh(req) => self.create_mesh(req).map(AdminReply::MeshCreated),
             AdminCommand::RegisterInvite { mesh_id, req } => self
@@ -212,6 +229,8 @@ impl Engine {
             .insert(owner.pubkey.clone(), owner.id.clone());
         m.members.insert(owner.id.clone(), owner);
         self.dir.meshes.insert(resp.mesh_id.clone(), m);
+        self.note_mesh(&resp.mesh_id);
+        self.note_member(&resp.mesh_id, &resp.owner_member_id);
         tracing::info!(mesh = %resp.mesh_id, slug = %resp.slug, "mesh created");
         Ok(resp)
     }
@@ -406,10 +425,22 @@ impl Engine {
             .map_err(|e| self.unavailable(&e))?;
         if changed {
             member.removed = Some(removal);
+            self.note_member(mesh_id, member_id);
         }
-        let code = match member.removed {
-            Some(Removal::Revoked) => close::REVOKED,
-            _ => close::KICKED,
+        let removal = member.removed.unwrap_or(removal);
+        if let Some(m) = self.dir.mesh_mut(mesh_id) {
+            m.members.insert(member.id.clone(), member);
+        }
+        self.close_member(mesh_id, member_id, removal);
+        Ok(())
+    }
+
+    /// Close every connection of a removed member here, once the batch commits: 4002 for
+    /// a revoked member, 4001 for a kicked one.
+    pub(super) fn close_member(&mut self, mesh_id: &str, member_id: &str, removal: Removal) {
+        let (code, reason) = match removal {
+            Removal::Revoked => (close::REVOKED, RemoveMode::Revoke.as_str()),
+            Removal::Kicked => (close::KICKED, RemoveMode::Kick.as_str()),
         };
         let kills: Vec<_> = self
             .conns
@@ -419,7 +450,7 @@ impl Engine {
                 self.dir
                     .mesh(mesh_id)
                     .and_then(|m| m.presences.get(&c.key))
-                    .is_some_and(|p| p.member_id == member.id)
+                    .is_some_and(|p| p.member_id == member_id)
             })
             .map(|c| c.handle.kill.clone())
             .collect();
@@ -427,12 +458,8 @@ impl Engine {
             self.effects.push(Effect::Close {
                 kill,
                 code,
-                reason: mode.as_str().to_owned(),
+                reason: reason.to_owned(),
             });
         }
-        if let Some(m) = self.dir.mesh_mut(mesh_id) {
-            m.members.insert(member.id.clone(), member);
-        }
-        Ok(())
     }
 }

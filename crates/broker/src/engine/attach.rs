@@ -69,6 +69,7 @@ impl Engine {
         conn: ConnHandle,
         reply: oneshot::Sender<Result<Attached, Rejection>>,
     ) {
+        self.read_through(&hello.mesh_id, Some(&hello.member_id));
         let admitted = match self.admit(&hello) {
             Ok(a) => a,
             Err(r) => {
@@ -88,6 +89,7 @@ impl Engine {
         let ack = self.hello_ack(&hello, &admitted.member, &bound);
         self.remember(&hello, &admitted, &bound, now);
         self.register_conn(&hello, conn.clone(), &bound.replaced);
+        self.publish(&hello.mesh_id, &hello.key);
         self.effects.push(Effect::Out {
             conn: conn.id,
             out: Outbound::Frame(Box::new(BrokerFrame::HelloAck(ack))),
@@ -224,7 +226,18 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default();
-        let existing = mesh.presences.contains_key(&hello.key);
+        // Present already, here or on another node (a session moving between nodes keeps its
+        // status and summary, and nobody hears it leave and join).
+        let existing = mesh.present(&hello.key);
+        let restored = mesh
+            .remote
+            .get(&hello.key)
+            .and_then(|rows| rows.iter().max_by_key(|r| r.data.connected_at))
+            .map(|r| r.data.clone());
+        let groups = restored
+            .as_ref()
+            .map(|r| r.groups.clone())
+            .unwrap_or(groups);
         let presence = mesh
             .presences
             .entry(hello.key.clone())
@@ -235,8 +248,8 @@ impl Engine {
                 role: hello.role,
                 info: hello.presence.clone(),
                 display_name: String::new(),
-                status: Status::Idle,
-                summary: None,
+                status: restored.as_ref().map_or(Status::Idle, |r| r.status),
+                summary: restored.as_ref().and_then(|r| r.summary.clone()),
                 groups,
                 connected_at: now,
                 conns: Vec::new(),
@@ -314,11 +327,21 @@ impl Engine {
             e2e_multicast: e2e,
             retired_at: None,
         };
+        let mut changed = true;
         if let Some(mesh) = self.dir.mesh_mut(&hello.mesh_id) {
-            mesh.peers.insert(peer.pubkey.clone(), peer.clone());
+            let before = mesh.peers.insert(peer.pubkey.clone(), peer.clone());
+            changed = before.is_none_or(|b| {
+                PeerRow {
+                    last_seen: now,
+                    ..b
+                } != peer
+            });
         }
         if let Err(e) = self.store.upsert_peer(&peer) {
             self.poison(&e);
+        }
+        if changed {
+            self.note_peer(&hello.mesh_id, &hello.key);
         }
         peer
     }

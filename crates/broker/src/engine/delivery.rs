@@ -70,6 +70,11 @@ pub(super) struct Mailbox {
 
 impl Mailbox {
     /// A fresh mailbox whose whole queue is still in the database.
+    /// Deliveries newer than the window were committed (by another node): load them.
+    pub fn mark_spilled(&mut self) {
+        self.spilled = true;
+    }
+
     pub fn unloaded() -> Self {
         Self {
             spilled: true,
@@ -254,19 +259,27 @@ impl Engine {
 
     /// Offer a freshly stored delivery to its recipient's mailbox, if the recipient is online.
     fn enqueue(&mut self, mesh_id: &str, key: &str, delivery: Arc<Delivery>) {
+        // Several nodes write (see `cluster.rs`): a smaller seq of another node's may be
+        // committed and not loaded yet, so the mailbox loads from the database instead.
+        let shared = self.node_id().is_some();
         let Some(mb) = self.mailbox(mesh_id, key) else {
-            return;
+            // Online on another node, perhaps: wake it.
+            return self.wake_elsewhere(mesh_id, key);
         };
         if delivery.seq <= mb.loaded_upto {
             return; // already loaded from the database in this batch
         }
-        if mb.spilled || mb.pending.len() >= MAX_PENDING {
+        if shared || mb.spilled || mb.pending.len() >= MAX_PENDING {
             mb.spilled = true;
         } else {
             mb.loaded_upto = delivery.seq;
             mb.pending.push_back(delivery);
         }
-        self.pump(mesh_id, key);
+        if shared {
+            self.pump_later(mesh_id, key);
+        } else {
+            self.pump(mesh_id, key);
+        }
     }
 
     fn mailbox(&mut self, mesh_id: &str, key: &str) -> Option<&mut Mailbox> {

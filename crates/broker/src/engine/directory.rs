@@ -9,6 +9,7 @@ use claudemesh_proto::frames::{GroupRef, PresenceInfo, Status};
 use claudemesh_store::{MemberRow, MeshRow, PeerRow, Store, StoreError};
 
 use super::ConnId;
+use super::cluster::Remote;
 use super::delivery::Mailbox;
 use crate::auth::Role;
 
@@ -28,6 +29,8 @@ pub(super) struct Mesh {
     pub peers: HashMap<String, PeerRow>,
     /// Presences by key: live, or within their grace period.
     pub presences: BTreeMap<String, Presence>,
+    /// Other nodes' presences by key (several nodes on one database; see `cluster.rs`).
+    pub remote: BTreeMap<String, Vec<Remote>>,
 }
 
 /// A peer's presence: owned by its key, attached to zero or more connections.
@@ -94,6 +97,7 @@ impl Mesh {
             member_by_key: HashMap::new(),
             peers: HashMap::new(),
             presences: BTreeMap::new(),
+            remote: BTreeMap::new(),
         }
     }
 
@@ -160,6 +164,17 @@ impl Mesh {
                         && p.groups.iter().any(|g| g.name == name)
                 })
                 .map(|p| p.key.clone()),
+        );
+        keys.extend(
+            self.remote
+                .iter()
+                .filter(|(key, rows)| {
+                    *key != sender
+                        && rows
+                            .iter()
+                            .any(|r| r.live && r.data.groups.iter().any(|g| g.name == name))
+                })
+                .map(|(key, _)| key.clone()),
         );
         keys.sort_unstable();
         keys.dedup();

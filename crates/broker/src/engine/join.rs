@@ -102,6 +102,7 @@ impl Engine {
     fn enroll(&mut self, req: JoinRequest) -> Result<JoinResponse, Refusal> {
         let invite = invite_of(&req)?;
         let (peer, display_name) = joiner(req)?;
+        self.read_through(&invite.mesh_id, None);
         let mesh = self.dir.mesh(&invite.mesh_id).ok_or_else(|| {
             Refusal::new(
                 Code::MeshNotFound,
@@ -163,6 +164,7 @@ impl Engine {
             .upsert_member(&member)
             .map_err(|e| self.unavailable(&e))?;
         let resp = joined(&member, false);
+        self.note_member(&invite.mesh_id, &member.id);
         if let Some(mesh) = self.dir.mesh_mut(&invite.mesh_id) {
             mesh.member_by_key.insert(peer, member.id.clone());
             mesh.members.insert(member.id.clone(), member);

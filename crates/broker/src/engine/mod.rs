@@ -19,6 +19,7 @@
 
 mod admin;
 mod attach;
+pub(crate) mod cluster;
 mod delivery;
 mod directory;
 pub(crate) mod join;
@@ -46,6 +47,7 @@ use crate::refusal::Refusal;
 use claudemesh_proto::time::now_ms;
 
 pub use admin::{AdminCommand, AdminReply};
+pub use cluster::ClusterEvent;
 pub use delivery::Delivery;
 use directory::Directory;
 pub use reply::{Budget, MAX_AWAITING_REPLIES, ReplySlot, Request};
@@ -149,8 +151,13 @@ pub enum Command {
         cmd: AdminCommand,
         reply: oneshot::Sender<Result<AdminReply, Refusal>>,
     },
-    /// Round trip to the database; replies whether it answered and the last commit worked.
-    Health { reply: oneshot::Sender<bool> },
+    /// Round trip to the database; replies whether it answered and the last commit worked,
+    /// and how many nodes are up (with several nodes on one database).
+    Health {
+        reply: oneshot::Sender<(bool, Option<usize>)>,
+    },
+    /// What another node announced (see `cluster.rs`).
+    Cluster(ClusterEvent),
 }
 
 /// What a reply becomes when its batch did not commit: an ack refused as `unavailable`
@@ -203,6 +210,8 @@ enum TimerKind {
     Purge,
     /// The state is stale: try to reload it.
     Recover,
+    /// Refresh this node's heartbeat; reap dead nodes.
+    Heartbeat,
 }
 
 /// The handle connection tasks and HTTP handlers use to reach the engine.
@@ -216,6 +225,11 @@ pub struct EngineHandle {
 pub struct Stopped;
 
 impl EngineHandle {
+    /// The inbox itself, for a thread that is not async (the cluster listener).
+    pub(crate) fn sender(&self) -> flume::Sender<Command> {
+        self.tx.clone()
+    }
+
     /// Queue a command, waiting while the inbox is full.
     pub async fn send(&self, cmd: Command) -> Result<(), Stopped> {
         self.tx.send_async(cmd).await.map_err(|_| Stopped)
@@ -246,7 +260,8 @@ impl EngineHandle {
     }
 }
 
-/// Start the engine thread and wait until it has loaded its state (on that thread: a
+/// Start the engine thread and wait until it has loaded its state (and, on a shared
+/// database, joined the cluster; its node id is returned) (on that thread: a
 /// synchronous database client must not block, or start a runtime, on an async one). It
 /// stops when every [`EngineHandle`] is dropped and the inbox is drained, committing what
 /// it has.
@@ -254,7 +269,8 @@ pub async fn start(
     store: Box<dyn Store>,
     config: &BrokerConfig,
     metrics: Arc<Metrics>,
-) -> Result<(EngineHandle, std::thread::JoinHandle<()>), claudemesh_store::StoreError> {
+) -> Result<(EngineHandle, std::thread::JoinHandle<()>, Option<i64>), claudemesh_store::StoreError>
+{
     let (tx, rx) = flume::bounded(INBOX_CAPACITY);
     let (loaded_tx, loaded) = oneshot::channel();
     let config = config.clone();
@@ -262,7 +278,7 @@ pub async fn start(
         .name("claudemesh-engine".into())
         .spawn(move || match Engine::new(store, &config, metrics) {
             Ok(mut engine) => {
-                let _ = loaded_tx.send(Ok(()));
+                let _ = loaded_tx.send(Ok(engine.node_id()));
                 engine.run(&rx);
             }
             Err(e) => {
@@ -274,7 +290,7 @@ pub async fn start(
             reason: e.to_string(),
         })?;
     match loaded.await {
-        Ok(Ok(())) => Ok((EngineHandle { tx }, thread)),
+        Ok(Ok(node)) => Ok((EngineHandle { tx }, thread, node)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(claudemesh_store::StoreError::Open {
             path: "engine thread".into(),
@@ -311,6 +327,13 @@ pub(crate) struct Engine {
     sessions_per_member: usize,
     /// Pushes of one delivery on one connection before it parks (see `delivery.rs`).
     max_pushes: u32,
+    /// This node's part in a cluster of nodes on one database (see `cluster.rs`).
+    cluster: Option<cluster::ClusterState>,
+    /// This node's shared presence rows must all be deleted (a rebuild dropped its
+    /// presences): done at the start of a batch, until a batch doing it commits.
+    reset_presences: bool,
+    /// This batch deleted them.
+    reset_in_batch: bool,
 }
 
 /// An attached connection.
@@ -335,7 +358,7 @@ impl Engine {
             Instant::now() + Duration::from_secs(5),
             TimerKind::Purge,
         )));
-        Ok(Self {
+        let mut engine = Self {
             store,
             dir,
             conns: HashMap::new(),
@@ -354,7 +377,12 @@ impl Engine {
             pending_acks: Vec::new(),
             sessions_per_member: config.sessions_per_member.max(1),
             max_pushes: config.timings.max_pushes.max(1),
-        })
+            cluster: None,
+            reset_presences: false,
+            reset_in_batch: false,
+        };
+        engine.join_cluster(&config.node_name)?;
+        Ok(engine)
     }
 
     fn run(&mut self, rx: &flume::Receiver<Command>) {
@@ -382,6 +410,7 @@ impl Engine {
                 }
             }
             let n = batch.len();
+            self.begin_batch(&batch);
             for cmd in batch.drain(..) {
                 self.apply(cmd);
             }
@@ -425,7 +454,11 @@ impl Engine {
                     }
                     self.timer(now + self.timings.purge_interval, TimerKind::Purge);
                 }
-                TimerKind::Recover => self.reload(),
+                // Only the state that went stale reloads (a failed commit may have queued
+                // more than one of these timers).
+                TimerKind::Recover if self.stale => self.reload(),
+                TimerKind::Recover => {}
+                TimerKind::Heartbeat => self.heartbeat(),
             }
         }
     }
@@ -447,8 +480,9 @@ impl Engine {
             Command::Admin { cmd, reply } => self.admin(cmd, reply),
             Command::Health { reply } => {
                 let ok = self.db_healthy && self.store.ping().is_ok();
-                let _ = reply.send(ok);
+                let _ = reply.send((ok, self.nodes_up()));
             }
+            Command::Cluster(ev) => self.on_cluster(ev),
         }
     }
 
@@ -482,10 +516,11 @@ impl Engine {
                 let _ = reply.send(Err(down()));
             }
             Command::Health { reply } => {
-                let _ = reply.send(false);
+                let _ = reply.send((false, None));
             }
-            // Connections were all closed when the state went stale; nothing to undo.
-            Command::Frame { .. } | Command::Detach { .. } => {}
+            // Connections were all closed when the state went stale, and the reload reads
+            // the shared state afresh; nothing to do.
+            Command::Frame { .. } | Command::Detach { .. } | Command::Cluster(_) => {}
         }
     }
 
@@ -589,6 +624,7 @@ impl Engine {
 
     /// Commit, then carry out effects; on failure, fail replies and rebuild state.
     fn finish_batch(&mut self, commands: usize) {
+        self.flush_cluster();
         let acks = std::mem::take(&mut self.pending_acks);
         if let Err(e) = self.store.ack_deliveries(&acks, now_ms()) {
             self.poison(&e);
@@ -613,6 +649,10 @@ impl Engine {
                 .inc_by(commands as u64);
         }
         self.db_healthy = committed && !self.stale;
+        if committed && self.reset_in_batch {
+            self.reset_presences = false;
+        }
+        self.reset_in_batch = false;
         let effects = std::mem::take(&mut self.effects);
         for effect in effects {
             match effect {
@@ -637,6 +677,8 @@ impl Engine {
     /// connection (clients reconnect and everything unacked is pushed again) and reload.
     fn rebuild(&mut self) {
         let _ = self.store.rollback();
+        // Every local presence goes with the rebuild; so must their shared rows.
+        self.reset_presences = self.cluster.is_some();
         for (_, c) in self.conns.drain() {
             c.handle.kill.kill(
                 claudemesh_proto::codes::close::GOING_AWAY,
@@ -652,14 +694,19 @@ impl Engine {
     fn reload(&mut self) {
         let loaded = Directory::load(self.store.as_mut()).and_then(|dir| {
             let depth = self.store.queue_depth(now_ms())?;
-            Ok((dir, depth))
+            let remote = self.store.cluster().map(|c| c.presences()).transpose()?;
+            Ok((dir, depth, remote.unwrap_or_default()))
         });
         match loaded {
-            Ok((dir, depth)) => {
+            Ok((dir, depth, remote)) => {
                 if self.stale {
                     tracing::info!("storage is back; state reloaded");
                 }
                 self.dir = dir;
+                let me = self.node_id();
+                for row in remote.into_iter().filter(|r| Some(r.node_id) != me) {
+                    self.cache_remote(row);
+                }
                 self.queue_depth = depth;
                 self.stale = false;
                 self.db_healthy = true;

@@ -12,6 +12,7 @@ use claudemesh_proto::frames::{
 };
 use claudemesh_proto::limits;
 
+use super::cluster::PresenceData;
 use super::delivery::Mailbox;
 use super::directory::{Presence, groups_json, parse_groups};
 use super::{ConnId, Engine, ReplySlot, TimerKind};
@@ -45,6 +46,7 @@ impl Engine {
                 // Closed on purpose: gone now, no grace (PROTOCOL.md §5.2).
                 return self.end_grace(&entry.mesh_id, &entry.key, epoch);
             }
+            self.publish(&entry.mesh_id, &entry.key);
             self.timer(
                 Instant::now() + grace,
                 TimerKind::Grace {
@@ -56,6 +58,7 @@ impl Engine {
         } else {
             // Another connection of the same key takes over; re-push what was in flight.
             presence.mailbox = Some(Mailbox::unloaded());
+            self.publish(&entry.mesh_id, &entry.key);
             self.pump(&entry.mesh_id, &entry.key);
         }
     }
@@ -75,6 +78,7 @@ impl Engine {
         let Some(p) = mesh.presences.remove(key) else {
             return;
         };
+        let elsewhere = mesh.held_elsewhere(key);
         if let Some(peer) = mesh.peers.get_mut(key) {
             peer.last_seen = now_ms();
             let peer = peer.clone();
@@ -82,7 +86,11 @@ impl Engine {
                 self.poison(&e);
             }
         }
-        self.announce(mesh_id, key, event::PEER_LEFT, &p.display_name, &p.groups);
+        self.publish(mesh_id, key);
+        // Still present on another node: nobody hears it leave.
+        if !elsewhere {
+            self.announce(mesh_id, key, event::PEER_LEFT, &p.display_name, &p.groups);
+        }
     }
 
     /// Push a system event to every other live presence of the mesh (not durable).
@@ -140,29 +148,14 @@ impl Engine {
         let Some(mesh) = self.dir.mesh(mesh_id) else {
             return self.reply_error(conn, slot, Code::Unauthorized, NO_MESH, req_id);
         };
-        let peers = mesh
+        let mut peers: Vec<PeerInfo> = mesh
             .presences
             .values()
             .filter(|p| !p.conns.is_empty())
-            .map(|p| PeerInfo {
-                pubkey: p.key.clone(),
-                member_pubkey: p.member_pubkey.clone(),
-                display_name: p.display_name.clone(),
-                status: p.status,
-                summary: p.summary.clone(),
-                groups: p.groups.clone(),
-                session_id: p.info.session_id.clone(),
-                connected_at: iso8601(p.connected_at),
-                cwd: p.info.cwd.clone(),
-                role: p.role.as_str().to_owned(),
-                peer_role: p.role.as_str().to_owned(),
-                hostname: p.info.hostname.clone(),
-                peer_type: p.info.peer_type.clone(),
-                channel: p.info.channel.clone(),
-                model: p.info.model.clone(),
-                reach: (!self.v1_only).then(|| p.info.reach.unwrap_or(Reach::Live)),
-            })
+            .map(|p| PresenceData::of(p).peer_info(&p.key, self.v1_only))
             .collect();
+        // Live on other nodes (several nodes on one database).
+        peers.extend(self.remote_peers(mesh));
         self.reply(
             conn,
             slot,
@@ -184,9 +177,13 @@ impl Engine {
             Some(
                 match mesh.presences.get(key).filter(|p| !p.conns.is_empty()) {
                     Some(p) => p.info.reach.unwrap_or(Reach::Live),
-                    None => Reach::Queued,
+                    None => self.live_elsewhere(mesh, key).unwrap_or(Reach::Queued),
                 },
             )
+        };
+        let online = |key: &str| {
+            mesh.presences.get(key).is_some_and(|p| !p.conns.is_empty())
+                || self.live_elsewhere(mesh, key).is_some()
         };
         let mut members: Vec<MemberInfo> = Vec::new();
         for m in mesh.members.values().filter(|m| m.removed.is_none()) {
@@ -201,10 +198,7 @@ impl Engine {
                 groups: peer
                     .map(|p| parse_groups(&p.groups_json))
                     .unwrap_or_default(),
-                online: mesh
-                    .presences
-                    .get(&m.pubkey)
-                    .is_some_and(|p| !p.conns.is_empty()),
+                online: online(&m.pubkey),
                 e2e_multicast: peer.is_some_and(|p| p.e2e_multicast),
                 seen: peer.is_some(),
                 reach: reach(&m.pubkey),
@@ -230,7 +224,7 @@ impl Engine {
                 groups: live
                     .map(|l| l.groups.clone())
                     .unwrap_or_else(|| parse_groups(&p.groups_json)),
-                online: live.is_some_and(|l| !l.conns.is_empty()),
+                online: online(&p.pubkey),
                 e2e_multicast: p.e2e_multicast,
                 seen: true,
                 reach: reach(&p.pubkey),
@@ -251,7 +245,11 @@ impl Engine {
             return;
         };
         let became_idle = p.status != Status::Idle && status == Status::Idle;
+        let changed = p.status != status;
         p.status = status;
+        if changed {
+            self.publish(mesh_id, key);
+        }
         if became_idle {
             self.pump(mesh_id, key);
         }
@@ -265,6 +263,7 @@ impl Engine {
             .and_then(|m| m.presences.get_mut(key))
         {
             p.info.reach = Some(reach);
+            self.publish(mesh_id, key);
         }
     }
 
@@ -291,6 +290,7 @@ impl Engine {
             .and_then(|m| m.presences.get_mut(key))
         {
             p.summary = summary.filter(|s| !s.is_empty());
+            self.publish(mesh_id, key);
         }
     }
 
@@ -356,5 +356,7 @@ impl Engine {
                 self.poison(&e);
             }
         }
+        self.publish(mesh_id, key);
+        self.note_peer(mesh_id, key);
     }
 }

@@ -33,7 +33,8 @@ impl Engine {
             .filter(|p| p.member_id == member_id && p.kind == PeerKind::Session)
             .filter(|p| p.retired_at.is_none() && p.pubkey != key)
             .map(|p| {
-                let live = mesh.presences.contains_key(&p.pubkey);
+                // Live here or on another node (several nodes on one database).
+                let live = mesh.present(&p.pubkey);
                 (live, p.last_seen, p.pubkey.as_str())
             })
             .collect();
@@ -67,7 +68,7 @@ impl Engine {
         let Some(mesh) = self.dir.mesh_mut(mesh_id) else {
             return false;
         };
-        if mesh.presences.contains_key(key) {
+        if mesh.present(key) {
             return false;
         }
         let Some(peer) = mesh.peers.get_mut(key) else {
@@ -82,6 +83,7 @@ impl Engine {
             self.poison(&e);
             return false;
         }
+        self.note_peer(mesh_id, key);
         match self.store.drop_undelivered(mesh_id, key, now) {
             Ok(n) => {
                 let n = i64::try_from(n).unwrap_or(i64::MAX);
@@ -105,7 +107,7 @@ impl Engine {
                 mesh.peers
                     .values()
                     .filter(|p| p.kind == PeerKind::Session && p.retired_at.is_none())
-                    .filter(|p| !mesh.presences.contains_key(&p.pubkey))
+                    .filter(|p| !mesh.present(&p.pubkey))
                     .filter(|p| now.saturating_sub(p.last_seen) >= retention)
                     .map(|p| (p.mesh_id.clone(), p.pubkey.clone()))
             })

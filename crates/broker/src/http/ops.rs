@@ -15,15 +15,16 @@ use crate::state::Shared;
 pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
     // The whole round trip, queueing included, must finish within 2 s.
     let round_trip = shared.engine.request(|reply| Command::Health { reply });
-    let up = matches!(
-        tokio::time::timeout(Duration::from_secs(2), round_trip).await,
-        Ok(Ok(true))
-    );
+    let (up, nodes) = match tokio::time::timeout(Duration::from_secs(2), round_trip).await {
+        Ok(Ok(answer)) => answer,
+        _ => (false, None),
+    };
     let body = Health {
         status: if up { "ok" } else { "degraded" }.into(),
         db: if up { "up" } else { "down" }.into(),
         backend: shared.config.backend().into(),
         node: shared.config.node_name.clone(),
+        nodes,
         version: env!("CARGO_PKG_VERSION").into(),
         uptime: shared.started.elapsed().as_secs(),
     };

@@ -33,10 +33,13 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod traffic;
+
 pub const WAIT: Duration = Duration::from_secs(5);
 
 /// Write each test inside once; it runs on every backend, as `sqlite::name` and
 /// `postgres::name`, with the brokers it starts on that backend.
+#[allow(unused_macros)] // not every test binary has backend-independent tests
 macro_rules! on_every_backend {
     ($($(#[$attr:meta])* async fn $name:ident() $body:block)*) => {
         mod sqlite {

@@ -10,8 +10,6 @@
     clippy::indexing_slicing
 )]
 
-pub mod traffic;
-
 use claudemesh_crypto::SecretKey;
 use claudemesh_proto::canonical::{self, AdminAction};
 use claudemesh_proto::invite::{InvitePayload, InviteRole};

@@ -28,12 +28,31 @@ macro_rules! invite_cols {
         "id, mesh_id, role, max_uses, uses, expires_at, revoked, created_by, created_at"
     };
 }
+macro_rules! mesh_cols {
+    () => {
+        "id, slug, name, owner_pubkey, created_at"
+    };
+}
+macro_rules! member_cols {
+    () => {
+        "id, mesh_id, pubkey, display_name, role, joined_at, removed"
+    };
+}
+macro_rules! peer_cols {
+    () => {
+        "pubkey, mesh_id, member_id, kind, display_name, groups_json, last_seen, e2e_multicast, \
+         retired_at"
+    };
+}
 macro_rules! message_cols {
     () => {
         "message_id, mesh_id, sender_pubkey, sender_member_pubkey, sender_name, target_spec, \
          priority, nonce, ciphertext, client_message_id, created_at, expires_at"
     };
 }
+
+mod cluster;
+pub use cluster::{CHANNEL, PgListener};
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -43,7 +62,9 @@ use postgres::{Client, NoTls, Row, Statement};
 
 use claudemesh_proto::authority::{Removal, Role};
 pub use rows::redact_url;
-use rows::{invite_from_row, message_from_row, opt_text, redact, text};
+use rows::{
+    invite_from_row, member_from_row, mesh_from_row, message_from_row, peer_from_row, redact,
+};
 
 use crate::{
     Claim, DeliveryRecord, Inserted, InviteRow, MemberRow, MeshRow, MessageDeliveries, MessageRow,
@@ -64,14 +85,11 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 #[error("transaction aborted by an earlier failed statement; rolled back")]
 struct Aborted;
 
-/// The advisory lock that keeps a second broker off the database (until several nodes
-/// can share one): one 64-bit key, "claudemesh" in ASCII.
-const EXCLUSIVE_LOCK: i64 = 0x636c_6175_6465_6d73;
-
-/// Another process holds [`EXCLUSIVE_LOCK`].
-#[derive(Debug, thiserror::Error)]
-#[error("another broker holds this database")]
-struct Taken;
+/// Taken (for the rest of the transaction) before the first delivery a transaction
+/// inserts: delivery seqs then increase in commit order across every node writing to the
+/// database, which per-recipient FIFO relies on (a reader that has seen seq N never finds
+/// a smaller one committed later).
+const SEQ_LOCK: i64 = 0x636c_6175_6465_7371; // "claudesq"
 
 /// The connection to the database is lost and not yet back.
 #[derive(Debug, thiserror::Error)]
@@ -86,13 +104,16 @@ pub struct PgStore {
     client: Option<Client>,
     /// No reconnection attempt before this.
     next_attempt: Instant,
-    /// Hold [`EXCLUSIVE_LOCK`] on every connection (see [`PgStore::open_exclusive`]).
-    exclusive: bool,
     /// Prepared statements by their SQL text (all `'static`: no SQL is built from input).
     statements: HashMap<&'static str, Statement>,
     in_tx: bool,
     /// A statement failed inside the open transaction.
     failed: bool,
+    /// This transaction holds [`SEQ_LOCK`].
+    seq_locked: bool,
+    /// Connect again after a lost connection (not for a listener, whose LISTEN would not
+    /// survive it).
+    reconnect: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -130,27 +151,21 @@ impl PgStore {
             config,
             client: Some(client),
             next_attempt: Instant::now(),
-            exclusive: false,
             statements: HashMap::new(),
             in_tx: false,
             failed: false,
+            seq_locked: false,
+            reconnect: true,
         })
     }
 
-    /// [`PgStore::open`], holding a session advisory lock so that no second broker uses
-    /// the database at the same time: [`StoreError::InUse`] when another holds it. The
-    /// lock goes with the connection; a reconnection takes it again or fails with the same
-    /// error.
-    pub fn open_exclusive(url: &str) -> Result<Self> {
-        let mut store = Self::open(url)?;
-        store.exclusive = true;
-        let client = store.client()?;
-        if !lock(client)? {
-            return Err(StoreError::InUse {
-                what: redact(url, None),
-            });
+    /// Take [`SEQ_LOCK`] for the open transaction, once.
+    fn lock_seqs_now(&mut self) -> Result<()> {
+        if !self.seq_locked {
+            self.exec("SELECT pg_advisory_xact_lock($1)", &[&SEQ_LOCK])?;
+            self.seq_locked = true;
         }
-        Ok(store)
+        Ok(())
     }
 
     /// Whether the store holds a live connection (it reconnects on the next call if not).
@@ -165,18 +180,14 @@ impl PgStore {
             self.lost();
         }
         if self.client.is_none() {
-            if self.in_tx || Instant::now() < self.next_attempt {
+            if self.in_tx || !self.reconnect || Instant::now() < self.next_attempt {
                 return Err(StoreError::db(Disconnected));
             }
             self.next_attempt = Instant::now() + RETRY_EVERY;
             let mut config = self.config.clone();
             config.connect_timeout(RECONNECT_TIMEOUT);
             // The driver's error names no password: it comes from the connection, not the URL.
-            let mut client = connect(&config)?;
-            if self.exclusive && !lock(&mut client)? {
-                tracing::error!("after reconnecting, another broker holds the database");
-                return Err(StoreError::db(Taken));
-            }
+            let client = connect(&config)?;
             tracing::info!("reconnected to PostgreSQL");
             self.client = Some(client);
         }
@@ -296,20 +307,18 @@ fn connect(config: &postgres::Config) -> std::result::Result<Client, postgres::E
     Ok(client)
 }
 
-/// Try to take [`EXCLUSIVE_LOCK`] for this connection's session.
-fn lock(client: &mut Client) -> Result<bool> {
-    Ok(client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&EXCLUSIVE_LOCK])?
-        .try_get(0)?)
-}
-
 impl Store for PgStore {
+    fn cluster(&mut self) -> Option<&mut dyn crate::Cluster> {
+        Some(self)
+    }
+
     fn commit(&mut self) -> Result<()> {
         if !self.in_tx {
             return Ok(());
         }
         // Whatever happens, the transaction is over after this.
         self.in_tx = false;
+        self.seq_locked = false;
         if std::mem::take(&mut self.failed) {
             // On a lost connection there is nothing to roll back: the server did.
             if self.is_connected() {
@@ -330,6 +339,7 @@ impl Store for PgStore {
         if self.in_tx {
             self.in_tx = false;
             self.failed = false;
+            self.seq_locked = false;
             if self.is_connected() {
                 self.batch("ROLLBACK")?;
             }
@@ -347,64 +357,24 @@ impl Store for PgStore {
     }
 
     fn load_meshes(&mut self) -> Result<Vec<MeshRow>> {
-        self.read(
-            "SELECT id, slug, name, owner_pubkey, created_at FROM meshes",
-            &[],
-        )?
-        .iter()
-        .map(|r| {
-            Ok(MeshRow {
-                id: r.try_get(0)?,
-                slug: r.try_get(1)?,
-                name: r.try_get(2)?,
-                owner_pubkey: r.try_get(3)?,
-                created_at: r.try_get(4)?,
-            })
-        })
-        .collect()
+        self.read(concat!("SELECT ", mesh_cols!(), " FROM meshes"), &[])?
+            .iter()
+            .map(mesh_from_row)
+            .collect()
     }
 
     fn load_members(&mut self) -> Result<Vec<MemberRow>> {
-        self.read(
-            "SELECT id, mesh_id, pubkey, display_name, role, joined_at, removed FROM members",
-            &[],
-        )?
-        .iter()
-        .map(|r| {
-            Ok(MemberRow {
-                id: r.try_get(0)?,
-                mesh_id: r.try_get(1)?,
-                pubkey: r.try_get(2)?,
-                display_name: r.try_get(3)?,
-                role: text(r, 4)?,
-                joined_at: r.try_get(5)?,
-                removed: opt_text(r, 6)?,
-            })
-        })
-        .collect()
+        self.read(concat!("SELECT ", member_cols!(), " FROM members"), &[])?
+            .iter()
+            .map(member_from_row)
+            .collect()
     }
 
     fn load_peers(&mut self) -> Result<Vec<PeerRow>> {
-        self.read(
-            "SELECT pubkey, mesh_id, member_id, kind, display_name, groups_json, last_seen,
-                    e2e_multicast, retired_at FROM peers",
-            &[],
-        )?
-        .iter()
-        .map(|r| {
-            Ok(PeerRow {
-                pubkey: r.try_get(0)?,
-                mesh_id: r.try_get(1)?,
-                member_id: r.try_get(2)?,
-                kind: text(r, 3)?,
-                display_name: r.try_get(4)?,
-                groups_json: r.try_get(5)?,
-                last_seen: r.try_get(6)?,
-                e2e_multicast: r.try_get(7)?,
-                retired_at: r.try_get(8)?,
-            })
-        })
-        .collect()
+        self.read(concat!("SELECT ", peer_cols!(), " FROM peers"), &[])?
+            .iter()
+            .map(peer_from_row)
+            .collect()
     }
 
     fn insert_mesh(&mut self, mesh: &MeshRow) -> Result<()> {
@@ -553,6 +523,7 @@ impl Store for PgStore {
         m: &MessageRow,
         deliveries: &[NewDelivery<'_>],
     ) -> Result<Inserted> {
+        self.lock_seqs_now()?;
         let recipients: Vec<&str> = deliveries.iter().map(|d| d.recipient).collect();
         let sealed_keys: Vec<Option<&str>> = deliveries.iter().map(|d| d.sealed_key).collect();
         // The body and every delivery in one round trip. The deliveries are inserted in the

@@ -4,7 +4,7 @@
 
 use postgres::Row;
 
-use crate::{InviteRow, MessageRow, Result, StoreError};
+use crate::{InviteRow, MemberRow, MeshRow, MessageRow, PeerRow, PresenceRow, Result, StoreError};
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
@@ -118,6 +118,58 @@ pub(super) fn redact(url: &str, password: Option<&str>) -> String {
         Some(p) if !p.is_empty() => out.replace(p, "***"),
         _ => out,
     }
+}
+
+/// A mesh from `row`, in `mesh_cols!()` order.
+pub(super) fn mesh_from_row(r: &Row) -> Result<MeshRow> {
+    Ok(MeshRow {
+        id: r.try_get(0)?,
+        slug: r.try_get(1)?,
+        name: r.try_get(2)?,
+        owner_pubkey: r.try_get(3)?,
+        created_at: r.try_get(4)?,
+    })
+}
+
+/// A member from `row`, in `member_cols!()` order.
+pub(super) fn member_from_row(r: &Row) -> Result<MemberRow> {
+    Ok(MemberRow {
+        id: r.try_get(0)?,
+        mesh_id: r.try_get(1)?,
+        pubkey: r.try_get(2)?,
+        display_name: r.try_get(3)?,
+        role: text(r, 4)?,
+        joined_at: r.try_get(5)?,
+        removed: opt_text(r, 6)?,
+    })
+}
+
+/// A known identity from `row`, in `peer_cols!()` order.
+pub(super) fn peer_from_row(r: &Row) -> Result<PeerRow> {
+    Ok(PeerRow {
+        pubkey: r.try_get(0)?,
+        mesh_id: r.try_get(1)?,
+        member_id: r.try_get(2)?,
+        kind: text(r, 3)?,
+        display_name: r.try_get(4)?,
+        groups_json: r.try_get(5)?,
+        last_seen: r.try_get(6)?,
+        e2e_multicast: r.try_get(7)?,
+        retired_at: r.try_get(8)?,
+    })
+}
+
+/// A presence from `row`: mesh_id, pubkey, node_id, session_id, live, data, updated_at.
+pub(super) fn presence_from_row(r: &Row) -> Result<PresenceRow> {
+    Ok(PresenceRow {
+        mesh_id: r.try_get(0)?,
+        pubkey: r.try_get(1)?,
+        node_id: r.try_get(2)?,
+        session_id: r.try_get(3)?,
+        live: r.try_get(4)?,
+        data: r.try_get(5)?,
+        updated_at: r.try_get(6)?,
+    })
 }
 
 #[cfg(test)]

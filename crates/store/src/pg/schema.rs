@@ -90,6 +90,24 @@ const MIGRATIONS: &[&str] = &[
         expires_at BIGINT NOT NULL
      );
      CREATE INDEX seen_signatures_by_expiry ON seen_signatures (expires_at);",
+    // 2: several broker nodes on one database: their heartbeats and every node's presences.
+    "CREATE TABLE nodes (
+        id BIGINT PRIMARY KEY,
+        name TEXT NOT NULL,
+        started_at BIGINT NOT NULL,
+        seen_at BIGINT NOT NULL
+     );
+     CREATE TABLE presences (
+        mesh_id TEXT NOT NULL,
+        pubkey TEXT NOT NULL,
+        node_id BIGINT NOT NULL,
+        session_id TEXT NOT NULL,
+        live BOOLEAN NOT NULL,
+        data TEXT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (mesh_id, pubkey, node_id)
+     );
+     CREATE INDEX presences_by_node ON presences (node_id);",
 ];
 
 /// Bring the database to the newest schema. Idempotent; safe to run from several

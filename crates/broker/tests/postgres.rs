@@ -17,30 +17,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use claudemesh_broker::{Broker, BrokerConfig};
-use claudemesh_client::{ConnectOptions, Connection, Identity};
-use claudemesh_crypto::SecretKey;
-use claudemesh_proto::frames::PresenceInfo;
 use claudemesh_testdb::{PgServer, TestDb};
-use common::traffic::{Receiver, Sender};
-
-fn options(url: &str, mesh_id: &str, member: &(String, SecretKey), name: &str) -> ConnectOptions {
-    ConnectOptions {
-        url: url.to_owned(),
-        identity: Identity {
-            mesh_id: mesh_id.to_owned(),
-            member_id: member.0.clone(),
-            member_key: member.1.clone(),
-            session_key: None,
-        },
-        presence: PresenceInfo {
-            display_name: Some(name.into()),
-            session_id: format!("{name}-session"),
-            ..PresenceInfo::default()
-        },
-        reconnect: true,
-        liveness: claudemesh_client::Liveness::default(),
-    }
-}
+use common::traffic::{Receiver, Sender, connect};
+use common::*;
 
 async fn health(http: &str) -> u16 {
     match reqwest::get(format!("{http}/health")).await {
@@ -72,21 +51,24 @@ async fn a_postgresql_restart_under_load_loses_nothing_acked() {
     let data = tempfile::tempdir().unwrap();
     let mut config = BrokerConfig::for_tests(data.path().to_path_buf());
     config.database_url = Some(db.url().to_owned());
-    let broker = Broker::spawn(config).await.unwrap();
-    let (http, ws) = (broker.http_url(), broker.ws_url());
-    let mesh = common::mesh(&http, &ws, "pg-restart", &["a", "b"]).await;
-    let (a, _a_rx) = Connection::connect(options(&ws, &mesh.id, &mesh.members[0], "a"))
-        .await
-        .unwrap();
-    let (b, b_rx) = Connection::connect(options(&ws, &mesh.id, &mesh.members[1], "b"))
-        .await
-        .unwrap();
-    let receiver = Receiver::start(b.clone(), b_rx, mesh.members[1].1.clone());
+    let broker = TestBroker::serving(
+        Broker::spawn(config).await.unwrap(),
+        Data {
+            dir: data,
+            pg: None,
+        },
+    );
+    let http = broker.http();
+    let mesh = create_mesh(&broker, "pg-restart").await;
+    let alice = enroll(&broker, &mesh, "a").await;
+    let bob = enroll(&broker, &mesh, "b").await;
+    let (a, _a_rx) = connect(&broker.ws(), &alice).await;
+    let (b, b_rx) = connect(&broker.ws(), &bob).await;
+    let receiver = Receiver::start(b.clone(), b_rx, bob.ident.sk.clone());
     let sender = Sender::start(
         a.clone(),
-        mesh.members[0].1.clone(),
-        mesh.id.clone(),
-        mesh.members[1].1.public(),
+        &alice,
+        bob.ident.sk.public(),
         "before",
         Duration::from_millis(10),
     );
@@ -144,7 +126,7 @@ async fn a_postgresql_restart_under_load_loses_nothing_acked() {
     );
     a.close().await;
     b.close().await;
-    broker.shutdown().await;
+    broker.stop().await;
     drop(db);
     drop(server);
 }

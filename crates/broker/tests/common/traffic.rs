@@ -11,9 +11,40 @@ use std::time::{Duration, Instant};
 
 use claudemesh_client::envelope::Keyring;
 use claudemesh_client::inbox::Inbox;
-use claudemesh_client::{Connection, Target, messaging};
+use claudemesh_client::{ConnectOptions, Connection, Identity, Liveness, Target, messaging};
 use claudemesh_crypto::{PublicKey, SecretKey};
-use claudemesh_proto::frames::{Priority, Push};
+use claudemesh_proto::frames::{PresenceInfo, Priority, Push};
+
+use super::Member;
+
+/// A real client connection of `member` to `url` (reconnecting, default liveness), and
+/// its pushes.
+pub async fn connect(
+    url: &str,
+    member: &Member,
+) -> (Connection, tokio::sync::mpsc::Receiver<Push>) {
+    Connection::connect(options(url, member)).await.unwrap()
+}
+
+/// The options [`connect`] uses.
+pub fn options(url: &str, member: &Member) -> ConnectOptions {
+    ConnectOptions {
+        url: url.to_owned(),
+        identity: Identity {
+            mesh_id: member.mesh_id.clone(),
+            member_id: member.member_id.clone(),
+            member_key: member.ident.sk.clone(),
+            session_key: None,
+        },
+        presence: PresenceInfo {
+            display_name: Some(member.name.clone()),
+            session_id: format!("{}-session", member.name),
+            ..PresenceInfo::default()
+        },
+        reconnect: true,
+        liveness: Liveness::default(),
+    }
+}
 
 /// What a sender saw: broker message ids acked (in order) and sends that failed.
 #[derive(Debug, Default)]
@@ -32,12 +63,13 @@ pub struct Sender {
 impl Sender {
     pub fn start(
         conn: Connection,
-        key: SecretKey,
-        mesh_id: String,
+        from: &Member,
         to: PublicKey,
         label: &str,
         every: Duration,
     ) -> Self {
+        let key = from.ident.sk.clone();
+        let mesh_id = from.mesh_id.clone();
         let log = Arc::new(Mutex::new(Sent::default()));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task_log = log.clone();
@@ -87,6 +119,7 @@ pub struct Received {
 /// A task taking `rx`'s pushes into a real inbox, then acking each.
 pub struct Receiver {
     pub received: Arc<Mutex<Received>>,
+    conn: Connection,
     task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
@@ -101,7 +134,9 @@ impl Receiver {
         let mut inbox = Inbox::open(&dir.path().join("inbox.db")).unwrap();
         let received = Arc::new(Mutex::new(Received::default()));
         let task_received = received.clone();
+        let task_conn = conn.clone();
         let task = tokio::spawn(async move {
+            let conn = task_conn;
             let mut ring = Keyring::new(key);
             while let Some(push) = rx.recv().await {
                 if push.subtype.as_deref() == Some("system") {
@@ -122,6 +157,7 @@ impl Receiver {
         });
         Self {
             received,
+            conn,
             task,
             _dir: dir,
         }
@@ -145,10 +181,11 @@ impl Receiver {
             }
             assert!(
                 Instant::now() < deadline,
-                "{} of {} acked messages never arrived, e.g. {:?}",
+                "{} of {} acked messages never arrived, e.g. {:?}; the receiver is {:?}",
                 missing.len(),
                 acked.len(),
-                &missing[..missing.len().min(3)]
+                &missing[..missing.len().min(3)],
+                self.conn.state()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
