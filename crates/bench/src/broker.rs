@@ -136,7 +136,7 @@ pub fn open_fds(pid: u32) -> Option<u64> {
         .map(|d| d.count() as u64)
 }
 
-/// Samples the broker process every 100 ms until stopped.
+/// Samples the broker processes every 100 ms until stopped.
 pub struct Sampler {
     pub peak_rss_kib: Arc<AtomicU64>,
     pub max_fds: Arc<AtomicU64>,
@@ -144,22 +144,25 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn start(pid: Option<u32>) -> Self {
+    /// Sample these processes; the figures are sums over them (peak of each).
+    pub fn start(pids: Vec<u32>) -> Self {
         let s = Self {
             peak_rss_kib: Arc::default(),
             max_fds: Arc::default(),
             stop: Arc::default(),
         };
-        if let Some(pid) = pid {
+        if !pids.is_empty() {
             let (rss, fds, stop) = (s.peak_rss_kib.clone(), s.max_fds.clone(), s.stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(Relaxed) {
-                    if let Some((_, hwm)) = rss_kib(pid) {
-                        rss.fetch_max(hwm, Relaxed);
-                    }
-                    if let Some(n) = open_fds(pid) {
-                        fds.fetch_max(n, Relaxed);
-                    }
+                    let hwm: u64 = pids
+                        .iter()
+                        .filter_map(|p| rss_kib(*p))
+                        .map(|(_, h)| h)
+                        .sum();
+                    rss.fetch_max(hwm, Relaxed);
+                    let n: u64 = pids.iter().filter_map(|p| open_fds(*p)).sum();
+                    fds.fetch_max(n, Relaxed);
                     std::thread::sleep(Duration::from_millis(100));
                 }
             });

@@ -1,6 +1,8 @@
 //! `claudemesh-bench`: measures the broker the way the original TypeScript broker was
-//! measured. It starts a real `claudemesh-broker` process (SQLite in a temp dir, rate
-//! limits off) or uses `--broker-url`, enrolls N peers with real keys over the real HTTP
+//! measured. It starts real `claudemesh-broker` processes (one on SQLite in a temp dir,
+//! or `--nodes N` on one `--database-url postgres://…`; rate limits off) or uses the
+//! running brokers given by `--broker-url` (repeatable), spreads N peers over them
+//! round-robin, enrolls them with real keys over the real HTTP
 //! endpoints, opens N WebSockets, and sends end-to-end encrypted messages that every
 //! recipient decrypts, verifies, dedupes and acks. It reports send→ack and send→push
 //! latency, delivered / lost / duplicate counts, throughput, the broker's peak RSS and
@@ -61,16 +63,21 @@ struct Args {
     /// Padding bytes per message body.
     #[arg(long, default_value_t = 64)]
     body_bytes: usize,
-    /// Use a running broker instead of starting one (ws://HOST:PORT/ws).
+    /// Use running brokers instead of starting any (ws://HOST:PORT/ws); repeat it for
+    /// several nodes of one broker: peers are spread over them round-robin.
     #[arg(long)]
-    broker_url: Option<String>,
+    broker_url: Vec<String>,
+    /// Brokers to start on the one --database-url (several need PostgreSQL).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
     /// The broker binary to start (default: next to this binary).
     #[arg(long)]
     broker_bin: Option<std::path::PathBuf>,
     /// The `claudemesh` CLI for the hooks scenario (default: next to this binary).
     #[arg(long)]
     claudemesh_bin: Option<std::path::PathBuf>,
-    /// Database URL for the started broker (default: SQLite in a temp dir).
+    /// Database URL for the started brokers (default: SQLite in a temp dir). Point it at
+    /// an empty database; each run makes a new mesh there.
     #[arg(long)]
     database_url: Option<String>,
     /// Seconds to wait for outstanding deliveries after sending ends.
@@ -180,36 +187,61 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The brokers of a run: the given URLs, or `--nodes` started ones.
+fn brokers(args: &Args) -> anyhow::Result<Vec<broker::Broker>> {
+    if !args.broker_url.is_empty() {
+        return Ok(args
+            .broker_url
+            .iter()
+            .map(|u| broker::Broker::external(u))
+            .collect());
+    }
+    let shared = args
+        .database_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+    anyhow::ensure!(
+        args.nodes <= 1 || shared,
+        "--nodes {} needs --database-url postgres://… (nodes share the database)",
+        args.nodes
+    );
+    (0..args.nodes.max(1))
+        .map(|_| broker::Broker::spawn(args.broker_bin.clone(), args.database_url.as_deref()))
+        .collect()
+}
+
+/// CPU seconds all the started brokers have used (None when any is not ours).
+fn brokers_cpu(brokers: &[broker::Broker]) -> Option<f64> {
+    brokers
+        .iter()
+        .map(|b| b.pid().and_then(broker::cpu_seconds))
+        .sum()
+}
+
 async fn one_run(args: &Args) -> anyhow::Result<serde_json::Value> {
-    let broker = match &args.broker_url {
-        Some(url) => broker::Broker::external(url),
-        None => broker::Broker::spawn(args.broker_bin.clone(), args.database_url.as_deref())?,
-    };
-    let data_dir = broker
+    let brokers = brokers(args)?;
+    let first = brokers.first().context("no broker")?;
+    let data_dir = first
         .data_dir
         .as_ref()
         .map(|d| d.path().to_path_buf())
         .unwrap_or_else(std::env::temp_dir);
     let fsync_before = broker::fsync_probe(&data_dir);
-    let sampler = broker::Sampler::start(broker.pid());
+    let sampler = broker::Sampler::start(brokers.iter().filter_map(broker::Broker::pid).collect());
     let cpu_before = (
-        broker.pid().and_then(broker::cpu_seconds),
+        brokers_cpu(&brokers),
         broker::cpu_seconds(std::process::id()),
     );
 
     let mut report = match args.scenario {
-        Scenario::IdleConnections => idle_connections(args, &broker).await?,
+        Scenario::IdleConnections => idle_connections(args, first).await?,
         Scenario::Hooks => tokio::task::block_in_place(|| {
-            hooks::run(&broker, args.claudemesh_bin.clone(), args.messages.max(1))
+            hooks::run(first, args.claudemesh_bin.clone(), args.messages.max(1))
         })?,
-        scenario => messaging(args, &broker, scenario).await?,
+        scenario => messaging(args, &brokers, scenario).await?,
     };
     sampler.stop();
-    let broker_cpu = broker
-        .pid()
-        .and_then(broker::cpu_seconds)
-        .zip(cpu_before.0)
-        .map(|(a, b)| a - b);
+    let broker_cpu = brokers_cpu(&brokers).zip(cpu_before.0).map(|(a, b)| a - b);
     let client_cpu = broker::cpu_seconds(std::process::id())
         .zip(cpu_before.1)
         .map(|(a, b)| a - b);
@@ -240,12 +272,17 @@ async fn one_run(args: &Args) -> anyhow::Result<serde_json::Value> {
         );
         o.insert("bench_client_cpu_s".into(), json!(client_cpu));
         o.insert("fsync_after_ms".into(), json!(fsync_after));
+        let db = args.database_url.as_deref().map_or_else(
+            || "sqlite".to_owned(),
+            |u| u.split("://").next().unwrap_or("").to_owned(),
+        );
         o.insert(
             "broker".into(),
-            json!(args.broker_url.clone().unwrap_or_else(|| format!(
-                "started ({})",
-                args.database_url.clone().unwrap_or_else(|| "sqlite".into())
-            ))),
+            json!(if args.broker_url.is_empty() {
+                format!("started: {} node(s) on {db}", brokers.len())
+            } else {
+                args.broker_url.join(" ")
+            }),
         );
     }
     Ok(report)
@@ -253,9 +290,10 @@ async fn one_run(args: &Args) -> anyhow::Result<serde_json::Value> {
 
 async fn messaging(
     args: &Args,
-    broker: &broker::Broker,
+    brokers: &[broker::Broker],
     scenario: Scenario,
 ) -> anyhow::Result<serde_json::Value> {
+    let broker = brokers.first().context("no broker")?;
     let (peers, senders, pattern, inflight) = match scenario {
         Scenario::Burst => (
             args.peers.max(2),
@@ -272,8 +310,9 @@ async fn messaging(
         .context("enrolling peers")?;
     let mut sockets = Vec::with_capacity(peers);
     for (i, p) in enrolled.peers.iter().enumerate() {
-        sockets
-            .push(run::connect(&broker.ws_url, &enrolled.mesh_id, p, &format!("peer-{i}")).await?);
+        // Round-robin over the nodes; the mesh was made on the first.
+        let node = brokers.get(i % brokers.len()).unwrap_or(broker);
+        sockets.push(run::connect(&node.ws_url, &enrolled.mesh_id, p, &format!("peer-{i}")).await?);
     }
     let cfg = run::RunConfig {
         messages_per_sender: args.messages,

@@ -8,8 +8,8 @@
 //! stops when told to (or dropped), or when the engine is gone.
 //!
 //! Payload format (written by `engine/cluster.rs`): the sender's node id, then one line
-//! per change: `p mesh key` (a presence row), `N node` (a node reaped), `d mesh key…`
-//! (deliveries), `M mesh`, `m mesh member`, `i mesh key`.
+//! per change: `p mesh key` (a presence row), `N node` (a node reaped), `d mesh
+//! key:seq,…` (deliveries), `M mesh`, `m mesh member`, `i mesh key`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,6 +99,17 @@ fn run(url: &str, node_id: i64, engine: &flume::Sender<Command>, stop: &AtomicBo
     }
 }
 
+/// `key:seq,seq…` of a wake line (a word that does not parse is skipped).
+fn wake_word(word: &str) -> Option<(String, Vec<i64>)> {
+    let (key, seqs) = word.split_once(':')?;
+    let seqs = seqs
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    Some((key.to_owned(), seqs))
+}
+
 /// The events of one payload, with the rows they name read now. Another node's payload
 /// only; a line this version does not know is skipped.
 fn events(listener: &mut PgListener, me: i64, payload: &str) -> Vec<ClusterEvent> {
@@ -127,7 +138,7 @@ fn events(listener: &mut PgListener, me: i64, payload: &str) -> Vec<ClusterEvent
             ("N", [node]) => Ok(node.parse().ok().map(ClusterEvent::NodeGone)),
             ("d", [mesh, keys @ ..]) => Ok(Some(ClusterEvent::Wake {
                 mesh_id: (*mesh).to_owned(),
-                keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+                keys: keys.iter().filter_map(|w| wake_word(w)).collect(),
             })),
             ("M", [mesh]) => store.mesh(mesh).map(|r| r.map(ClusterEvent::Mesh)),
             ("m", [mesh, member]) => store

@@ -78,7 +78,10 @@ pub enum Inserted {
 /// message id can have collided: 128 random bits, so this is a bug). Shared by the
 /// backends, so both answer a conflict alike.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn existing_or_duplicate_id<S: Store + ?Sized>(store: &mut S, m: &MessageRow) -> Result<Inserted> {
+pub(crate) fn existing_or_duplicate_id<S: Store + ?Sized>(
+    store: &mut S,
+    m: &MessageRow,
+) -> Result<Inserted> {
     let existing = match m.client_message_id.as_deref() {
         Some(cmid) => store.find_message_by_client_id(&m.mesh_id, &m.sender_pubkey, cmid)?,
         None => None,
@@ -151,6 +154,18 @@ pub trait Store: Send + 'static {
         message: &MessageRow,
         deliveries: &[NewDelivery<'_>],
     ) -> Result<Inserted>;
+    /// [`Store::insert_message`] for several messages, in the order given (their
+    /// deliveries' seqs increase in that order), one outcome each. A backend with round
+    /// trips (PostgreSQL) does it in one statement; the default calls `insert_message`.
+    fn insert_messages(
+        &mut self,
+        batch: &[(&MessageRow, &[NewDelivery<'_>])],
+    ) -> Result<Vec<Inserted>> {
+        batch
+            .iter()
+            .map(|(m, d)| self.insert_message(m, d))
+            .collect()
+    }
     /// The broker id of a message this sender already sent with this `client_message_id`
     /// (idempotent resend after a lost ack).
     fn find_message_by_client_id(

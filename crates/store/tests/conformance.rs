@@ -258,6 +258,66 @@ pub fn purge_boundaries(store: &mut dyn Store) {
 }
 
 /// Batched acks mark exactly the given deliveries, once.
+/// Several messages stored by one call: seqs increase in the order given (message by
+/// message, delivery by delivery), and a resend among them is answered with the id it
+/// had, creating nothing.
+pub fn batched_inserts(store: &mut dyn Store) {
+    seed(store);
+    let b = "b".repeat(64);
+    let c = "c".repeat(64);
+    let first = send(store, &message("m0", Some("k0"), i64::MAX), &[(&b, None)]);
+    store.commit().unwrap();
+    let one = [NewDelivery {
+        recipient: &b,
+        sealed_key: None,
+    }];
+    let two = [
+        NewDelivery {
+            recipient: &c,
+            sealed_key: Some("sc"),
+        },
+        NewDelivery {
+            recipient: &b,
+            sealed_key: Some("sb"),
+        },
+    ];
+    let (m1, again, m2) = (
+        message("m1", Some("k1"), i64::MAX),
+        message("m0-again", Some("k0"), i64::MAX),
+        message("m2", None, i64::MAX),
+    );
+    let out = store
+        .insert_messages(&[(&m1, &one[..]), (&again, &one[..]), (&m2, &two[..])])
+        .unwrap();
+    store.commit().unwrap();
+    let Inserted::New(s1) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(out[1], Inserted::Existing("m0".into()));
+    let Inserted::New(s2) = &out[2] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((s1.len(), s2.len()), (1, 2));
+    assert!(
+        first[0] < s1[0] && s1[0] < s2[0] && s2[0] < s2[1],
+        "{first:?} {s1:?} {s2:?}"
+    );
+    let to_b: Vec<(String, Option<String>)> = store
+        .pending("m1", &b, 0, 10, 0)
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.message.message_id, p.sealed_key))
+        .collect();
+    assert_eq!(
+        to_b,
+        [
+            ("m0".into(), None),
+            ("m1".into(), None),
+            ("m2".into(), Some("sb".into()))
+        ]
+    );
+}
+
 pub fn batched_acks(store: &mut dyn Store) {
     seed(store);
     let bob = "b".repeat(64);
@@ -632,6 +692,16 @@ fn postgres_conforms() {
 #[test]
 fn postgres_purges_exact_prefixes() {
     on_postgres("postgres_purges_exact_prefixes", purge_boundaries);
+}
+
+#[test]
+fn postgres_batches_inserts() {
+    on_postgres("postgres_batches_inserts", batched_inserts);
+}
+
+#[test]
+fn sqlite_batches_inserts() {
+    on_sqlite(batched_inserts);
 }
 
 #[test]

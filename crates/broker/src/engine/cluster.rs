@@ -14,12 +14,12 @@
 //!   down (its presences are no longer listed), and one silent for that plus the grace
 //!   period is reaped with its presences (`N node`), which ends them everywhere.
 //! - **Delivery.** A delivery for a key with no mailbox here wakes the node that has one:
-//!   `d mesh key…`, sent whether or not this node believes the key is online elsewhere (a
+//!   `d mesh key:seq…`, sent whether or not this node believes the key is online elsewhere (a
 //!   wake is cheap and that belief may be a moment old). Seqs increase in commit order
-//!   across nodes (the store's seq lock, taken first in a batch that sends), so the woken
-//!   mailbox loads exactly what is new. A local mailbox loads from the database too (once
-//!   per batch, before the commit) instead of taking the new delivery from memory: another
-//!   node's smaller seq may have committed since it last loaded.
+//!   across nodes (the store's seq lock, taken first in a batch that sends), and the wake
+//!   carries them (`key:seq,…`): the woken mailbox loads what is new, and a seq below what
+//!   it has already loaded (it pushed a later local delivery before hearing of this one)
+//!   is loaded by a rescan that skips what the window holds.
 //! - **Catching up.** Each time the listener starts listening the engine re-reads every
 //!   shared row and applies the difference as the missed notifications would have. A
 //!   rebuild after a failed commit deletes all of this node's presence rows (`N node`).
@@ -59,13 +59,10 @@ pub(crate) struct ClusterState {
     nodes: HashMap<i64, i64>,
     /// The database's clock minus this machine's, as of the last heartbeat.
     db_offset: i64,
-    /// Local mailboxes that got deliveries in this batch: they load from the database
-    /// before the commit (see [`Engine::pump_later`]).
-    pump: BTreeSet<(String, String)>,
     /// Notification lines for the open batch, sent just before it commits.
     outbox: Vec<String>,
-    /// Keys with no mailbox here that got deliveries in this batch, by mesh.
-    wake: BTreeMap<String, BTreeSet<String>>,
+    /// Keys with no mailbox here that got deliveries in this batch (their seqs), by mesh.
+    wake: BTreeMap<String, BTreeMap<String, Vec<i64>>>,
 }
 
 /// A presence as the `presences` table's `data` holds it: what another node needs to list
@@ -140,10 +137,10 @@ pub enum ClusterEvent {
     },
     /// A node was reaped, with all its presences.
     NodeGone(i64),
-    /// Deliveries were committed for these keys.
+    /// Deliveries were committed for these keys, with their seqs.
     Wake {
         mesh_id: String,
-        keys: Vec<String>,
+        keys: Vec<(String, Vec<i64>)>,
     },
     Mesh(MeshRow),
     Member(MemberRow),
@@ -166,7 +163,6 @@ impl ClusterState {
             name: name.to_owned(),
             nodes: HashMap::new(),
             db_offset: 0,
-            pump: BTreeSet::new(),
             outbox: Vec::new(),
             wake: BTreeMap::new(),
         }
@@ -260,13 +256,15 @@ impl Engine {
         self.note(format!("i {mesh_id} {key}"));
     }
 
-    /// A delivery for `key`, which has no mailbox here.
-    pub(super) fn wake_elsewhere(&mut self, mesh_id: &str, key: &str) {
+    /// A delivery (`seq`) for `key`, which has no mailbox here.
+    pub(super) fn wake_elsewhere(&mut self, mesh_id: &str, key: &str, seq: i64) {
         if let Some(c) = self.cluster.as_mut() {
             c.wake
                 .entry(mesh_id.to_owned())
                 .or_default()
-                .insert(key.to_owned());
+                .entry(key.to_owned())
+                .or_default()
+                .push(seq);
         }
     }
 
@@ -299,17 +297,6 @@ impl Engine {
         match written {
             Ok(()) => self.note(format!("p {mesh_id} {key}")),
             Err(e) => self.poison(&e),
-        }
-    }
-
-    /// A delivery was stored for a key whose mailbox is here. With other nodes writing
-    /// too, a smaller seq of another node's may have committed since this mailbox last
-    /// loaded, which a direct push would jump: the mailbox (marked spilled by the caller)
-    /// loads from the database (in seq order, under the seq lock) before the batch
-    /// commits, once per mailbox per batch.
-    pub(super) fn pump_later(&mut self, mesh_id: &str, key: &str) {
-        if let Some(c) = self.cluster.as_mut() {
-            c.pump.insert((mesh_id.to_owned(), key.to_owned()));
         }
     }
 
@@ -359,13 +346,6 @@ impl Engine {
     /// Send the batch's notifications (inside its transaction, so they leave with the
     /// commit), packed into as few payloads as fit.
     pub(super) fn flush_cluster(&mut self) {
-        let pumps = match self.cluster.as_mut() {
-            Some(c) => std::mem::take(&mut c.pump),
-            None => return,
-        };
-        for (mesh, key) in pumps {
-            self.pump(&mesh, &key);
-        }
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
@@ -373,12 +353,14 @@ impl Engine {
         for (mesh, keys) in std::mem::take(&mut c.wake) {
             // Several lines per mesh when its keys do not fit one payload.
             let mut line = format!("d {mesh}");
-            for key in keys {
-                if line.len() + key.len() + 1 > MAX_PAYLOAD / 2 {
+            for (key, seqs) in keys {
+                let seqs: Vec<String> = seqs.iter().map(i64::to_string).collect();
+                let word = format!("{key}:{}", seqs.join(","));
+                if line.len() + word.len() + 1 > MAX_PAYLOAD / 2 {
                     lines.push(std::mem::replace(&mut line, format!("d {mesh}")));
                 }
                 line.push(' ');
-                line.push_str(&key);
+                line.push_str(&word);
             }
             lines.push(line);
         }
@@ -481,13 +463,13 @@ impl Engine {
             } => self.remote_presence(node, &mesh_id, &key, row),
             ClusterEvent::NodeGone(node) => self.node_gone(node),
             ClusterEvent::Wake { mesh_id, keys } => {
-                for key in keys {
+                for (key, seqs) in keys {
                     let has_mailbox = self
                         .dir
                         .mesh_mut(&mesh_id)
                         .and_then(|m| m.presences.get_mut(&key))
                         .and_then(|p| p.mailbox.as_mut())
-                        .map(|mb| mb.mark_spilled())
+                        .map(|mb| mb.arrived(&seqs))
                         .is_some();
                     if has_mailbox {
                         self.pump(&mesh_id, &key);
@@ -769,6 +751,19 @@ impl Engine {
         for row in rows {
             let (node, mesh, key) = (row.node_id, row.mesh_id.clone(), row.pubkey.clone());
             self.remote_presence(node, &mesh, &key, Some(row));
+        }
+        // Wakes may have been lost too: every local mailbox rescans the database.
+        let mut rescanned = Vec::new();
+        for (id, mesh) in &mut self.dir.meshes {
+            for (key, p) in &mut mesh.presences {
+                if let Some(mb) = p.mailbox.as_mut() {
+                    mb.rescan();
+                    rescanned.push((id.clone(), key.clone()));
+                }
+            }
+        }
+        for (mesh, key) in rescanned {
+            self.pump(&mesh, &key);
         }
         tracing::info!("re-read the shared state (listening again)");
     }

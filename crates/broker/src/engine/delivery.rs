@@ -31,6 +31,18 @@ const MAX_PENDING: usize = 1_024;
 /// Refill from the database when fewer than this many are pending.
 const REFILL_BELOW: usize = 256;
 
+/// A send the engine accepted, stored with the batch's other sends by one store call
+/// ([`Engine::store_sends`]) before anything that could depend on it runs.
+pub(super) struct QueuedSend {
+    conn: ConnId,
+    slot: ReplySlot,
+    mesh_id: String,
+    ack: Ack,
+    message: Arc<MessageRow>,
+    priority: Priority,
+    to: Vec<(String, Option<String>)>,
+}
+
 /// One recipient's copy of a message, as pushed.
 #[derive(Debug)]
 pub struct Delivery {
@@ -65,16 +77,43 @@ pub(super) struct Mailbox {
     parked: BTreeMap<i64, Parked>,
     loaded_upto: i64,
     spilled: bool,
+    /// Reload from after this seq, skipping what is already held: another node committed
+    /// a delivery below `loaded_upto` after this mailbox loaded past it (see `late`).
+    rescan_from: Option<i64>,
     lease_timer: Option<Instant>,
 }
 
 impl Mailbox {
-    /// A fresh mailbox whose whole queue is still in the database.
-    /// Deliveries newer than the window were committed (by another node): load them.
-    pub fn mark_spilled(&mut self) {
+    /// Another node committed deliveries with these seqs: load them. Seqs are in commit
+    /// order across nodes, but this node may have pushed a later local one before hearing
+    /// of them; a seq at or below `loaded_upto` that is not held is loaded by a rescan.
+    pub fn arrived(&mut self, seqs: &[i64]) {
         self.spilled = true;
+        let late = seqs
+            .iter()
+            .copied()
+            .filter(|s| *s <= self.loaded_upto && !self.holds(*s))
+            .min();
+        if let Some(s) = late {
+            let from = s - 1;
+            self.rescan_from = Some(self.rescan_from.map_or(from, |r| r.min(from)));
+        }
     }
 
+    /// Reload everything unacked (notifications may have been lost), skipping what is held.
+    pub fn rescan(&mut self) {
+        self.spilled = true;
+        self.rescan_from = Some(0);
+    }
+
+    /// Whether the delivery with this seq is in the window (pending, in flight or parked).
+    fn holds(&self, seq: i64) -> bool {
+        self.inflight.contains_key(&seq)
+            || self.parked.contains_key(&seq)
+            || self.pending.iter().any(|d| d.seq == seq)
+    }
+
+    /// A fresh mailbox whose whole queue is still in the database.
     pub fn unloaded() -> Self {
         Self {
             spilled: true,
@@ -89,20 +128,24 @@ impl Mailbox {
         mesh_id: &str,
         key: &str,
     ) -> claudemesh_store::Result<()> {
-        if !self.spilled || self.pending.len() >= REFILL_BELOW {
+        let rescan = self.rescan_from.take();
+        if !self.spilled || (rescan.is_none() && self.pending.len() >= REFILL_BELOW) {
             return Ok(());
         }
-        let want = MAX_PENDING - self.pending.len();
-        let rows = store.pending(mesh_id, key, self.loaded_upto, want, now_ms())?;
-        if rows.len() < want {
+        let want = MAX_PENDING.saturating_sub(self.pending.len()).max(1);
+        let after = rescan.unwrap_or(self.loaded_upto);
+        let rows = store.pending(mesh_id, key, after, want, now_ms())?;
+        if rows.len() < want && rescan.is_none() {
             self.spilled = false;
         }
         for row in rows {
-            self.loaded_upto = row.seq;
-            // Rows come with seq > loaded_upto, so none is parked yet.
-            if !self.inflight.contains_key(&row.seq) {
-                self.pending.push_back(delivery_from(row));
+            // A rescan meets what the window already holds; a refill (seq > loaded_upto)
+            // meets at most an in-flight one.
+            if self.holds(row.seq) {
+                continue;
             }
+            self.loaded_upto = self.loaded_upto.max(row.seq);
+            self.pending.push_back(delivery_from(row));
         }
         Ok(())
     }
@@ -184,8 +227,9 @@ impl Engine {
         }
     }
 
-    /// `send`: store the body once and one delivery per recipient, ack once committed,
-    /// then offer each delivery to its recipient's mailbox.
+    /// `send`: decide the recipients now; the body (once) and one delivery per recipient
+    /// are stored with the other sends of the batch ([`Engine::store_sends`]), acked once
+    /// committed, and each delivery offered to its recipient's mailbox.
     pub(super) fn send(
         &mut self,
         conn: ConnId,
@@ -199,87 +243,137 @@ impl Engine {
             Ok(to) => to,
             Err(code) => return self.refuse(conn, slot, ack, code),
         };
-        let mut stored = Vec::with_capacity(to.len());
         // A multicast that reaches nobody stores nothing, so it has no message id.
-        if !to.is_empty() {
-            let priority = send.priority;
-            let message = Arc::new(self.message_row(mesh_id, sender, send, now_ms()));
-            let copies: Vec<NewDelivery<'_>> = to
+        if to.is_empty() {
+            Metrics::inc(&self.metrics.messages_routed_total);
+            ack.queued = true;
+            ack.recipients = Some(0);
+            return self.reply(conn, slot, BrokerFrame::Ack(ack));
+        }
+        let priority = send.priority;
+        let message = Arc::new(self.message_row(mesh_id, sender, send, now_ms()));
+        self.queued_sends.push(QueuedSend {
+            conn,
+            slot,
+            mesh_id: mesh_id.to_owned(),
+            ack,
+            message,
+            priority,
+            to,
+        });
+    }
+
+    /// Store every queued send in one store call (one statement on PostgreSQL, so a batch
+    /// of sends costs one round trip, not one per message), then answer and enqueue each
+    /// in the order they came.
+    pub(super) fn store_sends(&mut self) {
+        if self.queued_sends.is_empty() {
+            return;
+        }
+        let sends = std::mem::take(&mut self.queued_sends);
+        let result = {
+            let copies: Vec<Vec<NewDelivery<'_>>> = sends
                 .iter()
-                .map(|(recipient, sealed_key)| NewDelivery {
-                    recipient,
-                    sealed_key: sealed_key.as_deref(),
+                .map(|q| {
+                    q.to.iter()
+                        .map(|(recipient, sealed_key)| NewDelivery {
+                            recipient,
+                            sealed_key: sealed_key.as_deref(),
+                        })
+                        .collect()
                 })
                 .collect();
-            let seqs = match self.store.insert_message(&message, &copies) {
-                Ok(Inserted::New(seqs)) => seqs,
-                // Idempotent resend: the same client_message_id from the same sender is one
-                // message; answer with its id and create nothing.
-                Ok(Inserted::Existing(existing)) => {
-                    ack.message_id = existing;
-                    ack.queued = true;
-                    return self.reply(conn, slot, BrokerFrame::Ack(ack));
-                }
-                Err(e) => return self.store_failed(conn, slot, &e, ack),
-            };
-            for ((recipient, sealed_key), seq) in to.into_iter().zip(seqs) {
-                let message = message.clone();
+            let batch: Vec<(&MessageRow, &[NewDelivery<'_>])> = sends
+                .iter()
+                .zip(&copies)
+                .map(|(q, c)| (q.message.as_ref(), c.as_slice()))
+                .collect();
+            self.store.insert_messages(&batch)
+        };
+        let outcomes = match result {
+            Ok(o) if o.len() == sends.len() => o,
+            Ok(_) => {
+                let e = claudemesh_store::StoreError::Corrupt {
+                    what: "insert_messages answered for another number of messages".into(),
+                };
+                return self.sends_failed(sends, &e);
+            }
+            Err(e) => return self.sends_failed(sends, &e),
+        };
+        for (q, outcome) in sends.into_iter().zip(outcomes) {
+            self.stored(q, outcome);
+        }
+    }
+
+    /// The store refused the batch's sends: all of it rolls back, every ack `unavailable`.
+    fn sends_failed(&mut self, sends: Vec<QueuedSend>, e: &claudemesh_store::StoreError) {
+        self.poison(e);
+        for q in sends {
+            self.reply(q.conn, q.slot, BrokerFrame::Ack(q.ack));
+        }
+    }
+
+    /// One queued send, stored: answer it and offer its deliveries to their mailboxes.
+    fn stored(&mut self, q: QueuedSend, outcome: Inserted) {
+        let QueuedSend {
+            conn,
+            slot,
+            mesh_id,
+            mut ack,
+            message,
+            priority,
+            to,
+        } = q;
+        let seqs = match outcome {
+            Inserted::New(seqs) => seqs,
+            // Idempotent resend: the same client_message_id from the same sender is one
+            // message; answer with its id and create nothing.
+            Inserted::Existing(existing) => {
+                ack.message_id = existing;
+                ack.queued = true;
+                return self.reply(conn, slot, BrokerFrame::Ack(ack));
+            }
+        };
+        let stored: Vec<(String, Arc<Delivery>)> = to
+            .into_iter()
+            .zip(seqs)
+            .map(|((recipient, sealed_key), seq)| {
                 let delivery = Delivery {
                     seq,
-                    message,
+                    message: message.clone(),
                     priority,
                     sealed_key,
                 };
-                stored.push((recipient, Arc::new(delivery)));
-            }
-            ack.message_id = message.message_id.clone();
-        }
+                (recipient, Arc::new(delivery))
+            })
+            .collect();
+        ack.message_id = message.message_id.clone();
         Metrics::inc(&self.metrics.messages_routed_total);
         self.queue_depth += stored.len() as i64;
         ack.queued = true;
         ack.recipients = Some(u32::try_from(stored.len()).unwrap_or(u32::MAX));
         self.reply(conn, slot, BrokerFrame::Ack(ack));
         for (recipient, delivery) in stored {
-            self.enqueue(mesh_id, &recipient, delivery);
+            self.enqueue(&mesh_id, &recipient, delivery);
         }
-    }
-
-    /// A statement failed mid-batch: the whole batch is rolled back, and the ack, like
-    /// every ack of the batch, goes out as `unavailable`.
-    fn store_failed(
-        &mut self,
-        conn: ConnId,
-        slot: ReplySlot,
-        e: &claudemesh_store::StoreError,
-        ack: Ack,
-    ) {
-        self.poison(e);
-        self.reply(conn, slot, BrokerFrame::Ack(ack));
     }
 
     /// Offer a freshly stored delivery to its recipient's mailbox, if the recipient is online.
     fn enqueue(&mut self, mesh_id: &str, key: &str, delivery: Arc<Delivery>) {
-        // Several nodes write (see `cluster.rs`): a smaller seq of another node's may be
-        // committed and not loaded yet, so the mailbox loads from the database instead.
-        let shared = self.node_id().is_some();
         let Some(mb) = self.mailbox(mesh_id, key) else {
-            // Online on another node, perhaps: wake it.
-            return self.wake_elsewhere(mesh_id, key);
+            // Online on another node, perhaps: wake it (see `cluster.rs`).
+            return self.wake_elsewhere(mesh_id, key, delivery.seq);
         };
         if delivery.seq <= mb.loaded_upto {
             return; // already loaded from the database in this batch
         }
-        if shared || mb.spilled || mb.pending.len() >= MAX_PENDING {
+        if mb.spilled || mb.pending.len() >= MAX_PENDING {
             mb.spilled = true;
         } else {
             mb.loaded_upto = delivery.seq;
             mb.pending.push_back(delivery);
         }
-        if shared {
-            self.pump_later(mesh_id, key);
-        } else {
-            self.pump(mesh_id, key);
-        }
+        self.pump(mesh_id, key);
     }
 
     fn mailbox(&mut self, mesh_id: &str, key: &str) -> Option<&mut Mailbox> {

@@ -334,6 +334,8 @@ pub(crate) struct Engine {
     reset_presences: bool,
     /// This batch deleted them.
     reset_in_batch: bool,
+    /// Sends of this batch waiting to be stored together (see `delivery.rs`).
+    queued_sends: Vec<delivery::QueuedSend>,
 }
 
 /// An attached connection.
@@ -380,6 +382,7 @@ impl Engine {
             cluster: None,
             reset_presences: false,
             reset_in_batch: false,
+            queued_sends: Vec::new(),
         };
         engine.join_cluster(&config.node_name)?;
         Ok(engine)
@@ -414,6 +417,7 @@ impl Engine {
             for cmd in batch.drain(..) {
                 self.apply(cmd);
             }
+            self.store_sends();
             self.fire_timers();
             self.finish_batch(n);
         }
@@ -466,6 +470,21 @@ impl Engine {
     fn apply(&mut self, cmd: Command) {
         if self.stale {
             return self.refuse_stale(cmd);
+        }
+        // Consecutive sends (and the acks that arrive between them, which cannot concern
+        // them) are stored together; anything else sees them stored first.
+        let joins_sends = matches!(
+            &cmd,
+            Command::Request {
+                request: Request::Send(_),
+                ..
+            } | Command::Frame {
+                frame: ClientFrame::ClientAck(_),
+                ..
+            }
+        );
+        if !joins_sends {
+            self.store_sends();
         }
         match cmd {
             Command::Attach { hello, conn, reply } => self.attach(hello, conn, reply),

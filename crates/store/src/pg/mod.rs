@@ -568,6 +568,122 @@ impl Store for PgStore {
         crate::existing_or_duplicate_id(self, m)
     }
 
+    fn insert_messages(
+        &mut self,
+        batch: &[(&MessageRow, &[NewDelivery<'_>])],
+    ) -> Result<Vec<Inserted>> {
+        if batch.len() <= 1 {
+            return batch
+                .iter()
+                .map(|(m, d)| self.insert_message(m, d))
+                .collect();
+        }
+        self.lock_seqs_now()?;
+        // Column arrays of the bodies, and of the deliveries (each naming its message).
+        let col =
+            |f: fn(&MessageRow) -> &str| -> Vec<&str> { batch.iter().map(|(m, _)| f(m)).collect() };
+        let ids = col(|m| &m.message_id);
+        let meshes = col(|m| &m.mesh_id);
+        let senders = col(|m| &m.sender_pubkey);
+        let member_keys = col(|m| &m.sender_member_pubkey);
+        let names = col(|m| &m.sender_name);
+        let targets = col(|m| &m.target_spec);
+        let priorities: Vec<&str> = batch.iter().map(|(m, _)| m.priority.as_str()).collect();
+        let nonces = col(|m| &m.nonce);
+        let ciphertexts = col(|m| &m.ciphertext);
+        let cmids: Vec<Option<&str>> = batch
+            .iter()
+            .map(|(m, _)| m.client_message_id.as_deref())
+            .collect();
+        let created: Vec<i64> = batch.iter().map(|(m, _)| m.created_at).collect();
+        let expires: Vec<i64> = batch.iter().map(|(m, _)| m.expires_at).collect();
+        let mut d_ids = Vec::new();
+        let mut d_recipients = Vec::new();
+        let mut d_sealed = Vec::new();
+        for (m, ds) in batch {
+            for d in *ds {
+                d_ids.push(m.message_id.as_str());
+                d_recipients.push(d.recipient);
+                d_sealed.push(d.sealed_key);
+            }
+        }
+        // Bodies, then every delivery in the order given (so identity values, i.e. seqs,
+        // increase in that order), in one statement. A body that conflicts (a resend, by
+        // this sender's client_message_id) inserts nothing and returns no row.
+        let rows = self.query(
+            "WITH m AS (
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                 $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[],
+                 $12::bigint[]) WITH ORDINALITY
+                 AS m(message_id, mesh_id, sender_pubkey, sender_member_pubkey, sender_name,
+                      target_spec, priority, nonce, ciphertext, client_message_id, created_at,
+                      expires_at, n)),
+             msg AS (
+               INSERT INTO messages (message_id, mesh_id, sender_pubkey, sender_member_pubkey,
+                 sender_name, target_spec, priority, nonce, ciphertext, client_message_id,
+                 created_at, expires_at)
+               SELECT message_id, mesh_id, sender_pubkey, sender_member_pubkey, sender_name,
+                 target_spec, priority, nonce, ciphertext, client_message_id, created_at,
+                 expires_at
+               FROM m ORDER BY n
+               ON CONFLICT DO NOTHING
+               RETURNING rowid, message_id, mesh_id, expires_at),
+             ins AS (
+               INSERT INTO deliveries (mesh_id, message_rowid, recipient, sealed_key, expires_at)
+               SELECT msg.mesh_id, msg.rowid, d.recipient, d.sealed_key, msg.expires_at
+               FROM unnest($13::text[], $14::text[], $15::text[]) WITH ORDINALITY
+                 AS d(message_id, recipient, sealed_key, n)
+               JOIN msg ON msg.message_id = d.message_id
+               ORDER BY d.n
+               RETURNING message_rowid, recipient, seq)
+             SELECT msg.message_id, ins.recipient, ins.seq
+             FROM ins JOIN msg ON msg.rowid = ins.message_rowid",
+            &[
+                &ids,
+                &meshes,
+                &senders,
+                &member_keys,
+                &names,
+                &targets,
+                &priorities,
+                &nonces,
+                &ciphertexts,
+                &cmids,
+                &created,
+                &expires,
+                &d_ids,
+                &d_recipients,
+                &d_sealed,
+            ],
+        )?;
+        let mut seqs: HashMap<(String, String), i64> = HashMap::with_capacity(rows.len());
+        let mut stored = std::collections::HashSet::new();
+        for r in &rows {
+            let id: String = r.try_get(0)?;
+            stored.insert(id.clone());
+            seqs.insert((id, r.try_get(1)?), r.try_get(2)?);
+        }
+        batch
+            .iter()
+            .map(|(m, ds)| {
+                if !stored.contains(&m.message_id) {
+                    return crate::existing_or_duplicate_id(self, m);
+                }
+                ds.iter()
+                    .map(|d| {
+                        seqs.get(&(m.message_id.clone(), d.recipient.to_owned()))
+                            .copied()
+                            .ok_or_else(|| StoreError::Corrupt {
+                                what: "deliveries (a delivery of a stored message is missing)"
+                                    .into(),
+                            })
+                    })
+                    .collect::<Result<Vec<i64>>>()
+                    .map(Inserted::New)
+            })
+            .collect()
+    }
+
     fn find_message_by_client_id(
         &mut self,
         mesh_id: &str,
