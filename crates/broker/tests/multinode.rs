@@ -572,3 +572,47 @@ async fn senders_on_two_nodes_to_one_recipient_lose_nothing() {
         b.acked.len()
     );
 }
+
+/// Decisions the database makes hold across nodes: a hello replayed to another node is
+/// refused, and a resend through another node (same `client_message_id`) is the same
+/// message, not a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_and_resends_are_decided_across_nodes() {
+    let Some(c) = Cluster::start("replays_and_resends_are_decided_across_nodes", 2) else {
+        return;
+    };
+    let mesh = create_mesh(c.node(0), "replay").await;
+    let m = enroll(c.node(0), &mesh, "m").await;
+    let r = enroll(c.node(0), &mesh, "r").await;
+    let hello = hello_frame(&m, "s1", now_ms());
+    let mut first = V1Client {
+        ws: V1Client::raw(&c.node(0).ws()).await,
+        key: m.ident.pk.clone(),
+    };
+    first.send(hello.clone()).await;
+    assert_eq!(first.recv_type("hello_ack").await["type"], "hello_ack");
+    let mut replayed = V1Client {
+        ws: V1Client::raw(&c.node(1).ws()).await,
+        key: String::new(),
+    };
+    replayed.send(hello).await;
+    let v = replayed.recv().await;
+    assert_eq!(v["code"], "replay", "{v}");
+
+    let send = json!({"type": "send", "targetSpec": r.ident.pk, "priority": "now", "nonce": "", "ciphertext": "AAAA", "id": "x", "client_message_id": "once"});
+    first.send(send.clone()).await;
+    let ack = first.recv_type("ack").await;
+    assert_eq!(ack["queued"], true, "{ack}");
+    let mut second = V1Client::connect_session(&c.node(1).ws(), &m, "s2").await;
+    second.send(send).await;
+    let again = second.recv_type("ack").await;
+    assert_eq!(again["messageId"], ack["messageId"], "{again}");
+    let mut rc = V1Client::connect(&c.node(1).ws(), &r).await;
+    let push = rc.next_push(WAIT).await.expect("delivered once");
+    assert_eq!(push["messageId"], ack["messageId"]);
+    rc.ack(&push).await;
+    assert!(
+        rc.next_push(Duration::from_millis(500)).await.is_none(),
+        "the resend created no second delivery"
+    );
+}
