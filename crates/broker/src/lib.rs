@@ -122,19 +122,33 @@ fn lock_database(db: &std::path::Path) -> Result<std::fs::File, StartError> {
         .write(true)
         .open(&path)
         .map_err(data_dir)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked {
-            path: db.display().to_string(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(StartError::Store(claudemesh_store::StoreError::Open {
-                path: path.display().to_string(),
-                reason: format!("cannot lock it: {e}"),
-            }))
+    // A lock can be held for a moment by a process being spawned elsewhere in this
+    // program (between fork and exec the child shares the open file), e.g. a broker
+    // restarted in place while another starts a child: wait that out, briefly.
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StartError::Locked {
+                    path: db.display().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StartError::Store(claudemesh_store::StoreError::Open {
+                    path: path.display().to_string(),
+                    reason: format!("cannot lock it: {e}"),
+                }));
+            }
         }
     }
 }
+
+/// How long a taken SQLite lock file is retried before "another broker is using it".
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The store the config names: SQLite (a file under a lock file, held by the returned
 /// guard: one broker per file) or PostgreSQL (shared by any number of broker nodes).
