@@ -271,6 +271,8 @@ pub trait Cluster {
     /// One mesh, member or known identity, as committed now.
     fn mesh(&mut self, mesh_id: &str) -> Result<Option<MeshRow>>;
     fn member(&mut self, mesh_id: &str, member_id: &str) -> Result<Option<MemberRow>>;
+    /// The member of a mesh with this key, as committed now.
+    fn member_by_key(&mut self, mesh_id: &str, pubkey: &str) -> Result<Option<MemberRow>>;
     fn peer(&mut self, mesh_id: &str, pubkey: &str) -> Result<Option<PeerRow>>;
     /// Every member and every known identity of one mesh (a mesh another node created).
     fn mesh_members(&mut self, mesh_id: &str) -> Result<(Vec<MemberRow>, Vec<PeerRow>)>;

@@ -545,6 +545,32 @@ impl Engine {
         }
     }
 
+    /// The same for a member known by its key (a join retried through another node must
+    /// find the member the first join made, not insert a second one).
+    pub(super) fn read_through_key(&mut self, mesh_id: &str, pubkey: &str) {
+        if self.cluster.is_none()
+            || self
+                .dir
+                .mesh(mesh_id)
+                .is_none_or(|m| m.member_by_key.contains_key(pubkey))
+        {
+            return;
+        }
+        let Some(c) = self.store.cluster() else {
+            return;
+        };
+        match c.member_by_key(mesh_id, pubkey) {
+            Ok(Some(row)) => {
+                if let Some(m) = self.dir.mesh_mut(mesh_id) {
+                    m.member_by_key.insert(row.pubkey.clone(), row.id.clone());
+                    m.members.insert(row.id.clone(), row);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => self.poison(&e),
+        }
+    }
+
     /// Keep another node's row in the directory (no events).
     pub(super) fn cache_remote(&mut self, row: PresenceRow) {
         let Ok(data) = serde_json::from_str::<PresenceData>(&row.data) else {

@@ -103,6 +103,8 @@ impl Engine {
         let invite = invite_of(&req)?;
         let (peer, display_name) = joiner(req)?;
         self.read_through(&invite.mesh_id, None);
+        // A key that joined through another node a moment ago is that member here too.
+        self.read_through_key(&invite.mesh_id, &peer);
         let mesh = self.dir.mesh(&invite.mesh_id).ok_or_else(|| {
             Refusal::new(
                 Code::MeshNotFound,

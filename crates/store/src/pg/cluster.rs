@@ -158,6 +158,18 @@ impl Cluster for PgStore {
             .transpose()
     }
 
+    fn member_by_key(&mut self, mesh_id: &str, pubkey: &str) -> Result<Option<MemberRow>> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            member_cols!(),
+            " FROM members WHERE mesh_id = $1 AND pubkey = $2"
+        );
+        self.read(SQL, &[&mesh_id, &pubkey])?
+            .first()
+            .map(member_from_row)
+            .transpose()
+    }
+
     fn mesh_members(&mut self, mesh_id: &str) -> Result<(Vec<MemberRow>, Vec<PeerRow>)> {
         const MEMBERS: &str = concat!(
             "SELECT ",
