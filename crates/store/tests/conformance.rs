@@ -825,6 +825,34 @@ fn postgres_open_errors_never_show_the_password() {
     assert!(text.contains("127.0.0.1"), "{text}");
 }
 
+/// Ping until the store is connected again (panics after `secs`).
+fn await_reconnect(store: &mut PgStore, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while store.ping().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reconnection within {secs} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Store and commit one more message to `b`; the ids of everything `b` has pending.
+fn commit_one_more(store: &mut PgStore, id: &str) -> Vec<String> {
+    send(
+        store,
+        &message(id, None, i64::MAX),
+        &[(&"b".repeat(64), None)],
+    );
+    store.commit().unwrap();
+    store
+        .pending("m1", &"b".repeat(64), 0, 10, 0)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.message.message_id)
+        .collect()
+}
+
 /// A connection PostgreSQL closes (as a restart does) fails the statement that finds it
 /// and the transaction it was in, never commits half a batch on a new connection, and is
 /// replaced by itself on a later call; what was committed is all there.
@@ -860,28 +888,9 @@ fn postgres_reconnects_after_its_connection_is_closed() {
     );
     assert!(!store.is_connected());
     // Outside a transaction the store connects again (at most one attempt per interval).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while store.ping().is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reconnection within 5 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    await_reconnect(&mut store, 5);
     assert!(store.is_connected());
-    send(
-        &mut store,
-        &message("again", None, i64::MAX),
-        &[(&"b".repeat(64), None)],
-    );
-    store.commit().unwrap();
-    let ids: Vec<String> = store
-        .pending("m1", &"b".repeat(64), 0, 10, 0)
-        .unwrap()
-        .into_iter()
-        .map(|p| p.message.message_id)
-        .collect();
-    assert_eq!(ids, ["kept", "again"]);
+    assert_eq!(commit_one_more(&mut store, "again"), ["kept", "again"]);
 }
 
 /// The same through a real server restart: a private PostgreSQL stopped (`pg_ctl stop
@@ -912,27 +921,8 @@ fn postgres_survives_a_server_restart() {
         started.elapsed()
     );
     server.start_again();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while store.ping().is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reconnection within 10 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    send(
-        &mut store,
-        &message("after", None, i64::MAX),
-        &[(&"b".repeat(64), None)],
-    );
-    store.commit().unwrap();
-    let ids: Vec<String> = store
-        .pending("m1", &"b".repeat(64), 0, 10, 0)
-        .unwrap()
-        .into_iter()
-        .map(|p| p.message.message_id)
-        .collect();
-    assert_eq!(ids, ["before", "after"]);
+    await_reconnect(&mut store, 10);
+    assert_eq!(commit_one_more(&mut store, "after"), ["before", "after"]);
     drop(store);
     drop(db);
 }

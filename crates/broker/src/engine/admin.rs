@@ -225,9 +225,7 @@ impl Engine {
         };
         self.dir.slugs.insert(mesh.slug.clone(), mesh.id.clone());
         let mut m = Mesh::new(mesh);
-        m.member_by_key
-            .insert(owner.pubkey.clone(), owner.id.clone());
-        m.members.insert(owner.id.clone(), owner);
+        m.put_member(owner);
         self.dir.meshes.insert(resp.mesh_id.clone(), m);
         self.note_mesh(&resp.mesh_id);
         self.note_member(&resp.mesh_id, &resp.owner_member_id);
@@ -429,7 +427,7 @@ impl Engine {
         }
         let removal = member.removed.unwrap_or(removal);
         if let Some(m) = self.dir.mesh_mut(mesh_id) {
-            m.members.insert(member.id.clone(), member);
+            m.put_member(member);
         }
         self.close_member(mesh_id, member_id, removal);
         Ok(())

@@ -518,9 +518,7 @@ impl Engine {
                 Ok(Some((row, (members, peers)))) => {
                     let mut m = Mesh::new(row);
                     for member in members {
-                        m.member_by_key
-                            .insert(member.pubkey.clone(), member.id.clone());
-                        m.members.insert(member.id.clone(), member);
+                        m.put_member(member);
                     }
                     for peer in peers {
                         m.peers.insert(peer.pubkey.clone(), peer);
@@ -535,8 +533,7 @@ impl Engine {
             match c.member(mesh_id, member_id) {
                 Ok(Some(row)) => {
                     if let Some(m) = self.dir.mesh_mut(mesh_id) {
-                        m.member_by_key.insert(row.pubkey.clone(), row.id.clone());
-                        m.members.insert(row.id.clone(), row);
+                        m.put_member(row);
                     }
                 }
                 Ok(None) => {}
@@ -562,8 +559,7 @@ impl Engine {
         match c.member_by_key(mesh_id, pubkey) {
             Ok(Some(row)) => {
                 if let Some(m) = self.dir.mesh_mut(mesh_id) {
-                    m.member_by_key.insert(row.pubkey.clone(), row.id.clone());
-                    m.members.insert(row.id.clone(), row);
+                    m.put_member(row);
                 }
             }
             Ok(None) => {}
@@ -705,11 +701,10 @@ impl Engine {
         let Some(mesh) = self.dir.mesh_mut(&mesh_id) else {
             return;
         };
-        mesh.member_by_key
-            .insert(row.pubkey.clone(), row.id.clone());
-        mesh.members.insert(row.id.clone(), row.clone());
+        let member_id = row.id.clone();
+        mesh.put_member(row);
         if let Some(removal) = removed {
-            self.close_member(&mesh_id, &row.id, removal);
+            self.close_member(&mesh_id, &member_id, removal);
         }
     }
 

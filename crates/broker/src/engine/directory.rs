@@ -68,8 +68,7 @@ impl Directory {
         }
         for m in store.load_members()? {
             if let Some(mesh) = dir.meshes.get_mut(&m.mesh_id) {
-                mesh.member_by_key.insert(m.pubkey.clone(), m.id.clone());
-                mesh.members.insert(m.id.clone(), m);
+                mesh.put_member(m);
             }
         }
         for p in store.load_peers()? {
@@ -99,6 +98,12 @@ impl Mesh {
             presences: BTreeMap::new(),
             remote: BTreeMap::new(),
         }
+    }
+
+    /// Cache a member row (new or changed), indexed by id and by key.
+    pub fn put_member(&mut self, m: MemberRow) {
+        self.member_by_key.insert(m.pubkey.clone(), m.id.clone());
+        self.members.insert(m.id.clone(), m);
     }
 
     pub fn active_member(&self, id: &str) -> Option<&MemberRow> {

@@ -168,8 +168,7 @@ impl Engine {
         let resp = joined(&member, false);
         self.note_member(&invite.mesh_id, &member.id);
         if let Some(mesh) = self.dir.mesh_mut(&invite.mesh_id) {
-            mesh.member_by_key.insert(peer, member.id.clone());
-            mesh.members.insert(member.id.clone(), member);
+            mesh.put_member(member);
         }
         Ok(resp)
     }
