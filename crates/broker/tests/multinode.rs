@@ -542,8 +542,9 @@ async fn a_session_moving_to_another_node_does_not_flap() {
 }
 
 /// Two senders on two nodes, one recipient on one of them: the recipient's node pushes
-/// its local sender's messages and loads the other node's from the database, and none is
-/// jumped (a local push must not run ahead of a smaller seq committed elsewhere).
+/// its local sender's messages and loads the other node's from the database, none is
+/// jumped, and each sender's messages are first pushed in the order it sent them (a
+/// refill must not read past a smaller seq committed elsewhere that it has not read).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn senders_on_two_nodes_to_one_recipient_lose_nothing() {
     let Some(c) = Cluster::start("senders_on_two_nodes_to_one_recipient_lose_nothing", 2) else {
@@ -566,6 +567,8 @@ async fn senders_on_two_nodes_to_one_recipient_lose_nothing() {
     assert!(a.acked.len() > 50 && b.acked.len() > 50, "both sent");
     let all: Vec<String> = a.acked.iter().chain(&b.acked).cloned().collect();
     receiver.expect_all(&all, Duration::from_secs(20)).await;
+    receiver.expect_in_order(&a.acked);
+    receiver.expect_in_order(&b.acked);
     eprintln!(
         "two senders on two nodes: {} + {} acked, all delivered once",
         a.acked.len(),

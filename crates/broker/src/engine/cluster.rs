@@ -463,13 +463,13 @@ impl Engine {
             } => self.remote_presence(node, &mesh_id, &key, row),
             ClusterEvent::NodeGone(node) => self.node_gone(node),
             ClusterEvent::Wake { mesh_id, keys } => {
-                for (key, seqs) in keys {
+                for (key, _seqs) in keys {
                     let has_mailbox = self
                         .dir
                         .mesh_mut(&mesh_id)
                         .and_then(|m| m.presences.get_mut(&key))
                         .and_then(|p| p.mailbox.as_mut())
-                        .map(|mb| mb.arrived(&seqs))
+                        .map(|mb| mb.arrived())
                         .is_some();
                     if has_mailbox {
                         self.pump(&mesh_id, &key);

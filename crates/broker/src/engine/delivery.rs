@@ -2,11 +2,15 @@
 //! recipient), per-recipient mailboxes with a bounded in-memory window over the database
 //! queue, leases re-pushed on expiry, priority gating by status, and scoped `client_ack`.
 //!
-//! Invariant: for an online recipient, every unacked delivery with `seq <= loaded_upto` is
+//! Invariant: for an online recipient, every unacked delivery with `seq <= read_upto` is
 //! in `pending`, `inflight` or `parked` (pushed `max_pushes` times on this connection
 //! without an ack); anything newer is in the database only when `spilled`.
-//! Deliveries enter a mailbox in `seq` order, which is commit order, so FIFO per
-//! (sender, recipient) holds for first pushes.
+//! Seqs increase in commit order (on PostgreSQL across nodes too, see the store's seq
+//! lock), and a refill reads everything unacked above `read_upto`, so FIFO per
+//! (sender, recipient) holds for first pushes. On one node a delivery this engine stores
+//! is also taken straight into memory, moving `read_upto`; with several nodes it is taken
+//! into memory but `read_upto` stays: a smaller seq another node committed may not have
+//! been read yet, and the next refill must not jump it.
 
 use claudemesh_proto::codes::Code;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -75,42 +79,44 @@ pub(super) struct Mailbox {
     /// Pushed `max_pushes` times without an ack: not pushed again on this connection
     /// (by message id; the delivery stays unacked in the database).
     parked: BTreeMap<i64, Parked>,
-    loaded_upto: i64,
+    /// Everything unacked up to this seq is in the window (see the module doc).
+    read_upto: i64,
     spilled: bool,
-    /// Reload from after this seq, skipping what is already held: another node committed
-    /// a delivery below `loaded_upto` after this mailbox loaded past it (see `late`).
-    rescan_from: Option<i64>,
+    /// Reload everything unacked, skipping what is held (notifications may have been lost).
+    rescan: bool,
     lease_timer: Option<Instant>,
 }
 
 impl Mailbox {
-    /// Another node committed deliveries with these seqs: load them. Seqs are in commit
-    /// order across nodes, but this node may have pushed a later local one before hearing
-    /// of them; a seq at or below `loaded_upto` that is not held is loaded by a rescan.
-    pub fn arrived(&mut self, seqs: &[i64]) {
+    /// Another node committed deliveries for this recipient: read what is new. (Its seqs
+    /// are above `read_upto`: everything at or below it was committed when it was read.)
+    pub fn arrived(&mut self) {
         self.spilled = true;
-        let late = seqs
-            .iter()
-            .copied()
-            .filter(|s| *s <= self.loaded_upto && !self.holds(*s))
-            .min();
-        if let Some(s) = late {
-            let from = s - 1;
-            self.rescan_from = Some(self.rescan_from.map_or(from, |r| r.min(from)));
-        }
     }
 
     /// Reload everything unacked (notifications may have been lost), skipping what is held.
     pub fn rescan(&mut self) {
         self.spilled = true;
-        self.rescan_from = Some(0);
+        self.rescan = true;
     }
 
     /// Whether the delivery with this seq is in the window (pending, in flight or parked).
     fn holds(&self, seq: i64) -> bool {
         self.inflight.contains_key(&seq)
             || self.parked.contains_key(&seq)
-            || self.pending.iter().any(|d| d.seq == seq)
+            || self.pending_at(seq).is_ok()
+    }
+
+    /// Where `seq` is in `pending` (kept sorted by seq), or where it would go.
+    fn pending_at(&self, seq: i64) -> Result<usize, usize> {
+        self.pending.binary_search_by_key(&seq, |d| d.seq)
+    }
+
+    /// Whether the next refill may read a delivery memory took and that was acked in
+    /// this batch, before the ack is written: after a rescan, or with several nodes
+    /// (where `read_upto` stays below what memory took from this engine's sends).
+    fn rereads(&self, clustered: bool) -> bool {
+        self.spilled && (self.rescan || (clustered && self.pending.len() < REFILL_BELOW))
     }
 
     /// A fresh mailbox whose whole queue is still in the database.
@@ -128,24 +134,25 @@ impl Mailbox {
         mesh_id: &str,
         key: &str,
     ) -> claudemesh_store::Result<()> {
-        let rescan = self.rescan_from.take();
-        if !self.spilled || (rescan.is_none() && self.pending.len() >= REFILL_BELOW) {
+        if std::mem::take(&mut self.rescan) {
+            self.read_upto = 0;
+        }
+        if !self.spilled || self.pending.len() >= REFILL_BELOW {
             return Ok(());
         }
         let want = MAX_PENDING.saturating_sub(self.pending.len()).max(1);
-        let after = rescan.unwrap_or(self.loaded_upto);
-        let rows = store.pending(mesh_id, key, after, want, now_ms())?;
-        if rows.len() < want && rescan.is_none() {
+        let rows = store.pending(mesh_id, key, self.read_upto, want, now_ms())?;
+        if rows.len() < want {
             self.spilled = false;
         }
         for row in rows {
-            // A rescan meets what the window already holds; a refill (seq > loaded_upto)
-            // meets at most an in-flight one.
-            if self.holds(row.seq) {
-                continue;
+            self.read_upto = self.read_upto.max(row.seq);
+            // What memory took straight from this engine's own sends is met again here.
+            let elsewhere =
+                self.inflight.contains_key(&row.seq) || self.parked.contains_key(&row.seq);
+            if let (Err(at), false) = (self.pending_at(row.seq), elsewhere) {
+                self.pending.insert(at, delivery_from(row));
             }
-            self.loaded_upto = self.loaded_upto.max(row.seq);
-            self.pending.push_back(delivery_from(row));
         }
         Ok(())
     }
@@ -360,18 +367,23 @@ impl Engine {
 
     /// Offer a freshly stored delivery to its recipient's mailbox, if the recipient is online.
     fn enqueue(&mut self, mesh_id: &str, key: &str, delivery: Arc<Delivery>) {
+        let clustered = self.cluster.is_some();
         let Some(mb) = self.mailbox(mesh_id, key) else {
             // Online on another node, perhaps: wake it (see `cluster.rs`).
             return self.wake_elsewhere(mesh_id, key, delivery.seq);
         };
-        if delivery.seq <= mb.loaded_upto {
-            return; // already loaded from the database in this batch
+        if mb.holds(delivery.seq) || delivery.seq <= mb.read_upto {
+            return; // already read from the database in this batch
         }
         if mb.spilled || mb.pending.len() >= MAX_PENDING {
             mb.spilled = true;
         } else {
-            mb.loaded_upto = delivery.seq;
-            mb.pending.push_back(delivery);
+            if !clustered {
+                mb.read_upto = delivery.seq;
+            }
+            if let Err(at) = mb.pending_at(delivery.seq) {
+                mb.pending.insert(at, delivery);
+            }
         }
         self.pump(mesh_id, key);
     }
@@ -404,6 +416,14 @@ impl Engine {
             return;
         };
 
+        if !self.pending_acks.is_empty() && mb.rereads(self.cluster.is_some()) {
+            // Write this batch's acks first, or the refill would load them again.
+            let acks = std::mem::take(&mut self.pending_acks);
+            if let Err(e) = self.store.ack_deliveries(&acks, now_ms()) {
+                tracing::error!(error = %e, "writing acks failed; rolling back the batch");
+                self.batch_failed = true;
+            }
+        }
         if let Err(e) = mb.refill(self.store.as_mut(), mesh_id, key) {
             tracing::error!(error = %e, "loading pending deliveries failed; rolling back the batch");
             self.batch_failed = true;

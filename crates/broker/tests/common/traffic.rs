@@ -114,6 +114,8 @@ impl Sender {
 pub struct Received {
     pub pushes: BTreeMap<String, u32>,
     pub new: BTreeMap<String, u32>,
+    /// Broker message ids in the order of their first push.
+    pub order: Vec<String>,
 }
 
 /// A task taking `rx`'s pushes into a real inbox, then acking each.
@@ -147,6 +149,9 @@ impl Receiver {
                     .is_some();
                 {
                     let mut r = task_received.lock().unwrap();
+                    if !r.pushes.contains_key(&push.message_id) {
+                        r.order.push(push.message_id.clone());
+                    }
                     *r.pushes.entry(push.message_id.clone()).or_default() += 1;
                     if new {
                         *r.new.entry(push.message_id.clone()).or_default() += 1;
@@ -192,6 +197,20 @@ impl Receiver {
         let r = self.received.lock().unwrap();
         let twice: Vec<_> = r.new.iter().filter(|(_, n)| **n > 1).collect();
         assert!(twice.is_empty(), "shown twice after dedupe: {twice:?}");
+    }
+
+    /// Check that one sender's `acked` ids were first pushed in the order it sent them.
+    pub fn expect_in_order(&self, acked: &[String]) {
+        let mine: std::collections::HashSet<&String> = acked.iter().collect();
+        let r = self.received.lock().unwrap();
+        let seen: Vec<&String> = r.order.iter().filter(|id| mine.contains(id)).collect();
+        let first_out_of_order = seen.iter().zip(acked).position(|(a, b)| *a != b);
+        assert_eq!(
+            first_out_of_order,
+            None,
+            "first pushes out of send order ({} sent)",
+            acked.len()
+        );
     }
 }
 
