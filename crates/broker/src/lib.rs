@@ -237,8 +237,12 @@ impl Broker {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
+            dashboard: Default::default(),
             started: Instant::now(),
         });
+        shared
+            .tasks
+            .spawn(http::dashboard::follow_removals(shared.clone()));
         let app = http::router(shared.clone());
         let ops = http::ops_router(shared.clone());
         let stop = shared.shutdown.clone();

@@ -26,5 +26,7 @@ pub struct Shared {
     pub tasks: TaskTracker,
     pub connections: Arc<Semaphore>,
     pub next_conn: AtomicU64,
+    /// Dashboard sign-in codes and sessions (see `http::dashboard`).
+    pub dashboard: crate::http::dashboard::session::Sessions,
     pub started: Instant,
 }

@@ -147,6 +147,21 @@ impl Admin {
         self.post("/members/list", &request).await
     }
 
+    /// `POST …/dashboard/login`: a single-use sign-in code; the full URL to open.
+    pub async fn dashboard_login(&self) -> anyhow::Result<String> {
+        #[derive(serde::Deserialize)]
+        struct Code {
+            path: String,
+        }
+        let request = self.signed(AdminAction::DashboardLogin, &[]);
+        let code: Code = self.post("/dashboard/login", &request).await?;
+        Ok(format!(
+            "{}{}",
+            crate::config::http_base(&self.broker_url)?,
+            code.path
+        ))
+    }
+
     /// `POST …/members/{memberId}/remove` (args `{memberId}|{mode}`).
     pub async fn remove_member(&self, member_id: &str, mode: RemoveMode) -> anyhow::Result<()> {
         let request = RemoveMemberRequest {

@@ -128,6 +128,12 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<SessionsCommand>,
     },
+    /// Sign in to the broker's web dashboard for this mesh (a single-use link, valid 60 s).
+    Dashboard {
+        /// Print the sign-in link instead of opening a browser.
+        #[arg(long)]
+        print: bool,
+    },
     /// Check config, keys, brokers, clock, membership and the Claude Code setup.
     Doctor,
     /// Claude Code hook entry point (installed by `install`).

@@ -40,6 +40,8 @@ pub enum AdminAction {
     RevokeInvite,
     ListMembers,
     RemoveMember,
+    /// Extension `dashboard`: ask for a single-use dashboard sign-in code.
+    DashboardLogin,
 }
 
 impl AdminAction {
@@ -51,6 +53,7 @@ impl AdminAction {
             AdminAction::RevokeInvite => "revoke_invite",
             AdminAction::ListMembers => "list_members",
             AdminAction::RemoveMember => "remove_member",
+            AdminAction::DashboardLogin => "dashboard_login",
         }
     }
 }

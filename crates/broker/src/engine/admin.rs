@@ -42,6 +42,11 @@ pub enum AdminCommand {
         mesh_id: String,
         signed: Signed,
     },
+    /// Sign in to the dashboard (extension `dashboard`): any member may.
+    DashboardLogin {
+        mesh_id: String,
+        signed: Signed,
+    },
     RemoveMember {
         mesh_id: String,
         member_id: String,
@@ -59,6 +64,7 @@ impl AdminCommand {
             | AdminCommand::ListInvites { mesh_id, .. }
             | AdminCommand::RevokeInvite { mesh_id, .. }
             | AdminCommand::ListMembers { mesh_id, .. }
+            | AdminCommand::DashboardLogin { mesh_id, .. }
             | AdminCommand::RemoveMember { mesh_id, .. } => Some(mesh_id),
         }
     }
@@ -71,6 +77,11 @@ pub enum AdminReply {
     InviteRegistered(RegisterInviteResponse),
     Invites(InviteListResponse),
     Members(MemberListResponse),
+    /// The signer may open the dashboard of the mesh, as this member (empty for an owner
+    /// key that is not also a member key).
+    Viewer {
+        member_id: String,
+    },
     /// Done; nothing to report (revoke an invite, remove a member).
     Done,
 }
@@ -174,6 +185,17 @@ impl Engine {
             AdminCommand::ListMembers { mesh_id, signed } => self
                 .list_mesh_members(&mesh_id, &signed)
                 .map(AdminReply::Members),
+            AdminCommand::DashboardLogin { mesh_id, signed } => self
+                .mesh_standing(&mesh_id, &signed.signer_pubkey, Standing::Member)
+                .map(|mesh| {
+                    mesh.member_by_key(&signed.signer_pubkey)
+                        .map(|m| m.id.clone())
+                        .unwrap_or_default()
+                })
+                .and_then(|member_id| {
+                    self.fresh(&signed)?;
+                    Ok(AdminReply::Viewer { member_id })
+                }),
             AdminCommand::RemoveMember {
                 mesh_id,
                 member_id,
@@ -436,6 +458,11 @@ impl Engine {
     /// Close every connection of a removed member here, once the batch commits: 4002 for
     /// a revoked member, 4001 for a kicked one.
     pub(super) fn close_member(&mut self, mesh_id: &str, member_id: &str, removal: Removal) {
+        self.mesh_changed(mesh_id);
+        self.changes.note(super::Change::Removed {
+            mesh_id: mesh_id.to_owned(),
+            member_id: member_id.to_owned(),
+        });
         let (code, reason) = match removal {
             Removal::Revoked => (close::REVOKED, RemoveMode::Revoke.as_str()),
             Removal::Kicked => (close::KICKED, RemoveMode::Kick.as_str()),

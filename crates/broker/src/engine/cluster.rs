@@ -271,6 +271,7 @@ impl Engine {
     /// Write this node's row of `key` as the local presence now is (or delete it when
     /// there is none), and announce it.
     pub(super) fn publish(&mut self, mesh_id: &str, key: &str) {
+        self.mesh_changed(mesh_id);
         let Some(node_id) = self.node_id() else {
             return;
         };
@@ -598,6 +599,7 @@ impl Engine {
     }
 
     fn remote_presence(&mut self, node: i64, mesh_id: &str, key: &str, row: Option<PresenceRow>) {
+        self.mesh_changed(mesh_id);
         let Some(before) = self.dir.mesh(mesh_id).map(|m| m.present(key)) else {
             return;
         };

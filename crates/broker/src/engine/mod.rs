@@ -20,6 +20,7 @@
 mod admin;
 mod attach;
 pub(crate) mod cluster;
+mod dashboard;
 mod delivery;
 mod directory;
 pub(crate) mod join;
@@ -48,6 +49,7 @@ use claudemesh_proto::time::now_ms;
 
 pub use admin::{AdminCommand, AdminReply};
 pub use cluster::ClusterEvent;
+pub use dashboard::{Change, MeshView};
 pub use delivery::Delivery;
 use directory::Directory;
 pub use reply::{Budget, MAX_AWAITING_REPLIES, ReplySlot, Request};
@@ -158,6 +160,12 @@ pub enum Command {
     },
     /// What another node announced (see `cluster.rs`).
     Cluster(ClusterEvent),
+    /// A mesh as the dashboard shows it to `viewer` (a member key), if it still may see it.
+    Dashboard {
+        mesh_id: String,
+        viewer: String,
+        reply: oneshot::Sender<Result<MeshView, Refusal>>,
+    },
 }
 
 /// What a reply becomes when its batch did not commit: an ack refused as `unavailable`
@@ -218,6 +226,7 @@ enum TimerKind {
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
     tx: flume::Sender<Command>,
+    changes: tokio::sync::broadcast::Sender<Change>,
 }
 
 /// The engine has stopped (the broker is shutting down).
@@ -225,6 +234,11 @@ pub struct EngineHandle {
 pub struct Stopped;
 
 impl EngineHandle {
+    /// Follow the changes dashboards re-read for (sent after their batch commits).
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
     /// The inbox itself, for a thread that is not async (the cluster listener).
     pub(crate) fn sender(&self) -> flume::Sender<Command> {
         self.tx.clone()
@@ -272,25 +286,29 @@ pub async fn start(
 ) -> Result<(EngineHandle, std::thread::JoinHandle<()>, Option<i64>), claudemesh_store::StoreError>
 {
     let (tx, rx) = flume::bounded(INBOX_CAPACITY);
+    let (changes, _) = tokio::sync::broadcast::channel(dashboard::CHANGES_CAPACITY);
+    let engine_changes = changes.clone();
     let (loaded_tx, loaded) = oneshot::channel();
     let config = config.clone();
     let thread = std::thread::Builder::new()
         .name("claudemesh-engine".into())
-        .spawn(move || match Engine::new(store, &config, metrics) {
-            Ok(mut engine) => {
-                let _ = loaded_tx.send(Ok(engine.node_id()));
-                engine.run(&rx);
-            }
-            Err(e) => {
-                let _ = loaded_tx.send(Err(e));
-            }
-        })
+        .spawn(
+            move || match Engine::new(store, &config, metrics, engine_changes) {
+                Ok(mut engine) => {
+                    let _ = loaded_tx.send(Ok(engine.node_id()));
+                    engine.run(&rx);
+                }
+                Err(e) => {
+                    let _ = loaded_tx.send(Err(e));
+                }
+            },
+        )
         .map_err(|e| claudemesh_store::StoreError::Open {
             path: "engine thread".into(),
             reason: e.to_string(),
         })?;
     match loaded.await {
-        Ok(Ok(node)) => Ok((EngineHandle { tx }, thread, node)),
+        Ok(Ok(node)) => Ok((EngineHandle { tx, changes }, thread, node)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(claudemesh_store::StoreError::Open {
             path: "engine thread".into(),
@@ -323,6 +341,8 @@ pub(crate) struct Engine {
     batch_failed: bool,
     /// Acks of in-flight deliveries in this batch, written with one statement.
     pending_acks: Vec<i64>,
+    /// What open dashboards should re-read once this batch commits.
+    changes: dashboard::Changes,
     /// Non-retired session identities one member may have (see `sessions.rs`).
     sessions_per_member: usize,
     /// Pushes of one delivery on one connection before it parks (see `delivery.rs`).
@@ -351,6 +371,7 @@ impl Engine {
         mut store: Box<dyn Store>,
         config: &BrokerConfig,
         metrics: Arc<Metrics>,
+        changes: tokio::sync::broadcast::Sender<Change>,
     ) -> Result<Self, claudemesh_store::StoreError> {
         let dir = Directory::load(store.as_mut())?;
         let queue_depth = store.queue_depth(now_ms())?;
@@ -361,6 +382,7 @@ impl Engine {
             TimerKind::Purge,
         )));
         let mut engine = Self {
+            changes: dashboard::Changes::new(changes),
             store,
             dir,
             conns: HashMap::new(),
@@ -502,6 +524,13 @@ impl Engine {
                 let _ = reply.send((ok, self.nodes_up()));
             }
             Command::Cluster(ev) => self.on_cluster(ev),
+            Command::Dashboard {
+                mesh_id,
+                viewer,
+                reply,
+            } => {
+                let _ = reply.send(self.mesh_view(&mesh_id, &viewer));
+            }
         }
     }
 
@@ -532,6 +561,9 @@ impl Engine {
                 let _ = reply.send(Err(down()));
             }
             Command::Admin { reply, .. } => {
+                let _ = reply.send(Err(down()));
+            }
+            Command::Dashboard { reply, .. } => {
                 let _ = reply.send(Err(down()));
             }
             Command::Health { reply } => {
@@ -668,6 +700,7 @@ impl Engine {
                 .inc_by(commands as u64);
         }
         self.db_healthy = committed && !self.stale;
+        self.changes.finish(committed);
         if committed && self.reset_in_batch {
             self.reset_presences = false;
         }

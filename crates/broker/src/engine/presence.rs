@@ -14,7 +14,7 @@ use claudemesh_proto::limits;
 
 use super::cluster::PresenceData;
 use super::delivery::Mailbox;
-use super::directory::{Presence, groups_json, parse_groups};
+use super::directory::{Mesh, Presence, groups_json, parse_groups};
 use super::{ConnId, Engine, ReplySlot, TimerKind};
 use claudemesh_proto::time::{iso8601, now_ms};
 
@@ -148,14 +148,7 @@ impl Engine {
         let Some(mesh) = self.dir.mesh(mesh_id) else {
             return self.reply_error(conn, slot, Code::Unauthorized, NO_MESH, req_id);
         };
-        let mut peers: Vec<PeerInfo> = mesh
-            .presences
-            .values()
-            .filter(|p| !p.conns.is_empty())
-            .map(|p| PresenceData::of(p).peer_info(&p.key, self.v1_only))
-            .collect();
-        // Live on other nodes (several nodes on one database).
-        peers.extend(self.remote_peers(mesh));
+        let peers = self.peer_infos(mesh);
         self.reply(
             conn,
             slot,
@@ -173,6 +166,26 @@ impl Engine {
         let Some(mesh) = self.dir.mesh(mesh_id) else {
             return self.reply_error(conn, slot, Code::Unauthorized, NO_MESH, req_id);
         };
+        let members = self.member_infos(mesh);
+        let list = MembersList { members, req_id };
+        self.reply(conn, slot, BrokerFrame::MembersList(list));
+    }
+
+    /// The live peers of a mesh, on this node and the others (`list_peers`).
+    pub(super) fn peer_infos(&self, mesh: &Mesh) -> Vec<PeerInfo> {
+        let mut peers: Vec<PeerInfo> = mesh
+            .presences
+            .values()
+            .filter(|p| !p.conns.is_empty())
+            .map(|p| PresenceData::of(p).peer_info(&p.key, self.v1_only))
+            .collect();
+        // Live on other nodes (several nodes on one database).
+        peers.extend(self.remote_peers(mesh));
+        peers
+    }
+
+    /// The members of a mesh and their sessions, with how each is reached (`list_members`).
+    pub(super) fn member_infos(&self, mesh: &Mesh) -> Vec<MemberInfo> {
         let reach = |key: &str| {
             Some(
                 match mesh.presences.get(key).filter(|p| !p.conns.is_empty()) {
@@ -232,8 +245,7 @@ impl Engine {
             });
         }
         members.sort_by(|a, b| a.pubkey.cmp(&b.pubkey));
-        let list = MembersList { members, req_id };
-        self.reply(conn, slot, BrokerFrame::MembersList(list));
+        members
     }
 
     pub(super) fn set_status(&mut self, mesh_id: &str, key: &str, status: Status) {

@@ -159,6 +159,16 @@ bare_signed!(
     },
     "invite_id"
 );
+bare_signed!(
+    DashboardLogin,
+    AdminAction::DashboardLogin,
+    |path, signed| {
+        AdminCommand::DashboardLogin {
+            mesh_id: path.get("mesh_id").to_owned(),
+            signed,
+        }
+    },
+);
 bare_signed!(ListMembers, AdminAction::ListMembers, |path, signed| {
     AdminCommand::ListMembers {
         mesh_id: path.get("mesh_id").to_owned(),
@@ -182,6 +192,7 @@ pub async fn handle<T: SignedBody>(
         AdminReply::InviteRegistered(r) => axum::Json(r).into_response(),
         AdminReply::Invites(r) => axum::Json(r).into_response(),
         AdminReply::Members(r) => axum::Json(r).into_response(),
+        AdminReply::Viewer { .. } => axum::Json(serde_json::json!({ "ok": true })).into_response(),
         AdminReply::Done => axum::Json(serde_json::json!({ "ok": true })).into_response(),
     })
 }

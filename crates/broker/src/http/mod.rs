@@ -7,6 +7,7 @@
 //! [`EngineHandle::request`]: crate::engine::EngineHandle::request
 
 mod admin;
+pub mod dashboard;
 mod error;
 mod join;
 mod ops;
@@ -52,6 +53,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/api/meshes/{mesh_id}/members/{member_id}/remove",
             post(handle::<RemoveMemberRequest>),
         )
+        .merge(dashboard::routes())
         .layer(DefaultBodyLimit::max(limits::MAX_FRAME_BYTES))
         .with_state(shared)
 }
@@ -82,16 +84,18 @@ pub enum AdminRoute {
     RevokeInvite,
     ListMembers,
     RemoveMember,
+    DashboardLogin,
 }
 
 impl AdminRoute {
-    pub const ALL: [AdminRoute; 6] = [
+    pub const ALL: [AdminRoute; 7] = [
         AdminRoute::CreateMesh,
         AdminRoute::RegisterInvite,
         AdminRoute::ListInvites,
         AdminRoute::RevokeInvite,
         AdminRoute::ListMembers,
         AdminRoute::RemoveMember,
+        AdminRoute::DashboardLogin,
     ];
 
     /// What the route's extractor does once path and body are read (parse, stateless
@@ -122,6 +126,9 @@ impl AdminRoute {
             }
             AdminRoute::RemoveMember => {
                 Verified::<RemoveMemberRequest>::from_body(path, body, config, now).map(drop)
+            }
+            AdminRoute::DashboardLogin => {
+                Verified::<admin::DashboardLogin>::from_body(path, body, config, now).map(drop)
             }
         }
     }

@@ -247,3 +247,35 @@ pub(super) async fn remove(ctx: &Ctx, who: &str, mode: RemoveMode) -> anyhow::Re
     );
     Ok(())
 }
+
+/// `dashboard`: a single-use sign-in link for the broker's dashboard of this mesh,
+/// printed (`--print`, or when no browser can be started) or opened in the browser.
+pub(super) async fn dashboard(ctx: &Ctx, print: bool) -> anyhow::Result<()> {
+    let entry = ctx.entry()?;
+    let url = Admin::new(entry)?.dashboard_login().await?;
+    let opened = !print && open_browser(&url);
+    out(ctx.json, &json!({ "url": url, "opened": opened }), || {
+        if opened {
+            format!("opened the dashboard of {} in your browser", entry.slug)
+        } else {
+            url.clone()
+        }
+    });
+    Ok(())
+}
+
+/// Start the platform's URL opener; whether it started.
+fn open_browser(url: &str) -> bool {
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .is_ok()
+}

@@ -10,6 +10,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod browser;
 pub mod pki;
 
 use std::process::Output;

@@ -1,0 +1,441 @@
+//! The dashboard (extension `dashboard`), served by the broker under `/dashboard` from
+//! assets compiled into the binary. A member signs in from the CLI: a request signed
+//! with the member key (`dashboard_login`, the admin canonical string) obtains a
+//! single-use code, the browser spends it at `/dashboard/login` for a session cookie
+//! (HttpOnly, SameSite=Strict, Secure under TLS). Pages are rendered on the server
+//! (`page`), then kept live by an SSE stream of the mesh's view, re-read from the engine
+//! whenever a batch that changed the mesh commits. Every read checks the viewer's
+//! standing, so a removed member's pages and stream stop at once. Every response
+//! carries a strict Content-Security-Policy; state-changing requests need the session's
+//! CSRF token and a same-origin `Origin`.
+
+mod page;
+pub mod session;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use claudemesh_proto::codes::Code;
+use futures_util::Stream;
+use serde::Serialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::admin::DashboardLogin;
+use super::error::HttpError;
+use super::signed::{SignedBody, Verified};
+use crate::engine::{AdminReply, Change, Command, MeshView};
+use crate::refusal::Refusal;
+use crate::state::Shared;
+use session::{Session, Viewer};
+
+/// The session cookie.
+const COOKIE: &str = "claudemesh_dashboard";
+/// The policy every dashboard response carries: only this origin's script and style,
+/// no inline code, no framing, forms and connections to this origin only.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// How long changes are gathered before one view is sent.
+const COALESCE: Duration = Duration::from_millis(100);
+
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/dashboard", get(index))
+        .route("/dashboard/login", get(login))
+        .route("/dashboard/logout", post(logout))
+        .route("/dashboard/m/{mesh_id}", get(mesh_page))
+        .route("/dashboard/m/{mesh_id}/events", get(events))
+        .route(
+            "/dashboard/assets/app.js",
+            get(|| asset(APP_JS, "text/javascript")),
+        )
+        .route(
+            "/dashboard/assets/app.css",
+            get(|| asset(APP_CSS, "text/css")),
+        )
+        .route("/api/meshes/{mesh_id}/dashboard/login", post(login_code))
+        .layer(axum::middleware::map_response(secure_headers))
+}
+
+async fn secure_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn asset(body: &'static str, kind: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// End this node's sessions of members the engine reports removed, until shutdown.
+pub async fn follow_removals(shared: Arc<Shared>) {
+    let mut changes = shared.engine.changes();
+    loop {
+        let change = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            c = changes.recv() => c,
+        };
+        match change {
+            Ok(Change::Removed { mesh_id, member_id }) => {
+                shared.dashboard.end_member(&mesh_id, &member_id);
+            }
+            Ok(Change::Mesh(_)) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LoginCode {
+    ok: bool,
+    code: String,
+    /// Where the browser spends it (relative to the broker's HTTP URL).
+    path: String,
+    expires_in_secs: u64,
+}
+
+/// `POST /api/meshes/{mesh_id}/dashboard/login`, signed by a member key.
+async fn login_code(
+    State(shared): State<Arc<Shared>>,
+    v: Verified<DashboardLogin>,
+) -> Result<Response, HttpError> {
+    let mesh_id = v.path.get("mesh_id").to_owned();
+    let pubkey = v.body.signed().signer_pubkey.clone();
+    let cmd = v.body.command(&v.path);
+    let reply = shared
+        .engine
+        .request(|reply| Command::Admin { cmd, reply })
+        .await??;
+    let AdminReply::Viewer { member_id } = reply else {
+        return Err(Refusal::new(Code::Internal, "unexpected engine reply").into());
+    };
+    let code = shared
+        .dashboard
+        .issue_code(Viewer {
+            mesh_id,
+            pubkey,
+            member_id,
+        })
+        .map_err(|e| Refusal::new(Code::RateLimited, e.to_string()))?;
+    Ok(axum::Json(LoginCode {
+        ok: true,
+        path: format!("/dashboard/login?code={code}"),
+        code,
+        expires_in_secs: session::CODE_TTL.as_secs(),
+    })
+    .into_response())
+}
+
+fn notice(status: StatusCode, title: &str, text: &str) -> Response {
+    (status, Html(page::notice(title, text))).into_response()
+}
+
+/// The session token in the request's cookie.
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn session(shared: &Shared, headers: &HeaderMap) -> Option<(String, Session)> {
+    let id = cookie(headers)?;
+    let s = shared.dashboard.get(&id)?;
+    Some((id, s))
+}
+
+/// Whether the browser reached us over TLS (here, or at a trusted proxy).
+fn secure(shared: &Shared, headers: &HeaderMap) -> bool {
+    shared.config.tls.is_some()
+        || (shared.config.trust_proxy
+            && headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("https")))
+}
+
+fn set_cookie(value: &str, max_age: u64, secure: bool) -> String {
+    format!(
+        "{COOKIE}={value}; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// `GET /dashboard`: the signed-in mesh, or how to sign in.
+async fn index(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    match session(&shared, &headers) {
+        Some((_, s)) => Redirect::to(&mesh_path(&s.viewer.mesh_id)).into_response(),
+        None => notice(
+            StatusCode::OK,
+            "Not signed in",
+            "Members sign in with their key, from the machine that holds it.",
+        ),
+    }
+}
+
+fn mesh_path(mesh_id: &str) -> String {
+    // Mesh ids are broker-made (URL-safe); anything else would not match a route.
+    format!("/dashboard/m/{mesh_id}")
+}
+
+/// `GET /dashboard/login?code=…`: spend a code, set the session cookie.
+async fn login(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let code = q.get("code").map(String::as_str).unwrap_or_default();
+    match shared.dashboard.redeem(code) {
+        Ok(Some((id, s))) => {
+            let cookie = set_cookie(
+                &id,
+                session::SESSION_TTL.as_secs(),
+                secure(&shared, &headers),
+            );
+            let mut r = Redirect::to(&mesh_path(&s.viewer.mesh_id)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Ok(None) => notice(
+            StatusCode::BAD_REQUEST,
+            "This sign-in link is spent",
+            "A sign-in link works once, within a minute of being made.",
+        ),
+        Err(e) => notice(StatusCode::SERVICE_UNAVAILABLE, "Try again", &e.to_string()),
+    }
+}
+
+/// Whether a state-changing request comes from this origin with the session's token.
+fn csrf_ok(headers: &HeaderMap, session: &Session, token: Option<&String>) -> bool {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_ok = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        // Not every browser sends it on a same-origin form post (and "null" is what a
+        // no-referrer policy makes of it, which is why the pages use `same-origin`).
+        None => true,
+        Some(origin) => host.is_some_and(|h| {
+            origin
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(h))
+        }),
+    };
+    let token_ok = token.is_some_and(|t| {
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            t.as_bytes(),
+            session.csrf.as_bytes(),
+        ))
+    });
+    origin_ok && token_ok
+}
+
+/// `POST /dashboard/logout` (form field `csrf`).
+async fn logout(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<HashMap<String, String>>,
+) -> Response {
+    let Some((id, s)) = session(&shared, &headers) else {
+        return notice(
+            StatusCode::UNAUTHORIZED,
+            "Not signed in",
+            "There is no session to end.",
+        );
+    };
+    if !csrf_ok(&headers, &s, form.get("csrf")) {
+        return notice(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "This request did not carry the page's CSRF token.",
+        );
+    }
+    shared.dashboard.end(&id);
+    let mut r = notice(StatusCode::OK, "Signed out", "This browser is signed out.");
+    if let Ok(v) = HeaderValue::from_str(&set_cookie("", 0, secure(&shared, &headers))) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// The view of `mesh_id` for this session, or the response that refuses it.
+async fn view_for(
+    shared: &Shared,
+    headers: &HeaderMap,
+    mesh_id: &str,
+) -> Result<(Session, MeshView), Response> {
+    let Some((id, s)) = session(shared, headers) else {
+        return Err(notice(
+            StatusCode::UNAUTHORIZED,
+            "Not signed in",
+            "Your session has ended or this browser never signed in.",
+        ));
+    };
+    if s.viewer.mesh_id != mesh_id {
+        return Err(notice(
+            StatusCode::FORBIDDEN,
+            "Another mesh",
+            "This session is for another mesh; sign in with --mesh to see this one.",
+        ));
+    }
+    match mesh_view(shared, &s.viewer).await {
+        Ok(view) => Ok((s, view)),
+        Err(refusal) => {
+            if refusal.code == Code::Unauthorized {
+                shared.dashboard.end(&id);
+            }
+            Err(notice(
+                StatusCode::FORBIDDEN,
+                "Signed out",
+                &refusal.message,
+            ))
+        }
+    }
+}
+
+async fn mesh_view(shared: &Shared, viewer: &Viewer) -> Result<MeshView, Refusal> {
+    shared
+        .engine
+        .request(|reply| Command::Dashboard {
+            mesh_id: viewer.mesh_id.clone(),
+            viewer: viewer.pubkey.clone(),
+            reply,
+        })
+        .await
+        .map_err(|_| Refusal::shutting_down())?
+}
+
+/// `GET /dashboard/m/{mesh_id}`.
+async fn mesh_page(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(mesh_id): Path<String>,
+) -> Response {
+    match view_for(&shared, &headers, &mesh_id).await {
+        Ok((s, view)) => Html(page::mesh(&view, &s.csrf)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// What the event stream does next.
+enum Next {
+    View,
+    End(String),
+}
+
+/// `GET /dashboard/m/{mesh_id}/events`: `view` events (the whole view, JSON) when the
+/// mesh changes, and one `end` event when the session may no longer see it.
+async fn events(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(mesh_id): Path<String>,
+) -> Response {
+    let (s, first) = match view_for(&shared, &headers, &mesh_id).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let token = cookie(&headers).unwrap_or_default();
+    let changes = shared.engine.changes();
+    let state = (shared, s.viewer, token, changes, Some(first), false);
+    let stream = futures_util::stream::unfold(
+        state,
+        |(shared, viewer, token, mut changes, first, ended)| async move {
+            if ended {
+                return None;
+            }
+            if let Some(view) = first {
+                let (ev, _) = view_event(&view);
+                return Some((ev, (shared, viewer, token, changes, None, false)));
+            }
+            let next = loop {
+                let change = tokio::select! {
+                    () = shared.shutdown.cancelled() => return None,
+                    c = changes.recv() => c,
+                };
+                match change {
+                    Ok(Change::Mesh(m)) if m == viewer.mesh_id => break Next::View,
+                    Ok(Change::Removed { mesh_id, member_id })
+                        if mesh_id == viewer.mesh_id && member_id == viewer.member_id =>
+                    {
+                        break Next::End("this member was removed from the mesh".into());
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => break Next::View,
+                    Err(RecvError::Closed) => return None,
+                }
+            };
+            let next = match next {
+                Next::View if shared.dashboard.get(&token).is_none() => {
+                    Next::End("the session ended".into())
+                }
+                other => other,
+            };
+            let ev = match next {
+                Next::End(why) => end_event(&why),
+                Next::View => {
+                    tokio::time::sleep(COALESCE).await;
+                    while changes.try_recv().is_ok() {}
+                    match mesh_view(&shared, &viewer).await {
+                        Ok(view) => view_event(&view),
+                        Err(refusal) => end_event(&refusal.message),
+                    }
+                }
+            };
+            let ended = ev.1;
+            Some((ev.0, (shared, viewer, token, changes, None, ended)))
+        },
+    );
+    Sse::new(stream_ok(stream))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+fn stream_ok(s: impl Stream<Item = Event>) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::StreamExt::map(s, Ok)
+}
+
+/// A `view` event (and whether the stream ends after it: no).
+fn view_event(view: &MeshView) -> (Event, bool) {
+    let data = serde_json::to_string(view).unwrap_or_else(|_| "{}".into());
+    (Event::default().event("view").data(data), false)
+}
+
+/// The last event of a stream.
+fn end_event(why: &str) -> (Event, bool) {
+    (Event::default().event("end").data(why), true)
+}
