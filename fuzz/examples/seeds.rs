@@ -500,6 +500,12 @@ fn admin_seeds(seeds: &mut Vec<Seed>) {
             serde_json::to_vec(&sign(AdminRoute::ListMembers, MESH, &[])).unwrap(),
         ),
         (
+            "dashboard-login",
+            AdminRoute::DashboardLogin,
+            vec![("mesh_id", MESH)],
+            serde_json::to_vec(&sign(AdminRoute::DashboardLogin, MESH, &[])).unwrap(),
+        ),
+        (
             "remove-member",
             AdminRoute::RemoveMember,
             vec![("mesh_id", MESH), ("member_id", MEMBER_ID)],

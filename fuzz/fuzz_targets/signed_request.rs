@@ -140,7 +140,7 @@ fn structured(f: Fields) {
     let args: Vec<String> = match route {
         AdminRoute::CreateMesh => vec![f.slug.clone(), f.name.clone()],
         AdminRoute::RegisterInvite => vec![invite.invite_id(), f.max_uses.to_string()],
-        AdminRoute::ListInvites | AdminRoute::ListMembers => vec![],
+        AdminRoute::ListInvites | AdminRoute::ListMembers | AdminRoute::DashboardLogin => vec![],
         AdminRoute::RevokeInvite => vec![f.invite_id.clone()],
         AdminRoute::RemoveMember => vec![f.member_id.clone(), mode.as_str().to_owned()],
     };

@@ -265,6 +265,7 @@ pub fn action(route: AdminRoute) -> AdminAction {
         AdminRoute::RevokeInvite => AdminAction::RevokeInvite,
         AdminRoute::ListMembers => AdminAction::ListMembers,
         AdminRoute::RemoveMember => AdminAction::RemoveMember,
+        AdminRoute::DashboardLogin => AdminAction::DashboardLogin,
     }
 }
 
@@ -286,7 +287,7 @@ pub fn admin_args(
             let b: RegisterInviteRequest = serde_json::from_slice(body).ok()?;
             (b.signed, vec![b.invite.invite_id(), b.max_uses.to_string()])
         }
-        AdminRoute::ListInvites | AdminRoute::ListMembers => {
+        AdminRoute::ListInvites | AdminRoute::ListMembers | AdminRoute::DashboardLogin => {
             (serde_json::from_slice(body).ok()?, vec![])
         }
         AdminRoute::RevokeInvite => (serde_json::from_slice(body).ok()?, vec![get("invite_id")]),
