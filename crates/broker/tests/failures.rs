@@ -150,6 +150,9 @@ impl Store for Faulty {
     fn queue_depth(&mut self, now: i64) -> Result<i64> {
         self.inner.queue_depth(now)
     }
+    fn queue_depths(&mut self, mesh_id: &str, now: i64) -> Result<Vec<(String, i64)>> {
+        self.inner.queue_depths(mesh_id, now)
+    }
     fn drop_undelivered(&mut self, mesh_id: &str, recipient: &str, now: i64) -> Result<u64> {
         self.inner.drop_undelivered(mesh_id, recipient, now)
     }

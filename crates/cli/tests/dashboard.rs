@@ -2,7 +2,10 @@
 //! member signs in with `claudemesh dashboard --print`, sees the live peers, sees a peer
 //! arrive and leave without a reload, sees a summary with markup as text; the sign-in
 //! link works once; a state-changing request without the CSRF token is refused; a
-//! revoked member's page stops. Each test saves a screenshot under
+//! revoked member's page stops; a message shows in the traffic view as queued, then
+//! acked, and never its body; an owner revokes a member and an invite from the page (the
+//! member's socket closes with 4002, its own dashboard session stops), and a forged
+//! action without the CSRF token changes nothing. Each test saves a screenshot under
 //! `target/dashboard-screenshots/`.
 
 #![allow(
@@ -16,7 +19,7 @@ mod common;
 
 use std::time::Duration;
 
-use claudemesh_client::{ConnectOptions, Connection, Identity, Liveness};
+use claudemesh_client::{ConnectOptions, Connection, Failure, Identity, Liveness, State};
 use claudemesh_crypto::SecretKey;
 use claudemesh_proto::frames::PresenceInfo;
 use common::User;
@@ -60,6 +63,15 @@ async fn sign_in_link(user: &User) -> String {
     url
 }
 
+/// Wait until the page's event stream is live.
+async fn wait_live(browser: &Browser) {
+    browser
+        .wait_text("#live", Duration::from_secs(5), "the stream is live", |t| {
+            t == "live"
+        })
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_signs_in_and_sees_peers_arrive_and_leave_live() {
     let (b, _dir) = common::broker().await;
@@ -68,11 +80,7 @@ async fn a_member_signs_in_and_sees_peers_arrive_and_leave_live() {
     let link = sign_in_link(&alice).await;
     browser.goto(&link).await;
     assert!(browser.url().await.contains("/dashboard/m/"), "signed in");
-    browser
-        .wait_text("#live", Duration::from_secs(5), "the stream is live", |t| {
-            t == "live"
-        })
-        .await;
+    wait_live(&browser).await;
     assert!(!browser.text("#peers").await.unwrap().contains("bob"));
 
     // A peer arrives, with a summary that is markup: it shows as text, nothing runs.
@@ -179,11 +187,7 @@ async fn a_revoked_members_dashboard_stops_at_once() {
     let (owner, alice, _bob) = common::mesh(&b).await;
     let browser = Browser::start().await;
     browser.goto(&sign_in_link(&alice).await).await;
-    browser
-        .wait_text("#live", Duration::from_secs(5), "the stream is live", |t| {
-            t == "live"
-        })
-        .await;
+    wait_live(&browser).await;
     owner.ok(&["revoke", "alice"]).await;
     browser
         .wait_text("#live", Duration::from_secs(2), "the stream ends", |t| {
@@ -193,6 +197,224 @@ async fn a_revoked_members_dashboard_stops_at_once() {
     browser.screenshot("revoked").await;
     browser.goto(&format!("{}/dashboard", b.http_url())).await;
     assert_eq!(browser.text("h1").await.as_deref(), Some("Not signed in"));
+    browser.close().await;
+    b.shutdown().await;
+}
+
+/// The text of `column` (1-based) in the members row of the member identity `name`.
+async fn member_cell(browser: &Browser, name: &str, column: usize) -> String {
+    let v = browser
+        .eval(
+            "const row = [...document.querySelectorAll('#members tbody tr')].find(r => \
+               r.cells[0].textContent === arguments[0] && r.cells[1].textContent === 'member'); \
+             return row ? row.cells[arguments[1] - 1].textContent : null;",
+            json!([name, column]),
+        )
+        .await;
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_shows_a_message_queued_then_acked_and_never_its_body() {
+    let (b, _dir) = common::broker().await;
+    let (_owner, alice, bob) = common::mesh(&b).await;
+    let browser = Browser::start().await;
+    browser.goto(&sign_in_link(&alice).await).await;
+    wait_live(&browser).await;
+    let actions = browser
+        .eval(
+            "return document.querySelectorAll('#members td.actions form').length;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(actions, 0, "a member is offered no kick or revoke");
+    assert!(
+        browser.text("#invites").await.is_none(),
+        "a member sees no invites"
+    );
+
+    // Bob is offline: the message waits for him.
+    let secret = "the stripe webhook secret rotates on friday";
+    alice.ok(&["send", "bob", secret]).await;
+    let queued = browser
+        .wait_text("#traffic tbody", Duration::from_secs(2), "queued", |t| {
+            t.contains("alice") && t.contains("bob") && t.contains("queued") && t.contains("0/1")
+        })
+        .await;
+    assert_eq!(
+        member_cell(&browser, "bob", 7).await,
+        "1",
+        "bob's queue depth"
+    );
+    browser.click("#traffic details summary").await;
+    browser.screenshot("traffic-queued").await;
+
+    // Bob reads his inbox, which acks it.
+    let got = bob.json(&["inbox"]).await;
+    assert_eq!(got[0]["text"], secret, "{got}");
+    let acked = browser
+        .wait_text("#traffic tbody", Duration::from_secs(2), "acked", |t| {
+            t.contains("acked") && t.contains("1/1 acked") && !t.contains("queued")
+        })
+        .await;
+    eprintln!(
+        "traffic showed the message queued {queued:?} after sending, acked {acked:?} after the inbox read"
+    );
+    let details = browser
+        .text("#traffic details ul")
+        .await
+        .unwrap_or_default();
+    assert!(
+        details.contains("bob") && details.contains("acked"),
+        "the open details stay open and show bob's copy: {details:?}"
+    );
+    assert_eq!(member_cell(&browser, "bob", 7).await, "0");
+    browser.screenshot("traffic-acked").await;
+
+    let html = browser
+        .eval("return document.documentElement.outerHTML;", json!([]))
+        .await;
+    assert!(
+        !html.as_str().unwrap().contains("stripe webhook"),
+        "the broker's dashboard never shows a body"
+    );
+    browser.close().await;
+    b.shutdown().await;
+}
+
+/// A dashboard session made outside the browser: the cookie a sign-in link sets.
+async fn cookie_session(user: &User) -> String {
+    let link = sign_in_link(user).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http.get(&link).send().await.unwrap();
+    assert_eq!(r.status(), 303, "a sign-in redirects to the mesh");
+    r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_revokes_a_member_and_an_invite_from_the_page() {
+    let (b, _dir) = common::broker().await;
+    let (owner, alice, bob) = common::mesh(&b).await;
+    let spare = owner.ok(&["invite"]).await;
+    assert!(!spare.trim().is_empty(), "an invite link");
+    let bob_conn = live(&bob, "bob-session").await;
+    let bob_cookie = cookie_session(&bob).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let bob_page = |path: String| {
+        http.get(format!("{}{path}", b.http_url()))
+            .header("cookie", &bob_cookie)
+            .send()
+    };
+    assert_eq!(bob_page("/dashboard".into()).await.unwrap().status(), 303);
+
+    let browser = Browser::start().await;
+    browser.goto(&sign_in_link(&owner).await).await;
+    wait_live(&browser).await;
+    let command = browser.text("#invite-command").await.unwrap();
+    assert_eq!(
+        command,
+        "claudemesh invite --mesh acme-payments --role member --uses 1 --expires 7d"
+    );
+    let mesh_path = browser
+        .eval("return location.pathname;", json!([]))
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let member_id = |name: &str| {
+        let name = name.to_owned();
+        let browser = &browser;
+        async move {
+            browser
+                .eval(
+                    "const row = [...document.querySelectorAll('#members tbody tr')].find(r => \
+                       r.cells[0].textContent === arguments[0] && r.cells[1].textContent === 'member'); \
+                     return row.dataset.member;",
+                    json!([name]),
+                )
+                .await
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (alice_id, bob_id) = (member_id("alice").await, member_id("bob").await);
+
+    // A forged kick, same origin and cookie but without the page's token, does nothing.
+    let status = browser
+        .eval(
+            "return fetch(arguments[0], {method: 'POST', \
+               headers: {'content-type': 'application/x-www-form-urlencoded'}, body: 'csrf=forged'})\
+             .then(r => r.status);",
+            json!([format!("{mesh_path}/members/{alice_id}/kick")]),
+        )
+        .await;
+    assert_eq!(status, 403, "no CSRF token, no kick");
+    assert_eq!(
+        member_cell(&browser, "alice", 3).await,
+        "member",
+        "alice stays"
+    );
+
+    // The owner revokes bob from the page (and confirms).
+    browser
+        .click(&format!(
+            "#members tr[data-member='{bob_id}'] form[action$='/revoke'] button"
+        ))
+        .await;
+    browser.accept_dialog().await;
+    let closed = tokio::time::timeout(Duration::from_secs(2), bob_conn.closed()).await;
+    assert!(closed.is_ok(), "bob's socket closed within 2 s");
+    match bob_conn.state() {
+        State::Failed(Failure::Removed { close_code, .. }) => assert_eq!(close_code, 4002),
+        other => panic!("bob's connection ended as {other:?}, not closed with 4002"),
+    }
+    browser
+        .wait_text(
+            "#members tbody",
+            Duration::from_secs(2),
+            "bob is gone",
+            |t| !t.contains("bob") && t.contains("alice"),
+        )
+        .await;
+    let bob_after = bob_page(mesh_path.clone()).await.unwrap();
+    assert_eq!(bob_after.status(), 401, "bob's dashboard session ended");
+
+    // And revokes the spare invite.
+    browser
+        .wait_text(
+            "#invites tbody",
+            Duration::from_secs(2),
+            "the spare invite",
+            |t| t.contains("usable"),
+        )
+        .await;
+    browser
+        .click("#invites form[action$='/revoke'] button")
+        .await;
+    browser.accept_dialog().await;
+    browser
+        .wait_text(
+            "#invites tbody",
+            Duration::from_secs(2),
+            "the invite is revoked",
+            |t| t.contains("revoked") && !t.contains("usable"),
+        )
+        .await;
+    browser.screenshot("owner-actions").await;
+    let _ = alice;
     browser.close().await;
     b.shutdown().await;
 }

@@ -214,6 +214,9 @@ pub trait Store: Send + 'static {
     ) -> Result<Option<MessageDeliveries>>;
     /// Number of unacked, unexpired deliveries (the `broker_queue_depth` gauge).
     fn queue_depth(&mut self, now: i64) -> Result<i64>;
+    /// Unacked, unexpired deliveries per recipient of one mesh (the dashboard's queue
+    /// depths), recipients with none left out, in key order.
+    fn queue_depths(&mut self, mesh_id: &str, now: i64) -> Result<Vec<(String, i64)>>;
     /// Delete `recipient`'s unacked, unexpired deliveries in this mesh (a session identity
     /// retired: nobody will read them; expired ones go with the purge, and message bodies
     /// with the normal expiry). Returns how many: exactly what the queue depth counted.

@@ -102,6 +102,18 @@ pub fn conformance(store: &mut dyn Store) {
     assert!(s1 < s2 && s2 < s3);
     store.commit().unwrap();
     assert_eq!(store.queue_depth(10).unwrap(), 3);
+    assert_eq!(
+        store.queue_depths("m1", 10).unwrap(),
+        [(bob.clone(), 2), (carol.clone(), 1)]
+    );
+    assert!(store.queue_depths("other-mesh", 10).unwrap().is_empty());
+    assert!(
+        store
+            .queue_depths("m1", 1_000_000_000_000)
+            .unwrap()
+            .is_empty(),
+        "expired"
+    );
 
     // Pending is per (mesh, recipient), oldest first, after a cursor.
     let p: Vec<String> = store
@@ -144,6 +156,7 @@ pub fn conformance(store: &mut dyn Store) {
     );
     store.commit().unwrap();
     assert_eq!(store.queue_depth(10).unwrap(), 1);
+    assert_eq!(store.queue_depths("m1", 10).unwrap(), [(bob.clone(), 1)]);
 
     // Idempotent resend lookup.
     assert_eq!(

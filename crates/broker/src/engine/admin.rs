@@ -36,7 +36,7 @@ pub enum AdminCommand {
     RevokeInvite {
         mesh_id: String,
         invite_id: String,
-        signed: Signed,
+        actor: Actor,
     },
     ListMembers {
         mesh_id: String,
@@ -51,8 +51,27 @@ pub enum AdminCommand {
         mesh_id: String,
         member_id: String,
         mode: RemoveMode,
-        signed: Signed,
+        actor: Actor,
     },
+}
+
+/// Who asks for an admin action that changes something.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// A request signed now: its signature is spent (never accepted twice).
+    Signed(Signed),
+    /// A dashboard session of this key: its sign-in was a signed request, spent then;
+    /// the key's standing is checked again now, like a signed request's.
+    Session { pubkey: String },
+}
+
+impl Actor {
+    pub fn key(&self) -> &str {
+        match self {
+            Actor::Signed(s) => &s.signer_pubkey,
+            Actor::Session { pubkey } => pubkey,
+        }
+    }
 }
 
 impl AdminCommand {
@@ -134,6 +153,14 @@ impl Engine {
         Refusal::unavailable()
     }
 
+    /// Refuse a replayed signature of a signed actor (a session's was spent at sign-in).
+    fn fresh_actor(&mut self, actor: &Actor) -> Result<(), Refusal> {
+        match actor {
+            Actor::Signed(signed) => self.fresh(signed),
+            Actor::Session { .. } => Ok(()),
+        }
+    }
+
     /// Refuse a replayed admin signature (the HTTP layer already checked skew).
     fn fresh(&mut self, signed: &Signed) -> Result<(), Refusal> {
         let until = signed.timestamp + 2 * limits::MAX_CLOCK_SKEW_MS;
@@ -178,9 +205,9 @@ impl Engine {
             AdminCommand::RevokeInvite {
                 mesh_id,
                 invite_id,
-                signed,
+                actor,
             } => self
-                .revoke_invite(&mesh_id, &invite_id, &signed)
+                .revoke_invite(&mesh_id, &invite_id, &actor)
                 .map(|()| AdminReply::Done),
             AdminCommand::ListMembers { mesh_id, signed } => self
                 .list_mesh_members(&mesh_id, &signed)
@@ -200,9 +227,9 @@ impl Engine {
                 mesh_id,
                 member_id,
                 mode,
-                signed,
+                actor,
             } => self
-                .remove_member(&mesh_id, &member_id, mode, &signed)
+                .remove_member(&mesh_id, &member_id, mode, &actor)
                 .map(|()| AdminReply::Done),
         };
         self.reply_after_commit(reply, r);
@@ -301,6 +328,7 @@ impl Engine {
         self.store
             .upsert_invite(&row)
             .map_err(|e| self.unavailable(&e))?;
+        self.mesh_changed(mesh_id);
         Ok(RegisterInviteResponse {
             ok: true,
             invite_id: id,
@@ -338,9 +366,9 @@ impl Engine {
         &mut self,
         mesh_id: &str,
         invite_id: &str,
-        signed: &Signed,
+        actor: &Actor,
     ) -> Result<(), Refusal> {
-        self.mesh_standing(mesh_id, &signed.signer_pubkey, Standing::Admin)?;
+        self.mesh_standing(mesh_id, actor.key(), Standing::Admin)?;
         let exists = self
             .store
             .invite(invite_id)
@@ -352,12 +380,13 @@ impl Engine {
                 "no such invite in this mesh",
             ));
         }
-        self.fresh(signed)?;
+        self.fresh_actor(actor)?;
         // One statement: a concurrent claim of a use is never overwritten.
         self.store
             .revoke_invite(mesh_id, invite_id)
-            .map(|_| ())
-            .map_err(|e| self.unavailable(&e))
+            .map_err(|e| self.unavailable(&e))?;
+        self.mesh_changed(mesh_id);
+        Ok(())
     }
 
     fn list_mesh_members(
@@ -430,10 +459,10 @@ impl Engine {
         mesh_id: &str,
         member_id: &str,
         mode: RemoveMode,
-        signed: &Signed,
+        actor: &Actor,
     ) -> Result<(), Refusal> {
-        let mut member = self.may_remove(mesh_id, member_id, mode, &signed.signer_pubkey)?;
-        self.fresh(signed)?;
+        let mut member = self.may_remove(mesh_id, member_id, mode, actor.key())?;
+        self.fresh_actor(actor)?;
         let removal = Removal::from(mode);
         // One conditional statement decides (never the owner, never a downgrade), so a
         // second node cannot race it. When it changes nothing, the member already had

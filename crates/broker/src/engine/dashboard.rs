@@ -1,15 +1,22 @@
 //! What the dashboard reads from the engine: one mesh's members and live peers, built
-//! by the same code that answers `list_members` and `list_peers`, for a viewer whose
-//! standing is checked on every read (a removed member's dashboard stops at once); and
-//! the [`Change`]s it follows, sent after the batch that made them commits.
+//! by the same code that answers `list_members` and `list_peers`, with each identity's
+//! queue depth, the mesh's recent traffic (`traffic.rs`) and, for owners and admins, its
+//! invites; for a viewer whose standing is checked on every read (a removed member's
+//! dashboard stops at once); and the [`Change`]s it follows, sent after the batch that
+//! made them commits.
+
+use std::collections::HashMap;
 
 use claudemesh_proto::codes::Code;
 use claudemesh_proto::frames::{MemberInfo, PeerInfo};
+use claudemesh_proto::invite::InviteRole;
+use claudemesh_proto::time::{iso8601, now_ms};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::Engine;
 use super::admin::{Standing, standing};
+use super::traffic::MessageView;
 use crate::refusal::Refusal;
 
 /// Changes waiting for a slow dashboard before it must re-read everything (`Lagged`).
@@ -36,7 +43,38 @@ pub struct MeshView {
     pub viewer_member_id: String,
     pub viewer_name: String,
     pub peers: Vec<PeerInfo>,
-    pub members: Vec<MemberInfo>,
+    pub members: Vec<MemberView>,
+    /// Recent messages, newest first (metadata only).
+    pub traffic: Vec<MessageView>,
+    /// The mesh's invites, for owners and admins (who may revoke them); else empty.
+    pub invites: Vec<InviteView>,
+}
+
+/// A member or session identity, with what waits for it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberView {
+    #[serde(flatten)]
+    pub info: MemberInfo,
+    /// When the member joined (ISO 8601); absent for a session identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub joined_at: Option<String>,
+    /// Unacked, unexpired deliveries waiting for this identity.
+    pub queued: i64,
+}
+
+/// An invite as the page lists it (its link is not here: only the signer had it).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InviteView {
+    pub invite_id: String,
+    pub role: InviteRole,
+    pub uses: u32,
+    /// 0 = unlimited.
+    pub max_uses: u32,
+    pub expires_at: String,
+    /// `usable`, `used up`, `expired` or `revoked`.
+    pub state: &'static str,
 }
 
 impl Standing {
@@ -87,13 +125,67 @@ impl Engine {
         self.changes.note(Change::Mesh(mesh_id.to_owned()));
     }
 
-    /// The mesh as `viewer` (a member key) sees it, or why it may not.
+    /// The mesh as `viewer` (a member key) sees it, or why it may not. Reading it keeps
+    /// the mesh's traffic recorded (see `traffic.rs`).
     pub(super) fn mesh_view(&mut self, mesh_id: &str, viewer: &str) -> Result<MeshView, Refusal> {
         self.read_through(mesh_id, None);
         let refused = || Refusal::new(Code::Unauthorized, "not a member of this mesh any more");
+        let standing =
+            standing(self.dir.mesh(mesh_id).ok_or_else(refused)?, viewer).ok_or_else(refused)?;
+        self.watch_traffic(mesh_id);
+        let traffic = self.traffic_view(mesh_id);
+        let now = now_ms();
+        // Reads only: a failure shows as an empty list and never fails the batch.
+        let depths: HashMap<String, i64> = self
+            .store
+            .queue_depths(mesh_id, now)
+            .inspect_err(|e| tracing::warn!(error = %e, "reading queue depths failed"))
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let invites = if standing >= Standing::Admin {
+            self.store
+                .invites(mesh_id)
+                .inspect_err(|e| tracing::warn!(error = %e, "reading invites failed"))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let mesh = self.dir.mesh(mesh_id).ok_or_else(refused)?;
-        let standing = standing(mesh, viewer).ok_or_else(refused)?;
         let me = mesh.member_by_key(viewer);
+        let members = self
+            .member_infos(mesh)
+            .into_iter()
+            .map(|info| MemberView {
+                joined_at: (info.kind == "member")
+                    .then(|| mesh.members.get(&info.member_id))
+                    .flatten()
+                    .map(|m| iso8601(m.joined_at)),
+                queued: depths.get(&info.pubkey).copied().unwrap_or(0),
+                info,
+            })
+            .collect();
+        let now_s = now / 1_000;
+        let mut invites: Vec<InviteView> = invites
+            .into_iter()
+            .map(|r| InviteView {
+                state: if r.revoked {
+                    "revoked"
+                } else if r.expires_at <= now_s {
+                    "expired"
+                } else if r.max_uses != 0 && r.uses >= r.max_uses {
+                    "used up"
+                } else {
+                    "usable"
+                },
+                invite_id: r.id,
+                role: r.role,
+                uses: r.uses,
+                max_uses: r.max_uses,
+                expires_at: iso8601(r.expires_at.saturating_mul(1_000)),
+            })
+            .collect();
+        invites.sort_by_key(|i| i.state != "usable");
         Ok(MeshView {
             mesh_id: mesh.row.id.clone(),
             slug: mesh.row.slug.clone(),
@@ -102,7 +194,9 @@ impl Engine {
             viewer_member_id: me.map(|m| m.id.clone()).unwrap_or_default(),
             viewer_name: me.map(|m| m.display_name.clone()).unwrap_or_default(),
             peers: self.peer_infos(mesh),
-            members: self.member_infos(mesh),
+            members,
+            traffic,
+            invites,
         })
     }
 }

@@ -100,6 +100,11 @@ impl Mailbox {
         self.rescan = true;
     }
 
+    /// Whether the delivery with this seq was pushed on this connection and not acked.
+    pub fn pushed(&self, seq: i64) -> bool {
+        self.inflight.contains_key(&seq) || self.parked.contains_key(&seq)
+    }
+
     /// Whether the delivery with this seq is in the window (pending, in flight or parked).
     fn holds(&self, seq: i64) -> bool {
         self.inflight.contains_key(&seq)
@@ -355,6 +360,10 @@ impl Engine {
             })
             .collect();
         ack.message_id = message.message_id.clone();
+        self.traffic_stored(
+            &message,
+            stored.iter().map(|(key, d)| (key.as_str(), d.seq)),
+        );
         Metrics::inc(&self.metrics.messages_routed_total);
         self.queue_depth += stored.len() as i64;
         ack.queued = true;
@@ -430,6 +439,7 @@ impl Engine {
         }
 
         let mut pushed = 0u64;
+        let mut shown = Vec::new();
         let mut i = 0;
         while mb.inflight.len() < window && i < mb.pending.len() {
             let admitted = mb.pending.get(i).is_some_and(|d| status.admits(d.priority));
@@ -448,6 +458,9 @@ impl Engine {
                     pushes: 1,
                 },
             );
+            if !self.traffic.is_empty() {
+                shown.push(d.clone());
+            }
             self.effects.push(Effect::Out {
                 conn,
                 out: Outbound::Deliver(d),
@@ -459,6 +472,9 @@ impl Engine {
             now + lease
         });
         self.metrics.deliveries_pushed_total.inc_by(pushed);
+        for d in shown {
+            self.traffic_pushed(key, d.seq, &d.message);
+        }
         if let Some(at) = schedule {
             self.timer(
                 at,
@@ -522,6 +538,7 @@ impl Engine {
         mb.lease_timer = next;
         let n = repushed.len() as u64;
         for d in repushed {
+            self.traffic_pushed(key, d.seq, &d.message);
             self.effects.push(Effect::Out {
                 conn,
                 out: Outbound::Deliver(d),
@@ -586,6 +603,7 @@ impl Engine {
             (None, None) => None,
         };
         let Some(message_id) = message_id else { return };
+        self.traffic_acked(mesh_id, key, &message_id);
         self.queue_depth -= 1;
         Metrics::inc(&self.metrics.deliveries_acked_total);
         if let Some(mb) = self.mailbox(mesh_id, key) {

@@ -27,6 +27,7 @@ pub(crate) mod join;
 mod presence;
 mod reply;
 mod sessions;
+mod traffic;
 
 use claudemesh_proto::codes::Code;
 use std::cmp::Reverse;
@@ -47,12 +48,13 @@ use crate::metrics::Metrics;
 use crate::refusal::Refusal;
 use claudemesh_proto::time::now_ms;
 
-pub use admin::{AdminCommand, AdminReply};
+pub use admin::{Actor, AdminCommand, AdminReply};
 pub use cluster::ClusterEvent;
-pub use dashboard::{Change, MeshView};
+pub use dashboard::{Change, MemberView, MeshView};
 pub use delivery::Delivery;
 use directory::Directory;
 pub use reply::{Budget, MAX_AWAITING_REPLIES, ReplySlot, Request};
+pub use traffic::MessageView;
 
 /// Most commands applied in one transaction.
 pub const MAX_BATCH: usize = 4_096;
@@ -356,6 +358,8 @@ pub(crate) struct Engine {
     reset_in_batch: bool,
     /// Sends of this batch waiting to be stored together (see `delivery.rs`).
     queued_sends: Vec<delivery::QueuedSend>,
+    /// Recent messages of meshes a dashboard is watching (see `traffic.rs`).
+    traffic: traffic::Traffic,
 }
 
 /// An attached connection.
@@ -405,6 +409,7 @@ impl Engine {
             reset_presences: false,
             reset_in_batch: false,
             queued_sends: Vec::new(),
+            traffic: traffic::Traffic::default(),
         };
         engine.join_cluster(&config.node_name)?;
         Ok(engine)
@@ -475,6 +480,7 @@ impl Engine {
                         Err(e) => tracing::warn!(error = %e, "purge failed"),
                     }
                     self.retire_stale(ms);
+                    self.forget_traffic(false);
                     if let Ok(depth) = self.store.queue_depth(ms) {
                         self.queue_depth = depth;
                     }
@@ -729,6 +735,7 @@ impl Engine {
     /// connection (clients reconnect and everything unacked is pushed again) and reload.
     fn rebuild(&mut self) {
         let _ = self.store.rollback();
+        self.forget_traffic(true);
         // Every local presence goes with the rebuild; so must their shared rows.
         self.reset_presences = self.cluster.is_some();
         for (_, c) in self.conns.drain() {

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::error::HttpError;
 use super::signed::{PathIds, SignedBody, Verified};
 use crate::config::{BrokerConfig, MeshCreation};
-use crate::engine::{AdminCommand, AdminReply, Command};
+use crate::engine::{Actor, AdminCommand, AdminReply, Command};
 use crate::refusal::Refusal;
 use crate::state::Shared;
 
@@ -106,7 +106,7 @@ impl SignedBody for RemoveMemberRequest {
             mesh_id: path.get("mesh_id").to_owned(),
             member_id: path.get("member_id").to_owned(),
             mode: self.mode,
-            signed: self.signed,
+            actor: Actor::Signed(self.signed),
         }
     }
     fn signed(&self) -> &Signed {
@@ -155,7 +155,7 @@ bare_signed!(
     |path, signed| AdminCommand::RevokeInvite {
         mesh_id: path.get("mesh_id").to_owned(),
         invite_id: path.get("invite_id").to_owned(),
-        signed
+        actor: Actor::Signed(signed)
     },
     "invite_id"
 );

@@ -173,6 +173,21 @@ impl Browser {
         .await;
     }
 
+    /// Accept the `confirm()` dialog a click opened (waiting briefly for it to open).
+    pub async fn accept_dialog(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self
+                .call(reqwest::Method::POST, "/alert/accept", Some(json!({})))
+                .await;
+            if v.is_null() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no dialog to accept: {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn url(&self) -> String {
         self.call(reqwest::Method::GET, "/url", None)
             .await

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use claudemesh_proto::codes::{self, cap};
+use claudemesh_proto::codes::{self, cap, close};
 use claudemesh_proto::frames::{
     Ack, BrokerFrame, ClientFrame, GroupRef, HelloAck, Push, ReqId, Send, SetStatus, SetSummary,
     Status,
@@ -156,6 +156,8 @@ pub(super) struct Actor {
 enum Exit {
     Closed,
     Dropped,
+    /// Closed by the broker with 4001 or 4002: the member is no longer in the mesh.
+    Removed(u16, String),
 }
 
 /// Hello refusals that no retry can fix: the identity itself is not (or no longer)
@@ -202,6 +204,12 @@ impl Actor {
                     return;
                 }
                 Exit::Dropped => {}
+                Exit::Removed(close_code, reason) => {
+                    tracing::warn!(close_code, %reason, "removed from the mesh; not reconnecting");
+                    let failure = Failure::Removed { close_code, reason };
+                    let _ = self.state_tx.send(State::Failed(failure));
+                    return;
+                }
             }
             // A broker that drops us right after the hello must not be hammered.
             if since.elapsed() >= STABLE_AFTER {
@@ -411,6 +419,11 @@ impl Actor {
                     last_heard = tokio::time::Instant::now();
                     match msg {
                         Message::Text(t) => self.incoming(t.as_str()).await,
+                        Message::Close(Some(f))
+                            if matches!(u16::from(f.code), close::KICKED | close::REVOKED) =>
+                        {
+                            return Exit::Removed(u16::from(f.code), f.reason.to_string());
+                        }
                         Message::Close(_) => return Exit::Dropped,
                         _ => {}
                     }

@@ -190,6 +190,10 @@ pub enum Failure {
     /// The socket of a connection without reconnect (a one-shot command) closed.
     #[error("connection closed")]
     Dropped,
+    /// The member was removed from the mesh while connected: the broker closed the
+    /// socket with `close_code` 4001 (kicked) or 4002 (revoked). No retry can fix it.
+    #[error("removed from the mesh ({close_code}: {reason})")]
+    Removed { close_code: u16, reason: String },
 }
 
 /// A handle to the connection task. Dropping every handle closes the connection.
@@ -246,7 +250,9 @@ impl Connection {
                             message: message.clone(),
                         });
                     }
-                    State::Failed(Failure::Dropped) => return Err(ConnectError::Closed),
+                    State::Failed(Failure::Dropped | Failure::Removed { .. }) => {
+                        return Err(ConnectError::Closed);
+                    }
                     State::Connecting => {}
                 }
                 if state.changed().await.is_err() {

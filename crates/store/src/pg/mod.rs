@@ -826,6 +826,18 @@ impl Store for PgStore {
         .try_get(0)?)
     }
 
+    fn queue_depths(&mut self, mesh_id: &str, now: i64) -> Result<Vec<(String, i64)>> {
+        self.read(
+            "SELECT recipient, COUNT(*) FROM deliveries
+              WHERE acked_at IS NULL AND mesh_id = $1 AND expires_at > $2
+              GROUP BY recipient ORDER BY recipient",
+            &[&mesh_id, &now],
+        )?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+    }
+
     fn drop_undelivered(&mut self, mesh_id: &str, recipient: &str, now: i64) -> Result<u64> {
         self.exec(
             "DELETE FROM deliveries WHERE recipient = $1 AND mesh_id = $2 AND acked_at IS NULL

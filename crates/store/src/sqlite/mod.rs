@@ -506,6 +506,16 @@ impl Store for SqliteStore {
             .query_row(params![now], |r| r.get(0))?)
     }
 
+    fn queue_depths(&mut self, mesh_id: &str, now: i64) -> Result<Vec<(String, i64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT recipient, COUNT(*) FROM deliveries
+              WHERE acked_at IS NULL AND mesh_id = ?1 AND expires_at > ?2
+              GROUP BY recipient ORDER BY recipient",
+        )?;
+        let rows = stmt.query_map(params![mesh_id, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn drop_undelivered(&mut self, mesh_id: &str, recipient: &str, now: i64) -> Result<u64> {
         let n = self
             .tx()?

@@ -5,9 +5,11 @@
 //! (HttpOnly, SameSite=Strict, Secure under TLS). Pages are rendered on the server
 //! (`page`), then kept live by an SSE stream of the mesh's view, re-read from the engine
 //! whenever a batch that changed the mesh commits. Every read checks the viewer's
-//! standing, so a removed member's pages and stream stop at once. Every response
-//! carries a strict Content-Security-Policy; state-changing requests need the session's
-//! CSRF token and a same-origin `Origin`.
+//! standing, so a removed member's pages and stream stop at once. Owners and admins kick
+//! and revoke members and revoke invites with plain forms (the engine checks the
+//! session key's standing, as for a signed request). Every response carries a strict
+//! Content-Security-Policy; state-changing requests need the session's CSRF token and a
+//! same-origin `Origin`.
 
 mod page;
 pub mod session;
@@ -31,7 +33,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::admin::DashboardLogin;
 use super::error::HttpError;
 use super::signed::{SignedBody, Verified};
-use crate::engine::{AdminReply, Change, Command, MeshView};
+use crate::engine::{Actor, AdminCommand, AdminReply, Change, Command, MeshView};
 use crate::refusal::Refusal;
 use crate::state::Shared;
 use session::{Session, Viewer};
@@ -44,6 +46,8 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 /// How long changes are gathered before one view is sent.
 const COALESCE: Duration = Duration::from_millis(100);
+/// A quiet stream re-reads this often anyway (it keeps the mesh's traffic recorded).
+const REREAD: Duration = Duration::from_secs(60);
 
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
@@ -55,6 +59,14 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/dashboard/logout", post(logout))
         .route("/dashboard/m/{mesh_id}", get(mesh_page))
         .route("/dashboard/m/{mesh_id}/events", get(events))
+        .route(
+            "/dashboard/m/{mesh_id}/members/{member_id}/{mode}",
+            post(remove_member),
+        )
+        .route(
+            "/dashboard/m/{mesh_id}/invites/{invite_id}/revoke",
+            post(revoke_invite),
+        )
         .route(
             "/dashboard/assets/app.js",
             get(|| asset(APP_JS, "text/javascript")),
@@ -158,8 +170,32 @@ async fn login_code(
     .into_response())
 }
 
-fn notice(status: StatusCode, title: &str, text: &str) -> Response {
-    (status, Html(page::notice(title, text))).into_response()
+/// A page that only says something, with its status (a refusal, a sign-out).
+#[derive(Debug)]
+struct Notice {
+    status: StatusCode,
+    title: &'static str,
+    text: String,
+}
+
+impl Notice {
+    fn new(status: StatusCode, title: &'static str, text: &str) -> Self {
+        Self {
+            status,
+            title,
+            text: text.to_owned(),
+        }
+    }
+}
+
+impl IntoResponse for Notice {
+    fn into_response(self) -> Response {
+        (self.status, Html(page::notice(self.title, &self.text))).into_response()
+    }
+}
+
+fn notice(status: StatusCode, title: &'static str, text: &str) -> Response {
+    Notice::new(status, title, text).into_response()
 }
 
 /// The session token in the request's cookie.
@@ -271,26 +307,127 @@ async fn logout(
     headers: HeaderMap,
     axum::Form(form): axum::Form<HashMap<String, String>>,
 ) -> Response {
-    let Some((id, s)) = session(&shared, &headers) else {
-        return notice(
-            StatusCode::UNAUTHORIZED,
-            "Not signed in",
-            "There is no session to end.",
-        );
+    let id = match checked(&shared, &headers, &form) {
+        Ok((id, _)) => id,
+        Err(r) => return r.into_response(),
     };
-    if !csrf_ok(&headers, &s, form.get("csrf")) {
-        return notice(
-            StatusCode::FORBIDDEN,
-            "Refused",
-            "This request did not carry the page's CSRF token.",
-        );
-    }
     shared.dashboard.end(&id);
     let mut r = notice(StatusCode::OK, "Signed out", "This browser is signed out.");
     if let Ok(v) = HeaderValue::from_str(&set_cookie("", 0, secure(&shared, &headers))) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
+}
+
+/// A state-changing request: the signed-in session whose form carried its CSRF token
+/// (and the session's token), or the response that refuses it.
+fn checked(
+    shared: &Shared,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<(String, Session), Notice> {
+    let Some((id, s)) = session(shared, headers) else {
+        return Err(Notice::new(
+            StatusCode::UNAUTHORIZED,
+            "Not signed in",
+            "Your session has ended or this browser never signed in.",
+        ));
+    };
+    if !csrf_ok(headers, &s, form.get("csrf")) {
+        return Err(Notice::new(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "This request did not carry the page's CSRF token.",
+        ));
+    }
+    Ok((id, s))
+}
+
+/// [`checked`], for an action on `mesh_id`.
+fn acting(
+    shared: &Shared,
+    headers: &HeaderMap,
+    mesh_id: &str,
+    form: &HashMap<String, String>,
+) -> Result<Session, Notice> {
+    let (_, s) = checked(shared, headers, form)?;
+    if s.viewer.mesh_id != mesh_id {
+        return Err(Notice::new(
+            StatusCode::FORBIDDEN,
+            "Another mesh",
+            "This session is for another mesh.",
+        ));
+    }
+    Ok(s)
+}
+
+/// Run an admin command for a session; back to the mesh page when done.
+async fn act(shared: &Shared, mesh_id: &str, cmd: AdminCommand) -> Response {
+    let done = shared
+        .engine
+        .request(|reply| Command::Admin { cmd, reply })
+        .await
+        .map_err(|_| Refusal::shutting_down())
+        .and_then(|r| r);
+    match done {
+        Ok(_) => Redirect::to(&mesh_path(mesh_id)).into_response(),
+        Err(refusal) => {
+            let status = match refusal.code {
+                Code::Forbidden | Code::Unauthorized => StatusCode::FORBIDDEN,
+                Code::NotFound | Code::InviteNotFound | Code::MeshNotFound => StatusCode::NOT_FOUND,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            notice(status, "Not done", &refusal.message)
+        }
+    }
+}
+
+/// `POST /dashboard/m/{mesh_id}/members/{member_id}/{kick|revoke}` (form field `csrf`).
+async fn remove_member(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((mesh_id, member_id, mode)): Path<(String, String, String)>,
+    axum::Form(form): axum::Form<HashMap<String, String>>,
+) -> Response {
+    let s = match acting(&shared, &headers, &mesh_id, &form) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let mode = match mode.as_str() {
+        "kick" => claudemesh_proto::http::RemoveMode::Kick,
+        "revoke" => claudemesh_proto::http::RemoveMode::Revoke,
+        _ => return notice(StatusCode::NOT_FOUND, "No such action", "Kick or revoke."),
+    };
+    let cmd = AdminCommand::RemoveMember {
+        mesh_id: mesh_id.clone(),
+        member_id,
+        mode,
+        actor: Actor::Session {
+            pubkey: s.viewer.pubkey,
+        },
+    };
+    act(&shared, &mesh_id, cmd).await
+}
+
+/// `POST /dashboard/m/{mesh_id}/invites/{invite_id}/revoke` (form field `csrf`).
+async fn revoke_invite(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((mesh_id, invite_id)): Path<(String, String)>,
+    axum::Form(form): axum::Form<HashMap<String, String>>,
+) -> Response {
+    let s = match acting(&shared, &headers, &mesh_id, &form) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let cmd = AdminCommand::RevokeInvite {
+        mesh_id: mesh_id.clone(),
+        invite_id,
+        actor: Actor::Session {
+            pubkey: s.viewer.pubkey,
+        },
+    };
+    act(&shared, &mesh_id, cmd).await
 }
 
 /// The view of `mesh_id` for this session, or the response that refuses it.
@@ -358,8 +495,8 @@ enum Next {
     End(String),
 }
 
-/// `GET /dashboard/m/{mesh_id}/events`: `view` events (the whole view, JSON) when the
-/// mesh changes, and one `end` event when the session may no longer see it.
+/// `GET /dashboard/m/{mesh_id}/events`: `view` events (the page's [`page::Sections`],
+/// JSON) when the mesh changes, and one `end` event when the session may no longer see it.
 async fn events(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -371,20 +508,22 @@ async fn events(
     };
     let token = cookie(&headers).unwrap_or_default();
     let changes = shared.engine.changes();
-    let state = (shared, s.viewer, token, changes, Some(first), false);
+    let state = (shared, s, token, changes, Some(first), false);
     let stream = futures_util::stream::unfold(
         state,
-        |(shared, viewer, token, mut changes, first, ended)| async move {
+        |(shared, s, token, mut changes, first, ended)| async move {
             if ended {
                 return None;
             }
             if let Some(view) = first {
-                let (ev, _) = view_event(&view);
-                return Some((ev, (shared, viewer, token, changes, None, false)));
+                let (ev, _) = view_event(&view, &s.csrf);
+                return Some((ev, (shared, s, token, changes, None, false)));
             }
+            let viewer = &s.viewer;
             let next = loop {
                 let change = tokio::select! {
                     () = shared.shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(REREAD) => break Next::View,
                     c = changes.recv() => c,
                 };
                 match change {
@@ -410,14 +549,14 @@ async fn events(
                 Next::View => {
                     tokio::time::sleep(COALESCE).await;
                     while changes.try_recv().is_ok() {}
-                    match mesh_view(&shared, &viewer).await {
-                        Ok(view) => view_event(&view),
+                    match mesh_view(&shared, viewer).await {
+                        Ok(view) => view_event(&view, &s.csrf),
                         Err(refusal) => end_event(&refusal.message),
                     }
                 }
             };
             let ended = ev.1;
-            Some((ev.0, (shared, viewer, token, changes, None, ended)))
+            Some((ev.0, (shared, s, token, changes, None, ended)))
         },
     );
     Sse::new(stream_ok(stream))
@@ -430,8 +569,8 @@ fn stream_ok(s: impl Stream<Item = Event>) -> impl Stream<Item = Result<Event, I
 }
 
 /// A `view` event (and whether the stream ends after it: no).
-fn view_event(view: &MeshView) -> (Event, bool) {
-    let data = serde_json::to_string(view).unwrap_or_else(|_| "{}".into());
+fn view_event(view: &MeshView, csrf: &str) -> (Event, bool) {
+    let data = serde_json::to_string(&page::sections(view, csrf)).unwrap_or_else(|_| "{}".into());
     (Event::default().event("view").data(data), false)
 }
 

@@ -1,39 +1,18 @@
-// claudemesh dashboard: keeps a mesh page live from its event stream. Everything a peer
-// wrote is set with textContent, never parsed as HTML.
+// claudemesh dashboard: keeps a mesh page live from its event stream. The stream carries
+// the page's changing sections as HTML the server rendered (and escaped) exactly as it
+// rendered the page itself; this script swaps them in, keeps open message details open,
+// and asks before a kick or revoke is posted.
 "use strict";
 
-function cell(row, text, cls) {
-  const td = document.createElement("td");
-  td.textContent = text == null ? "" : String(text);
-  if (cls) td.className = cls;
-  row.appendChild(td);
+function swap(id, html) {
+  const tbody = document.querySelector("#" + id + " tbody");
+  if (!tbody || html == null) return;
+  const open = new Set([...tbody.querySelectorAll("details[open]")].map((d) => d.dataset.message));
+  tbody.innerHTML = html;
+  for (const d of tbody.querySelectorAll("details")) {
+    if (open.has(d.dataset.message)) d.open = true;
+  }
 }
-
-function fill(tbody, items, columns) {
-  const rows = items.map((item) => {
-    const tr = document.createElement("tr");
-    tr.dataset.key = item.pubkey;
-    for (const [get, cls] of columns) cell(tr, get(item), cls);
-    return tr;
-  });
-  tbody.replaceChildren(...rows);
-}
-
-const peerColumns = [
-  [(p) => p.displayName, "name"],
-  [(p) => p.status, "status"],
-  [(p) => p.summary || "", "summary"],
-  [(p) => p.peerRole],
-  [(p) => p.hostname || ""],
-  [(p) => p.reach || "live"],
-];
-const memberColumns = [
-  [(m) => m.displayName, "name"],
-  [(m) => m.kind],
-  [(m) => m.role],
-  [(m) => (m.online ? "online" : "offline")],
-  [(m) => m.lastSeen || "never"],
-];
 
 function live(main) {
   const status = document.getElementById("live");
@@ -41,10 +20,12 @@ function live(main) {
   events.addEventListener("open", () => { status.textContent = "live"; status.className = ""; });
   events.addEventListener("error", () => { status.textContent = "reconnecting…"; status.className = "down"; });
   events.addEventListener("view", (e) => {
-    const view = JSON.parse(e.data);
-    fill(document.querySelector("#peers tbody"), view.peers, peerColumns);
-    fill(document.querySelector("#members tbody"), view.members, memberColumns);
-    document.getElementById("peer-count").textContent = String(view.peers.length);
+    const s = JSON.parse(e.data);
+    swap("peers", s.peers);
+    swap("traffic", s.traffic);
+    swap("members", s.members);
+    swap("invites", s.invites);
+    document.getElementById("peer-count").textContent = String(s.peerCount);
   });
   events.addEventListener("end", (e) => {
     events.close();
@@ -57,4 +38,9 @@ function live(main) {
 document.addEventListener("DOMContentLoaded", () => {
   const main = document.getElementById("mesh");
   if (main) live(main);
+  // Forms that change something say what they will do first.
+  document.addEventListener("submit", (e) => {
+    const question = e.target.dataset && e.target.dataset.confirm;
+    if (question && !window.confirm(question)) e.preventDefault();
+  });
 });
