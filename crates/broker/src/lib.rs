@@ -9,11 +9,13 @@
 //! `auth` verifies hellos, `ratelimit` holds token buckets, `metrics` the counters.
 //! `fuzzing` (hidden) hands the fuzz targets in `fuzz/` the code that reads peer bytes.
 
+pub mod accounts;
 mod auth;
 mod cluster;
 pub mod config;
 mod conn;
 mod engine;
+mod figures;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
@@ -150,25 +152,43 @@ fn lock_database(db: &std::path::Path) -> Result<std::fs::File, StartError> {
 /// How long a taken SQLite lock file is retried before "another broker is using it".
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The SQLite file the config names, or `None` for PostgreSQL.
+fn sqlite_path(config: &BrokerConfig) -> Result<Option<std::path::PathBuf>, StartError> {
+    match config.database_url.as_deref() {
+        None => Ok(Some(config.data_dir.join("claudemesh.db"))),
+        Some(_) if config.backend() == "postgres" => Ok(None),
+        Some(url) => match url.strip_prefix("sqlite://") {
+            Some(path) => Ok(Some(path.into())),
+            None => Err(StartError::UnsupportedDatabase(redact_url(url))),
+        },
+    }
+}
+
 /// The store the config names: SQLite (a file under a lock file, held by the returned
 /// guard: one broker per file) or PostgreSQL (shared by any number of broker nodes).
 fn open_store(
     config: &BrokerConfig,
 ) -> Result<(Box<dyn Store>, Option<std::fs::File>), StartError> {
-    let path = match config.database_url.as_deref() {
-        None => config.data_dir.join("claudemesh.db"),
-        Some(url) if config.backend() == "postgres" => {
-            // Any number of nodes may share it (see engine/cluster.rs): no lock.
-            return Ok((Box::new(PgStore::open(url)?), None));
+    match (sqlite_path(config)?, config.database_url.as_deref()) {
+        (Some(path), _) => {
+            let lock = lock_database(&path)?;
+            Ok((Box::new(SqliteStore::open(&path)?), Some(lock)))
         }
-        Some(url) => match url.strip_prefix("sqlite://") {
-            Some(path) => path.into(),
-            None => return Err(StartError::UnsupportedDatabase(redact_url(url))),
-        },
-    };
-    let path: std::path::PathBuf = path;
-    let lock = lock_database(&path)?;
-    Ok((Box::new(SqliteStore::open(&path)?), Some(lock)))
+        // Any number of nodes may share it (see engine/cluster.rs): no lock.
+        (None, Some(url)) => Ok((Box::new(PgStore::open(url)?), None)),
+        (None, None) => Err(StartError::UnsupportedDatabase(String::new())),
+    }
+}
+
+/// Open the config's database without taking the SQLite lock file, for a short
+/// administrative change (operator accounts) beside a running broker: SQLite's own
+/// locking and busy timeout order the writes.
+pub fn open_store_unlocked(config: &BrokerConfig) -> Result<Box<dyn Store>, StartError> {
+    match (sqlite_path(config)?, config.database_url.as_deref()) {
+        (Some(path), _) => Ok(Box::new(SqliteStore::open(&path)?)),
+        (None, Some(url)) => Ok(Box::new(PgStore::open(url)?)),
+        (None, None) => Err(StartError::UnsupportedDatabase(String::new())),
+    }
 }
 
 /// Where the config's database is, fit to print (no password).
@@ -238,6 +258,9 @@ impl Broker {
             tasks: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
             dashboard: Default::default(),
+            figures: Default::default(),
+            logins: Default::default(),
+            password_work: Semaphore::new(2),
             started: Instant::now(),
         });
         shared
@@ -256,6 +279,9 @@ impl Broker {
             shared.config.max_unauthenticated_per_source
         };
         let admission = http::serve::Admission::new(shared.config.max_unauthenticated, per_source);
+        shared
+            .tasks
+            .spawn(figures::run(shared.clone(), admission.clone()));
         let (tasks, m) = (shared.tasks.clone(), shared.metrics.clone());
         let server = match &certs {
             Some(certs) => {

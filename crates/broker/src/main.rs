@@ -1,6 +1,8 @@
 //! `claudemesh-broker`: parse flags into a [`BrokerConfig`], start the broker, print the
-//! WebSocket URL, and shut down gracefully on SIGINT/SIGTERM.
+//! WebSocket URL, and shut down gracefully on SIGINT/SIGTERM; or, with `account`, manage
+//! the dashboard's operator accounts in the same database.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,15 +23,27 @@ use claudemesh_broker::{Broker, BrokerConfig, MeshCreation, Rate};
     about = "The claudemesh routing-only broker"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8787", env = "CLAUDEMESH_LISTEN")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:8787",
+        env = "CLAUDEMESH_LISTEN"
+    )]
     listen: SocketAddr,
     /// Directory for the SQLite database (default: ~/.claudemesh/broker).
-    #[arg(long, env = "CLAUDEMESH_DATA_DIR")]
+    #[arg(long, global = true, env = "CLAUDEMESH_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Database URL: postgres://USER[:PASSWORD]@HOST[:PORT]/DB, or sqlite:///path/to/file.db
     /// (default: SQLite in the data directory).
-    #[arg(long, env = "CLAUDEMESH_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "CLAUDEMESH_DATABASE_URL",
+        hide_env_values = true
+    )]
     database_url: Option<String>,
     /// This node's name in /health, the `node` label of /metrics and logs (default: the
     /// host name).
@@ -88,6 +102,93 @@ struct Args {
     /// The private key for --tls-cert (PEM).
     #[arg(long, env = "CLAUDEMESH_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Operator accounts of the web dashboard (in the broker's database; the broker may
+    /// be running).
+    #[command(subcommand)]
+    Account(Account),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Account {
+    /// Create an account and print its single-use setup link (valid 24 h), where its
+    /// password is chosen.
+    Add {
+        name: String,
+        /// Replace an existing account of this name (a forgotten password): its old
+        /// password stops working and a new setup link is printed.
+        #[arg(long)]
+        reset: bool,
+        /// The broker's address as browsers reach it (default: http://LISTEN, or https
+        /// with --tls-cert).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
+    /// List the accounts.
+    List,
+    /// Remove an account; its dashboard sessions end at once.
+    Remove { name: String },
+}
+
+/// `claudemesh-broker account …`.
+fn account(action: Account, config: &BrokerConfig) -> anyhow::Result<()> {
+    let mut store = claudemesh_broker::open_store_unlocked(config).with_context(|| {
+        format!(
+            "cannot open the database {}",
+            claudemesh_broker::describe_database(config)
+        )
+    })?;
+    let now = claudemesh_proto::time::now_ms();
+    let mut out = std::io::stdout().lock();
+    match action {
+        Account::Add { name, reset, url } => {
+            let token = claudemesh_broker::accounts::add(store.as_mut(), &name, reset, now)?;
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let base = url.unwrap_or_else(|| format!("{scheme}://{}", config.listen));
+            let base = base.trim_end_matches('/');
+            writeln!(
+                out,
+                "Account {name} is ready. Open this link within 24 hours to choose its \
+                 password (it works once):\n  {base}/dashboard/setup?account={name}&token={token}\n\
+                 Then sign in at {base}/dashboard/operator/login"
+            )?;
+        }
+        Account::List => {
+            let rows = store.operators()?;
+            if rows.is_empty() {
+                writeln!(
+                    out,
+                    "No operator accounts. Add one with: claudemesh-broker account add NAME"
+                )?;
+            }
+            for o in rows {
+                let state = match (&o.password_hash, o.setup_expires_at > now) {
+                    (Some(_), _) => "active".to_owned(),
+                    (None, true) => "waiting for its setup link".to_owned(),
+                    (None, false) => "setup link expired (add --reset)".to_owned(),
+                };
+                writeln!(
+                    out,
+                    "{:<24} {:<36} created {}",
+                    o.name,
+                    state,
+                    claudemesh_proto::time::iso8601(o.created_at)
+                )?;
+            }
+        }
+        Account::Remove { name } => {
+            claudemesh_broker::accounts::remove(store.as_mut(), &name)?;
+            writeln!(out, "Account {name} removed.")?;
+        }
+    }
+    Ok(())
 }
 
 fn parse_rate(spec: &str) -> anyhow::Result<(String, Rate)> {
@@ -232,7 +333,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let broker = Broker::spawn(config).await.context("starting the broker")?;
     // The URL on stdout is this binary's interface; a closed stdout must not kill the broker.
     {
-        use std::io::Write as _;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
@@ -268,7 +368,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Sub::Account(action)) = args.command.take() {
+        let done = config(args).and_then(|c| account(action, &c));
+        return match done {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("claudemesh-broker: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

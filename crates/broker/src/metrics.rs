@@ -22,6 +22,8 @@ pub struct Metrics {
     pub commits_total: Counter,
     pub commit_batch_frames_total: Counter,
     pub commit_failures_total: Counter,
+    /// Microseconds spent committing, across all group commits.
+    pub commit_micros_total: Counter,
     pub slow_consumers_total: Counter,
     pub rate_limited_total: Counter,
     pub hello_rejected_total: Counter,
@@ -50,6 +52,7 @@ impl Metrics {
             commits_total: Counter::default(),
             commit_batch_frames_total: Counter::default(),
             commit_failures_total: Counter::default(),
+            commit_micros_total: Counter::default(),
             slow_consumers_total: Counter::default(),
             rate_limited_total: Counter::default(),
             hello_rejected_total: Counter::default(),
@@ -110,6 +113,11 @@ impl Metrics {
                 "broker_commit_failures",
                 "Commits that failed",
                 &m.commit_failures_total,
+            ),
+            (
+                "broker_commit_micros",
+                "Microseconds spent in group commits (divide by broker_commits_total for the mean)",
+                &m.commit_micros_total,
             ),
             (
                 "broker_slow_consumers",

@@ -28,5 +28,11 @@ pub struct Shared {
     pub next_conn: AtomicU64,
     /// Dashboard sign-in codes and sessions (see `http::dashboard`).
     pub dashboard: crate::http::dashboard::session::Sessions,
+    /// The last hour of the broker's figures (the operators' dashboard).
+    pub figures: crate::figures::Figures,
+    /// Operator sign-in attempts (see `ratelimit.rs`).
+    pub logins: crate::ratelimit::LoginLimiter,
+    /// Password hashes computed at once (each takes ~20 MiB and tens of ms).
+    pub password_work: Semaphore,
     pub started: Instant,
 }

@@ -150,6 +150,21 @@ impl Store for Faulty {
     fn queue_depth(&mut self, now: i64) -> Result<i64> {
         self.inner.queue_depth(now)
     }
+    fn put_operator(&mut self, o: &claudemesh_store::OperatorRow) -> Result<()> {
+        self.inner.put_operator(o)
+    }
+    fn operator(&mut self, name: &str) -> Result<Option<claudemesh_store::OperatorRow>> {
+        self.inner.operator(name)
+    }
+    fn operators(&mut self) -> Result<Vec<claudemesh_store::OperatorRow>> {
+        self.inner.operators()
+    }
+    fn remove_operator(&mut self, name: &str) -> Result<bool> {
+        self.inner.remove_operator(name)
+    }
+    fn set_operator_password(&mut self, n: &str, s: &str, p: &str, now: i64) -> Result<bool> {
+        self.inner.set_operator_password(n, s, p, now)
+    }
     fn queue_depths(&mut self, mesh_id: &str, now: i64) -> Result<Vec<(String, i64)>> {
         self.inner.queue_depths(mesh_id, now)
     }

@@ -224,6 +224,25 @@ pub trait Store: Send + 'static {
     /// Delete expired messages, deliveries and replay records. Returns rows removed.
     fn purge_expired(&mut self, now: i64) -> Result<u64>;
 
+    // ---- operator accounts (the dashboard) ----
+    /// Create or replace an operator account (a reset replaces it whole).
+    fn put_operator(&mut self, operator: &OperatorRow) -> Result<()>;
+    fn operator(&mut self, name: &str) -> Result<Option<OperatorRow>>;
+    /// Every operator account, by name.
+    fn operators(&mut self) -> Result<Vec<OperatorRow>>;
+    /// Returns whether there was such an account.
+    fn remove_operator(&mut self, name: &str) -> Result<bool>;
+    /// Set the password of `name` and spend its setup token, in one conditional
+    /// statement: only while the token hashes to `setup_hash` and has not expired at
+    /// `now` (so a link is used once, also with several nodes). Returns whether it did.
+    fn set_operator_password(
+        &mut self,
+        name: &str,
+        setup_hash: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<bool>;
+
     // ---- replay protection ----
     /// Remember a signature until `expires_at`. Returns false if it was already seen.
     fn remember_signature(&mut self, signature: &str, expires_at: i64) -> Result<bool>;

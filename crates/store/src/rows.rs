@@ -28,6 +28,18 @@ pub struct MemberRow {
     pub removed: Option<Removal>,
 }
 
+/// An operator account of the dashboard. The password is stored only as an Argon2id PHC
+/// string; until it is chosen, only the SHA-256 (hex) of the single-use setup token is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorRow {
+    pub name: String,
+    pub password_hash: Option<String>,
+    pub setup_hash: Option<String>,
+    /// Milliseconds since the epoch; the setup token is void after it (0 = none).
+    pub setup_expires_at: i64,
+    pub created_at: i64,
+}
+
 /// A registered invite (the signed payload itself is never stored; only its id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InviteRow {

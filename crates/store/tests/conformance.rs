@@ -14,8 +14,8 @@ use claudemesh_proto::authority::{PeerKind, Removal, Role};
 use claudemesh_proto::frames::Priority;
 use claudemesh_proto::invite::InviteRole;
 use claudemesh_store::{
-    Claim, Inserted, InviteRow, MemberRow, MeshRow, MessageRow, NewDelivery, PeerRow, PgStore,
-    SqliteStore, Store, StoreError,
+    Claim, Inserted, InviteRow, MemberRow, MeshRow, MessageRow, NewDelivery, OperatorRow, PeerRow,
+    PgStore, SqliteStore, Store, StoreError,
 };
 use claudemesh_testdb::{PgServer, TestDb};
 
@@ -365,6 +365,67 @@ pub fn batched_acks(store: &mut dyn Store) {
     assert_eq!(left, ["b1"]);
 }
 
+/// Operator accounts: created with a setup token, the password set once through it (not
+/// with a wrong or expired token, not twice), listed, reset and removed.
+pub fn operator_accounts(store: &mut dyn Store) {
+    let fresh = |name: &str| OperatorRow {
+        name: name.into(),
+        password_hash: None,
+        setup_hash: Some(format!("setup-{name}")),
+        setup_expires_at: 1_000,
+        created_at: 5,
+    };
+    store.put_operator(&fresh("root")).unwrap();
+    store.put_operator(&fresh("ops")).unwrap();
+    store.commit().unwrap();
+    let names: Vec<String> = store
+        .operators()
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    assert_eq!(names, ["ops", "root"]);
+    assert_eq!(store.operator("root").unwrap(), Some(fresh("root")));
+    assert!(store.operator("nobody").unwrap().is_none());
+
+    assert!(
+        !store
+            .set_operator_password("root", "wrong", "h1", 10)
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_operator_password("root", "setup-root", "h1", 1_000)
+            .unwrap(),
+        "expired"
+    );
+    assert!(
+        store
+            .set_operator_password("root", "setup-root", "h1", 999)
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_operator_password("root", "setup-root", "h2", 999)
+            .unwrap(),
+        "spent"
+    );
+    store.commit().unwrap();
+    let root = store.operator("root").unwrap().unwrap();
+    assert_eq!(
+        (root.password_hash.as_deref(), root.setup_hash),
+        (Some("h1"), None)
+    );
+
+    // A reset replaces the account whole: the old password is gone.
+    store.put_operator(&fresh("root")).unwrap();
+    assert_eq!(store.operator("root").unwrap(), Some(fresh("root")));
+    assert!(store.remove_operator("ops").unwrap());
+    assert!(!store.remove_operator("ops").unwrap());
+    store.commit().unwrap();
+    assert_eq!(store.operators().unwrap().len(), 1);
+}
+
 /// `message_deliveries` finds exactly one message's deliveries, among many messages with
 /// one or several recipients, after purges, and honours the limit and the mesh.
 pub fn message_deliveries(store: &mut dyn Store) {
@@ -651,6 +712,11 @@ fn sqlite_batches_acks() {
 }
 
 #[test]
+fn sqlite_keeps_operator_accounts() {
+    on_sqlite(operator_accounts);
+}
+
+#[test]
 fn sqlite_reports_message_deliveries() {
     on_sqlite(message_deliveries);
 }
@@ -723,6 +789,11 @@ fn postgres_batches_acks() {
 }
 
 #[test]
+fn postgres_keeps_operator_accounts() {
+    on_postgres("postgres_keeps_operator_accounts", operator_accounts);
+}
+
+#[test]
 fn postgres_reports_message_deliveries() {
     on_postgres("postgres_reports_message_deliveries", message_deliveries);
 }
@@ -765,7 +836,7 @@ fn postgres_commits_survive_reopen_and_uncommitted_work_does_not() {
         .query_one("SELECT COUNT(*) FROM schema_version", &[])
         .unwrap()
         .get(0);
-    assert_eq!(versions, 2, "each migration applied once");
+    assert_eq!(versions, 3, "each of the 3 migrations applied once");
 }
 
 /// A failed statement aborts a PostgreSQL transaction; `commit` must then fail (not

@@ -31,6 +31,36 @@ pub enum Change {
     Removed { mesh_id: String, member_id: String },
 }
 
+/// Who reads a mesh's view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewAs {
+    /// A member (or owner) key: its standing in the mesh decides what it may do.
+    Key(String),
+    /// An operator account: every mesh, read only.
+    Operator(String),
+}
+
+/// Every mesh in a line, for operators.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshLine {
+    pub mesh_id: String,
+    pub slug: String,
+    pub name: String,
+    pub members: usize,
+    pub online: usize,
+}
+
+/// The broker as operators see it (the figures come from `figures.rs`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Overview {
+    pub meshes: Vec<MeshLine>,
+    pub members: usize,
+    /// Nodes sharing the database that sent a heartbeat lately (None on SQLite).
+    pub nodes_up: Option<usize>,
+}
+
 /// One mesh as a signed-in viewer sees it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -38,7 +68,7 @@ pub struct MeshView {
     pub mesh_id: String,
     pub slug: String,
     pub name: String,
-    /// `owner`, `admin` or `member`: what the viewer may do on the page.
+    /// `owner`, `admin`, `member` or `operator`: what the viewer may do on the page.
     pub standing: &'static str,
     pub viewer_member_id: String,
     pub viewer_name: String,
@@ -125,13 +155,65 @@ impl Engine {
         self.changes.note(Change::Mesh(mesh_id.to_owned()));
     }
 
-    /// The mesh as `viewer` (a member key) sees it, or why it may not. Reading it keeps
-    /// the mesh's traffic recorded (see `traffic.rs`).
-    pub(super) fn mesh_view(&mut self, mesh_id: &str, viewer: &str) -> Result<MeshView, Refusal> {
+    /// An operator account, read now: a removed account's sessions stop at their next
+    /// read.
+    pub(super) fn operator_account(&mut self, name: &str) -> Option<claudemesh_store::OperatorRow> {
+        self.store
+            .operator(name)
+            .inspect_err(|e| tracing::warn!(error = %e, "reading an operator account failed"))
+            .ok()
+            .flatten()
+    }
+
+    /// Every mesh in a line, for operators.
+    pub(super) fn overview(&self) -> Overview {
+        let mut meshes: Vec<MeshLine> = self
+            .dir
+            .meshes
+            .values()
+            .map(|m| MeshLine {
+                mesh_id: m.row.id.clone(),
+                slug: m.row.slug.clone(),
+                name: m.row.name.clone(),
+                members: m.members.values().filter(|m| m.removed.is_none()).count(),
+                online: self.peer_infos(m).len(),
+            })
+            .collect();
+        meshes.sort_by(|a, b| a.slug.cmp(&b.slug));
+        Overview {
+            members: meshes.iter().map(|m| m.members).sum(),
+            meshes,
+            nodes_up: self.nodes_up(),
+        }
+    }
+
+    /// The mesh as `viewer` sees it, or why it may not. Reading it keeps the mesh's
+    /// traffic recorded (see `traffic.rs`).
+    pub(super) fn mesh_view(
+        &mut self,
+        mesh_id: &str,
+        viewer: &ViewAs,
+    ) -> Result<MeshView, Refusal> {
         self.read_through(mesh_id, None);
         let refused = || Refusal::new(Code::Unauthorized, "not a member of this mesh any more");
-        let standing =
-            standing(self.dir.mesh(mesh_id).ok_or_else(refused)?, viewer).ok_or_else(refused)?;
+        let (standing, key) = match viewer {
+            ViewAs::Key(key) => (
+                Some(
+                    standing(self.dir.mesh(mesh_id).ok_or_else(refused)?, key)
+                        .ok_or_else(refused)?,
+                ),
+                key.as_str(),
+            ),
+            ViewAs::Operator(name) => {
+                self.operator_account(name)
+                    .filter(|o| o.password_hash.is_some())
+                    .ok_or_else(|| Refusal::new(Code::Unauthorized, "this account was removed"))?;
+                self.dir
+                    .mesh(mesh_id)
+                    .ok_or_else(|| Refusal::new(Code::MeshNotFound, "no such mesh"))?;
+                (None, "")
+            }
+        };
         self.watch_traffic(mesh_id);
         let traffic = self.traffic_view(mesh_id);
         let now = now_ms();
@@ -143,7 +225,7 @@ impl Engine {
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let invites = if standing >= Standing::Admin {
+        let invites = if standing >= Some(Standing::Admin) {
             self.store
                 .invites(mesh_id)
                 .inspect_err(|e| tracing::warn!(error = %e, "reading invites failed"))
@@ -152,7 +234,7 @@ impl Engine {
             Vec::new()
         };
         let mesh = self.dir.mesh(mesh_id).ok_or_else(refused)?;
-        let me = mesh.member_by_key(viewer);
+        let me = mesh.member_by_key(key);
         let members = self
             .member_infos(mesh)
             .into_iter()
@@ -190,9 +272,12 @@ impl Engine {
             mesh_id: mesh.row.id.clone(),
             slug: mesh.row.slug.clone(),
             name: mesh.row.name.clone(),
-            standing: standing.as_str(),
+            standing: standing.map_or("operator", Standing::as_str),
             viewer_member_id: me.map(|m| m.id.clone()).unwrap_or_default(),
-            viewer_name: me.map(|m| m.display_name.clone()).unwrap_or_default(),
+            viewer_name: match viewer {
+                ViewAs::Key(_) => me.map(|m| m.display_name.clone()).unwrap_or_default(),
+                ViewAs::Operator(name) => name.clone(),
+            },
             peers: self.peer_infos(mesh),
             members,
             traffic,

@@ -50,7 +50,7 @@ use claudemesh_proto::time::now_ms;
 
 pub use admin::{Actor, AdminCommand, AdminReply};
 pub use cluster::ClusterEvent;
-pub use dashboard::{Change, MemberView, MeshView};
+pub use dashboard::{Change, MemberView, MeshView, Overview, ViewAs};
 pub use delivery::Delivery;
 use directory::Directory;
 pub use reply::{Budget, MAX_AWAITING_REPLIES, ReplySlot, Request};
@@ -162,12 +162,26 @@ pub enum Command {
     },
     /// What another node announced (see `cluster.rs`).
     Cluster(ClusterEvent),
-    /// A mesh as the dashboard shows it to `viewer` (a member key), if it still may see it.
+    /// A mesh as the dashboard shows it to `viewer`, if it still may see it.
     Dashboard {
         mesh_id: String,
-        viewer: String,
+        viewer: ViewAs,
         reply: oneshot::Sender<Result<MeshView, Refusal>>,
     },
+    /// An operator account, read now.
+    OperatorAccount {
+        name: String,
+        reply: oneshot::Sender<Option<claudemesh_store::OperatorRow>>,
+    },
+    /// Choose an operator's password through its setup token (answered after commit).
+    SetOperatorPassword {
+        name: String,
+        setup_hash: String,
+        password_hash: String,
+        reply: oneshot::Sender<Result<bool, Refusal>>,
+    },
+    /// Every mesh in a line, for operators.
+    Overview { reply: oneshot::Sender<Overview> },
 }
 
 /// What a reply becomes when its batch did not commit: an ack refused as `unavailable`
@@ -537,6 +551,24 @@ impl Engine {
             } => {
                 let _ = reply.send(self.mesh_view(&mesh_id, &viewer));
             }
+            Command::OperatorAccount { name, reply } => {
+                let _ = reply.send(self.operator_account(&name));
+            }
+            Command::SetOperatorPassword {
+                name,
+                setup_hash,
+                password_hash,
+                reply,
+            } => {
+                let done = self
+                    .store
+                    .set_operator_password(&name, &setup_hash, &password_hash, now_ms())
+                    .map_err(|e| self.unavailable(&e));
+                self.reply_after_commit(reply, done);
+            }
+            Command::Overview { reply } => {
+                let _ = reply.send(self.overview());
+            }
         }
     }
 
@@ -572,6 +604,14 @@ impl Engine {
             Command::Dashboard { reply, .. } => {
                 let _ = reply.send(Err(down()));
             }
+            Command::SetOperatorPassword { reply, .. } => {
+                let _ = reply.send(Err(down()));
+            }
+            Command::OperatorAccount { reply, .. } => {
+                let _ = reply.send(None);
+            }
+            // The caller sees the engine as unavailable.
+            Command::Overview { .. } => {}
             Command::Health { reply } => {
                 let _ = reply.send((false, None));
             }
@@ -689,7 +729,11 @@ impl Engine {
         let result = if std::mem::take(&mut self.batch_failed) {
             Err("a statement in the batch failed".to_owned())
         } else {
-            self.store.commit().map_err(|e| e.to_string())
+            let started = Instant::now();
+            let r = self.store.commit().map_err(|e| e.to_string());
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.metrics.commit_micros_total.inc_by(micros);
+            r
         };
         let committed = match result {
             Ok(()) => true,

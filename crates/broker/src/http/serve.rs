@@ -96,6 +96,17 @@ impl Drop for PreAuth {
 }
 
 impl Admission {
+    /// Unauthenticated connections now, both pools.
+    pub fn count(&self) -> usize {
+        let n = |p: &Pool| {
+            p.counts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0
+        };
+        n(&self.main) + n(&self.reserve)
+    }
+
     pub fn new(max_total: usize, max_per_source: usize) -> Arc<Self> {
         Arc::new(Self {
             main: Pool::new(max_total, max_per_source),

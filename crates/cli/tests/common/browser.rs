@@ -152,8 +152,8 @@ impl Browser {
         }
     }
 
-    /// Click the first element matching `css`.
-    pub async fn click(&self, css: &str) {
+    /// The WebDriver id of the first element matching `css`.
+    async fn find(&self, css: &str) -> String {
         let found = self
             .call(
                 reqwest::Method::POST,
@@ -161,14 +161,30 @@ impl Browser {
                 Some(json!({ "using": "css selector", "value": css })),
             )
             .await;
-        let id = found[ELEMENT]
+        found[ELEMENT]
             .as_str()
             .unwrap_or_else(|| panic!("no element {css}: {found}"))
-            .to_owned();
+            .to_owned()
+    }
+
+    /// Click the first element matching `css`.
+    pub async fn click(&self, css: &str) {
+        let id = self.find(css).await;
         self.call(
             reqwest::Method::POST,
             &format!("/element/{id}/click"),
             Some(json!({})),
+        )
+        .await;
+    }
+
+    /// Type `text` into the first element matching `css`, as keystrokes.
+    pub async fn fill(&self, css: &str, text: &str) {
+        let id = self.find(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
         )
         .await;
     }

@@ -28,6 +28,11 @@ macro_rules! invite_cols {
         "id, mesh_id, role, max_uses, uses, expires_at, revoked, created_by, created_at"
     };
 }
+macro_rules! operator_cols {
+    () => {
+        "name, password_hash, setup_hash, setup_expires_at, created_at"
+    };
+}
 macro_rules! mesh_cols {
     () => {
         "id, slug, name, owner_pubkey, created_at"
@@ -63,12 +68,13 @@ use postgres::{Client, NoTls, Row, Statement};
 use claudemesh_proto::authority::{Removal, Role};
 pub use rows::redact_url;
 use rows::{
-    invite_from_row, member_from_row, mesh_from_row, message_from_row, peer_from_row, redact,
+    invite_from_row, member_from_row, mesh_from_row, message_from_row, operator_from_row,
+    peer_from_row, redact,
 };
 
 use crate::{
     Claim, DeliveryRecord, Inserted, InviteRow, MemberRow, MeshRow, MessageDeliveries, MessageRow,
-    NewDelivery, PeerRow, PendingDelivery, Result, Store, StoreError,
+    NewDelivery, OperatorRow, PeerRow, PendingDelivery, Result, Store, StoreError,
 };
 
 /// How long `open` waits for the server when the URL names no `connect_timeout`.
@@ -824,6 +830,60 @@ impl Store for PgStore {
             &[&now],
         )?)?
         .try_get(0)?)
+    }
+
+    fn put_operator(&mut self, o: &OperatorRow) -> Result<()> {
+        self.exec(
+            "INSERT INTO operators (name, password_hash, setup_hash, setup_expires_at, created_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash,
+               setup_hash = excluded.setup_hash, setup_expires_at = excluded.setup_expires_at,
+               created_at = excluded.created_at",
+            &[
+                &o.name,
+                &o.password_hash,
+                &o.setup_hash,
+                &o.setup_expires_at,
+                &o.created_at,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn operator(&mut self, name: &str) -> Result<Option<OperatorRow>> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            operator_cols!(),
+            " FROM operators WHERE name = $1"
+        );
+        self.read(SQL, &[&name])?
+            .first()
+            .map(operator_from_row)
+            .transpose()
+    }
+
+    fn operators(&mut self) -> Result<Vec<OperatorRow>> {
+        const SQL: &str = concat!("SELECT ", operator_cols!(), " FROM operators ORDER BY name");
+        self.read(SQL, &[])?.iter().map(operator_from_row).collect()
+    }
+
+    fn remove_operator(&mut self, name: &str) -> Result<bool> {
+        Ok(self.exec("DELETE FROM operators WHERE name = $1", &[&name])? == 1)
+    }
+
+    fn set_operator_password(
+        &mut self,
+        name: &str,
+        setup_hash: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE operators SET password_hash = $3, setup_hash = NULL, setup_expires_at = 0
+              WHERE name = $1 AND setup_hash = $2 AND setup_expires_at > $4",
+            &[&name, &setup_hash, &password_hash, &now],
+        )?;
+        Ok(n == 1)
     }
 
     fn queue_depths(&mut self, mesh_id: &str, now: i64) -> Result<Vec<(String, i64)>> {

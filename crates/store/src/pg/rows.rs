@@ -4,7 +4,10 @@
 
 use postgres::Row;
 
-use crate::{InviteRow, MemberRow, MeshRow, MessageRow, PeerRow, PresenceRow, Result, StoreError};
+use crate::{
+    InviteRow, MemberRow, MeshRow, MessageRow, OperatorRow, PeerRow, PresenceRow, Result,
+    StoreError,
+};
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
@@ -59,6 +62,16 @@ pub(super) fn message_from_row(row: &Row, base: usize) -> Result<MessageRow> {
 }
 
 /// An invite from `row`, its columns in `invite_cols!()` order.
+pub(super) fn operator_from_row(row: &Row) -> Result<OperatorRow> {
+    Ok(OperatorRow {
+        name: row.try_get(0)?,
+        password_hash: row.try_get(1)?,
+        setup_hash: row.try_get(2)?,
+        setup_expires_at: row.try_get(3)?,
+        created_at: row.try_get(4)?,
+    })
+}
+
 pub(super) fn invite_from_row(row: &Row) -> Result<InviteRow> {
     Ok(InviteRow {
         id: row.try_get(0)?,

@@ -108,6 +108,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (mesh_id, pubkey, node_id)
      );
      CREATE INDEX presences_by_node ON presences (node_id);",
+    // 3: operator accounts of the dashboard.
+    "CREATE TABLE operators (
+        name TEXT PRIMARY KEY,
+        password_hash TEXT,
+        setup_hash TEXT,
+        setup_expires_at BIGINT NOT NULL,
+        created_at BIGINT NOT NULL
+     );",
 ];
 
 /// Bring the database to the newest schema. Idempotent; safe to run from several

@@ -10,11 +10,14 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use claudemesh_proto::authority::{Removal, Role};
-use rows::{INVITE_COLS, first_key_above, invite_from_row, message_from_row, opt_text, text};
+use rows::{
+    INVITE_COLS, OPERATOR_COLS, first_key_above, invite_from_row, message_from_row,
+    operator_from_row, opt_text, text,
+};
 
 use crate::{
     Claim, DeliveryRecord, Inserted, InviteRow, MemberRow, MeshRow, MessageDeliveries, MessageRow,
-    NewDelivery, PeerRow, PendingDelivery, Result, Store, StoreError,
+    NewDelivery, OperatorRow, PeerRow, PendingDelivery, Result, Store, StoreError,
 };
 
 /// Create `dir` (and missing parents) readable by its owner only (0700 on Unix); an
@@ -504,6 +507,66 @@ impl Store for SqliteStore {
                 "SELECT COUNT(*) FROM deliveries WHERE acked_at IS NULL AND expires_at > ?1",
             )?
             .query_row(params![now], |r| r.get(0))?)
+    }
+
+    fn put_operator(&mut self, o: &OperatorRow) -> Result<()> {
+        self.tx()?
+            .prepare_cached(
+                "INSERT OR REPLACE INTO operators
+                   (name, password_hash, setup_hash, setup_expires_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                o.name,
+                o.password_hash,
+                o.setup_hash,
+                o.setup_expires_at,
+                o.created_at
+            ])?;
+        Ok(())
+    }
+
+    fn operator(&mut self, name: &str) -> Result<Option<OperatorRow>> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {OPERATOR_COLS} FROM operators WHERE name = ?1"
+            ))?
+            .query_row(params![name], operator_from_row)
+            .optional()?)
+    }
+
+    fn operators(&mut self) -> Result<Vec<OperatorRow>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {OPERATOR_COLS} FROM operators ORDER BY name"
+        ))?;
+        let rows = stmt.query_map([], operator_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn remove_operator(&mut self, name: &str) -> Result<bool> {
+        let n = self
+            .tx()?
+            .prepare_cached("DELETE FROM operators WHERE name = ?1")?
+            .execute(params![name])?;
+        Ok(n == 1)
+    }
+
+    fn set_operator_password(
+        &mut self,
+        name: &str,
+        setup_hash: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let n = self
+            .tx()?
+            .prepare_cached(
+                "UPDATE operators SET password_hash = ?3, setup_hash = NULL, setup_expires_at = 0
+                  WHERE name = ?1 AND setup_hash = ?2 AND setup_expires_at > ?4",
+            )?
+            .execute(params![name, setup_hash, password_hash, now])?;
+        Ok(n == 1)
     }
 
     fn queue_depths(&mut self, mesh_id: &str, now: i64) -> Result<Vec<(String, i64)>> {

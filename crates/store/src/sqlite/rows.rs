@@ -4,7 +4,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{InviteRow, MessageRow, Result, StoreError};
+use crate::{InviteRow, MessageRow, OperatorRow, Result, StoreError};
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -109,6 +109,19 @@ pub(super) fn invite_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Invit
         revoked: row.get(6)?,
         created_by: row.get(7)?,
         created_at: row.get(8)?,
+    })
+}
+
+pub(super) const OPERATOR_COLS: &str =
+    "name, password_hash, setup_hash, setup_expires_at, created_at";
+
+pub(super) fn operator_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OperatorRow> {
+    Ok(OperatorRow {
+        name: row.get(0)?,
+        password_hash: row.get(1)?,
+        setup_hash: row.get(2)?,
+        setup_expires_at: row.get(3)?,
+        created_at: row.get(4)?,
     })
 }
 

@@ -89,6 +89,14 @@ const MIGRATIONS: &[&str] = &[
      DROP INDEX deliveries_by_message;",
     // 4: session identities retire (PROTOCOL.md §5.9).
     "ALTER TABLE peers ADD COLUMN retired_at INTEGER;",
+    // 5: operator accounts of the dashboard.
+    "CREATE TABLE operators (
+        name TEXT PRIMARY KEY,
+        password_hash TEXT,
+        setup_hash TEXT,
+        setup_expires_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+     );",
 ];
 
 /// Bring the database to the newest schema, each migration in its own transaction.

@@ -11,6 +11,7 @@
 //! Content-Security-Policy; state-changing requests need the session's CSRF token and a
 //! same-origin `Origin`.
 
+mod operator;
 mod page;
 pub mod session;
 
@@ -33,10 +34,10 @@ use tokio::sync::broadcast::error::RecvError;
 use super::admin::DashboardLogin;
 use super::error::HttpError;
 use super::signed::{SignedBody, Verified};
-use crate::engine::{Actor, AdminCommand, AdminReply, Change, Command, MeshView};
+use crate::engine::{Actor, AdminCommand, AdminReply, Change, Command, MeshView, ViewAs};
 use crate::refusal::Refusal;
 use crate::state::Shared;
-use session::{Session, Viewer};
+use session::{Member, Session, Viewer};
 
 /// The session cookie.
 const COOKIE: &str = "claudemesh_dashboard";
@@ -76,6 +77,7 @@ pub fn routes() -> Router<Arc<Shared>> {
             get(|| asset(APP_CSS, "text/css")),
         )
         .route("/api/meshes/{mesh_id}/dashboard/login", post(login_code))
+        .merge(operator::routes())
         .layer(axum::middleware::map_response(secure_headers))
 }
 
@@ -155,7 +157,7 @@ async fn login_code(
     };
     let code = shared
         .dashboard
-        .issue_code(Viewer {
+        .issue_code(Member {
             mesh_id,
             pubkey,
             member_id,
@@ -236,12 +238,20 @@ fn set_cookie(value: &str, max_age: u64, secure: bool) -> String {
 /// `GET /dashboard`: the signed-in mesh, or how to sign in.
 async fn index(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     match session(&shared, &headers) {
-        Some((_, s)) => Redirect::to(&mesh_path(&s.viewer.mesh_id)).into_response(),
+        Some((_, s)) => Redirect::to(&home(&s.viewer)).into_response(),
         None => notice(
             StatusCode::OK,
             "Not signed in",
             "Members sign in with their key, from the machine that holds it.",
         ),
+    }
+}
+
+/// Where a signed-in viewer starts: its mesh, or the operators' page.
+fn home(viewer: &Viewer) -> String {
+    match viewer {
+        Viewer::Member(m) => mesh_path(&m.mesh_id),
+        Viewer::Operator { .. } => operator::PATH.to_owned(),
     }
 }
 
@@ -264,7 +274,7 @@ async fn login(
                 session::SESSION_TTL.as_secs(),
                 secure(&shared, &headers),
             );
-            let mut r = Redirect::to(&mesh_path(&s.viewer.mesh_id)).into_response();
+            let mut r = Redirect::to(&home(&s.viewer)).into_response();
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 r.headers_mut().insert(header::SET_COOKIE, v);
             }
@@ -281,8 +291,19 @@ async fn login(
 
 /// Whether a state-changing request comes from this origin with the session's token.
 fn csrf_ok(headers: &HeaderMap, session: &Session, token: Option<&String>) -> bool {
+    let token_ok = token.is_some_and(|t| {
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            t.as_bytes(),
+            session.csrf.as_bytes(),
+        ))
+    });
+    same_origin(headers) && token_ok
+}
+
+/// Whether a form post's `Origin`, if it sent one, is this host.
+fn same_origin(headers: &HeaderMap) -> bool {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    let origin_ok = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         // Not every browser sends it on a same-origin form post (and "null" is what a
         // no-referrer policy makes of it, which is why the pages use `same-origin`).
         None => true,
@@ -291,14 +312,7 @@ fn csrf_ok(headers: &HeaderMap, session: &Session, token: Option<&String>) -> bo
                 .split_once("://")
                 .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(h))
         }),
-    };
-    let token_ok = token.is_some_and(|t| {
-        bool::from(subtle::ConstantTimeEq::ct_eq(
-            t.as_bytes(),
-            session.csrf.as_bytes(),
-        ))
-    });
-    origin_ok && token_ok
+    }
 }
 
 /// `POST /dashboard/logout` (form field `csrf`).
@@ -343,22 +357,26 @@ fn checked(
     Ok((id, s))
 }
 
-/// [`checked`], for an action on `mesh_id`.
+/// [`checked`], for an action on `mesh_id`: only a member of it acts (operators watch).
 fn acting(
     shared: &Shared,
     headers: &HeaderMap,
     mesh_id: &str,
     form: &HashMap<String, String>,
-) -> Result<Session, Notice> {
-    let (_, s) = checked(shared, headers, form)?;
-    if s.viewer.mesh_id != mesh_id {
-        return Err(Notice::new(
+) -> Result<Member, Notice> {
+    match checked(shared, headers, form)?.1.viewer {
+        Viewer::Member(m) if m.mesh_id == mesh_id => Ok(m),
+        Viewer::Member(_) => Err(Notice::new(
             StatusCode::FORBIDDEN,
             "Another mesh",
             "This session is for another mesh.",
-        ));
+        )),
+        Viewer::Operator { .. } => Err(Notice::new(
+            StatusCode::FORBIDDEN,
+            "Operators watch",
+            "Kicks and revocations are made by a mesh's owner or admins, signed in with their keys.",
+        )),
     }
-    Ok(s)
 }
 
 /// Run an admin command for a session; back to the mesh page when done.
@@ -402,9 +420,7 @@ async fn remove_member(
         mesh_id: mesh_id.clone(),
         member_id,
         mode,
-        actor: Actor::Session {
-            pubkey: s.viewer.pubkey,
-        },
+        actor: Actor::Session { pubkey: s.pubkey },
     };
     act(&shared, &mesh_id, cmd).await
 }
@@ -423,9 +439,7 @@ async fn revoke_invite(
     let cmd = AdminCommand::RevokeInvite {
         mesh_id: mesh_id.clone(),
         invite_id,
-        actor: Actor::Session {
-            pubkey: s.viewer.pubkey,
-        },
+        actor: Actor::Session { pubkey: s.pubkey },
     };
     act(&shared, &mesh_id, cmd).await
 }
@@ -443,14 +457,14 @@ async fn view_for(
             "Your session has ended or this browser never signed in.",
         ));
     };
-    if s.viewer.mesh_id != mesh_id {
+    if matches!(&s.viewer, Viewer::Member(m) if m.mesh_id != mesh_id) {
         return Err(notice(
             StatusCode::FORBIDDEN,
             "Another mesh",
             "This session is for another mesh; sign in with --mesh to see this one.",
         ));
     }
-    match mesh_view(shared, &s.viewer).await {
+    match mesh_view(shared, &s.viewer, mesh_id).await {
         Ok(view) => Ok((s, view)),
         Err(refusal) => {
             if refusal.code == Code::Unauthorized {
@@ -465,12 +479,16 @@ async fn view_for(
     }
 }
 
-async fn mesh_view(shared: &Shared, viewer: &Viewer) -> Result<MeshView, Refusal> {
+async fn mesh_view(shared: &Shared, viewer: &Viewer, mesh_id: &str) -> Result<MeshView, Refusal> {
+    let viewer = match viewer {
+        Viewer::Member(m) => ViewAs::Key(m.pubkey.clone()),
+        Viewer::Operator { name } => ViewAs::Operator(name.clone()),
+    };
     shared
         .engine
         .request(|reply| Command::Dashboard {
-            mesh_id: viewer.mesh_id.clone(),
-            viewer: viewer.pubkey.clone(),
+            mesh_id: mesh_id.to_owned(),
+            viewer,
             reply,
         })
         .await
@@ -508,18 +526,22 @@ async fn events(
     };
     let token = cookie(&headers).unwrap_or_default();
     let changes = shared.engine.changes();
-    let state = (shared, s, token, changes, Some(first), false);
+    let state = (shared, s, token, changes, Some(first), false, mesh_id);
     let stream = futures_util::stream::unfold(
         state,
-        |(shared, s, token, mut changes, first, ended)| async move {
+        |(shared, s, token, mut changes, first, ended, mesh_id)| async move {
             if ended {
                 return None;
             }
             if let Some(view) = first {
                 let (ev, _) = view_event(&view, &s.csrf);
-                return Some((ev, (shared, s, token, changes, None, false)));
+                return Some((ev, (shared, s, token, changes, None, false, mesh_id)));
             }
             let viewer = &s.viewer;
+            let me = match viewer {
+                Viewer::Member(m) => m.member_id.as_str(),
+                Viewer::Operator { .. } => "",
+            };
             let next = loop {
                 let change = tokio::select! {
                     () = shared.shutdown.cancelled() => return None,
@@ -527,10 +549,11 @@ async fn events(
                     c = changes.recv() => c,
                 };
                 match change {
-                    Ok(Change::Mesh(m)) if m == viewer.mesh_id => break Next::View,
-                    Ok(Change::Removed { mesh_id, member_id })
-                        if mesh_id == viewer.mesh_id && member_id == viewer.member_id =>
-                    {
+                    Ok(Change::Mesh(m)) if m == mesh_id => break Next::View,
+                    Ok(Change::Removed {
+                        mesh_id: m,
+                        member_id,
+                    }) if m == mesh_id && !me.is_empty() && member_id == me => {
                         break Next::End("this member was removed from the mesh".into());
                     }
                     Ok(_) => {}
@@ -549,14 +572,14 @@ async fn events(
                 Next::View => {
                     tokio::time::sleep(COALESCE).await;
                     while changes.try_recv().is_ok() {}
-                    match mesh_view(&shared, viewer).await {
+                    match mesh_view(&shared, viewer, &mesh_id).await {
                         Ok(view) => view_event(&view, &s.csrf),
                         Err(refusal) => end_event(&refusal.message),
                     }
                 }
             };
             let ended = ev.1;
-            Some((ev.0, (shared, s, token, changes, None, ended)))
+            Some((ev.0, (shared, s, token, changes, None, ended, mesh_id)))
         },
     );
     Sse::new(stream_ok(stream))

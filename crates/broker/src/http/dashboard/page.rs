@@ -53,7 +53,8 @@ pub fn notice(title: &str, text: &str) -> String {
         title,
         &format!(
             "<main><h1>{}</h1><p>{}</p>\
-             <p>Sign in from a terminal with <code>claudemesh dashboard</code>.</p></main>",
+             <p>Members sign in from a terminal with <code>claudemesh dashboard</code>; \
+             operators at <a href=\"/dashboard/operator/login\">the operator sign-in</a>.</p></main>",
             escape(title),
             escape(text)
         ),
@@ -314,6 +315,208 @@ pub fn mesh(view: &MeshView, csrf: &str) -> String {
         invites = invites_section(view, &s.invites),
     );
     layout(&view.name, &body)
+}
+
+// ---- operators ----
+
+/// The form that chooses an operator's password through its setup link.
+pub fn setup_form(account: &str, token: &str, problem: Option<&str>) -> String {
+    let problem = problem.map_or(String::new(), |p| {
+        format!("<p class=\"problem\" role=\"alert\">{}</p>", escape(p))
+    });
+    layout(
+        "Choose a password",
+        &format!(
+            "<main><h1>Choose a password for {name}</h1>{problem}\
+             <form method=\"post\" action=\"/dashboard/setup\" class=\"stack\">\
+             <input type=\"hidden\" name=\"account\" value=\"{name}\">\
+             <input type=\"hidden\" name=\"token\" value=\"{token}\">\
+             <label>Password (at least {min} characters)\
+             <input type=\"password\" name=\"password\" autocomplete=\"new-password\" required autofocus></label>\
+             <label>Again<input type=\"password\" name=\"confirm\" autocomplete=\"new-password\" required></label>\
+             <button type=\"submit\">Set the password</button></form></main>",
+            name = escape(account),
+            token = escape(token),
+            min = crate::accounts::MIN_PASSWORD_CHARS,
+        ),
+    )
+}
+
+/// The operators' sign-in form.
+pub fn login_form(problem: Option<&str>) -> String {
+    let problem = problem.map_or(String::new(), |p| {
+        format!("<p class=\"problem\" role=\"alert\">{}</p>", escape(p))
+    });
+    layout(
+        "Operator sign-in",
+        &format!(
+            "<main><h1>Operator sign-in</h1>{problem}\
+             <form method=\"post\" action=\"/dashboard/operator/login\" class=\"stack\">\
+             <label>Account<input name=\"account\" autocomplete=\"username\" required autofocus></label>\
+             <label>Password<input type=\"password\" name=\"password\" autocomplete=\"current-password\" required></label>\
+             <button type=\"submit\">Sign in</button></form>\
+             <p class=\"hint\">Members sign in from a terminal with <code>claudemesh dashboard</code>; \
+             operator accounts are made with <code>claudemesh-broker account add NAME</code>.</p></main>"
+        ),
+    )
+}
+
+/// A small line chart of `values` (oldest first) as inline SVG, with its last value.
+fn chart(title: &str, unit: &str, values: &[f64]) -> String {
+    let (w, h) = (240.0_f64, 48.0_f64);
+    let max = values.iter().copied().fold(0.0_f64, f64::max).max(1e-9);
+    let n = values.len().max(2) - 1;
+    let mut points = String::new();
+    for (i, v) in values.iter().enumerate() {
+        let x = w * i as f64 / n as f64;
+        let y = h - (v / max) * (h - 2.0) - 1.0;
+        let _ = write!(points, "{x:.1},{y:.1} ");
+    }
+    let last = values.last().copied().unwrap_or(0.0);
+    format!(
+        "<figure class=\"chart\"><figcaption>{title} <b>{last}</b> {unit} \
+         <small>(max {max})</small></figcaption>\
+         <svg viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{title}\">\
+         <polyline fill=\"none\" stroke=\"currentColor\" stroke-width=\"1.5\" points=\"{points}\"/></svg></figure>",
+        title = escape(title),
+        unit = escape(unit),
+        last = number(last),
+        max = number(max),
+    )
+}
+
+/// A figure for people: no more than one decimal, none for large numbers.
+fn number(v: f64) -> String {
+    if v >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// What the operators' page shows, live.
+pub struct OperatorFigures<'a> {
+    pub now: &'a crate::figures::Sample,
+    pub rates: &'a crate::figures::Rates,
+    pub history: &'a [crate::figures::Sample],
+    pub overview: &'a crate::engine::Overview,
+    pub node: &'a str,
+}
+
+/// The parts of the operators' page that change.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorSections {
+    pub figures: String,
+    pub charts: String,
+    pub meshes: String,
+}
+
+pub fn operator_sections(f: &OperatorFigures<'_>) -> OperatorSections {
+    let (now, r, o) = (f.now, f.rates, f.overview);
+    let row = |k: &str, v: String| {
+        format!(
+            "<tr><th scope=\"row\">{}</th><td>{}</td></tr>",
+            escape(k),
+            escape(&v)
+        )
+    };
+    let nodes = o
+        .nodes_up
+        .map_or_else(|| "1 (SQLite)".to_owned(), |n| n.to_string());
+    let figures = [
+        row("Node", f.node.to_owned()),
+        row("Nodes up", nodes),
+        row("Connections, authenticated", now.connections.to_string()),
+        row(
+            "Connections, not authenticated",
+            now.unauthenticated.to_string(),
+        ),
+        row("Meshes", o.meshes.len().to_string()),
+        row("Members", o.members.to_string()),
+        row("Messages / s", number(r.messages_per_sec)),
+        row("Deliveries / s", number(r.deliveries_per_sec)),
+        row("Acks / s", number(r.acks_per_sec)),
+        row("Queue depth", now.queue_depth.to_string()),
+        row("Commit batch (commands)", number(r.batch_size)),
+        row("Commit latency (ms)", number(r.commit_ms)),
+        row("Slow consumers dropped", now.slow_consumers.to_string()),
+        row(
+            "Rate-limit refusals",
+            (now.rate_limited + now.preauth_refused).to_string(),
+        ),
+        row("Commit failures", now.commit_failures.to_string()),
+    ]
+    .concat();
+    let rates: Vec<crate::figures::Rates> = f
+        .history
+        .iter()
+        .zip(f.history.iter().skip(1))
+        .map(|(a, b)| crate::figures::Rates::between(a, b))
+        .chain(std::iter::once(*r))
+        .collect();
+    let series = |get: &dyn Fn(&crate::figures::Rates) -> f64| -> Vec<f64> {
+        rates.iter().map(get).collect()
+    };
+    let gauges = |get: &dyn Fn(&crate::figures::Sample) -> f64| -> Vec<f64> {
+        f.history
+            .iter()
+            .chain(std::iter::once(now))
+            .map(get)
+            .collect()
+    };
+    let charts = [
+        chart("Messages", "/ s", &series(&|r| r.messages_per_sec)),
+        chart("Connections", "", &gauges(&|s| s.connections as f64)),
+        chart("Queue depth", "", &gauges(&|s| s.queue_depth as f64)),
+        chart("Commit latency", "ms", &series(&|r| r.commit_ms)),
+    ]
+    .concat();
+    let mut meshes = String::new();
+    for m in &o.meshes {
+        let _ = write!(
+            meshes,
+            "<tr><td><a href=\"/dashboard/m/{id}\">{slug}</a></td><td class=\"name\">{name}</td>\
+             <td>{members}</td><td>{online}</td></tr>",
+            id = escape(&m.mesh_id),
+            slug = escape(&m.slug),
+            name = escape(&m.name),
+            members = m.members,
+            online = m.online,
+        );
+    }
+    OperatorSections {
+        figures,
+        charts,
+        meshes,
+    }
+}
+
+/// The operators' page: the broker's figures, charts of the last hour, every mesh.
+pub fn operator(name: &str, f: &OperatorFigures<'_>, csrf: &str) -> String {
+    let s = operator_sections(f);
+    layout(
+        "Broker",
+        &format!(
+            "<main id=\"operator\">\
+             <div class=\"bar\"><h1>Broker <small>{node}</small></h1>\
+             <form method=\"post\" action=\"/dashboard/logout\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <button type=\"submit\">Sign out</button></form></div>\
+             <p class=\"who\">Signed in as operator <b>{name}</b>. \
+             <span id=\"live\" aria-live=\"polite\">connecting…</span></p>\
+             <section><h2>Now</h2><div class=\"scroll\"><table id=\"figures\"><tbody>{figures}</tbody></table></div></section>\
+             <section><h2>The last hour</h2><div id=\"charts\" class=\"charts\">{charts}</div></section>\
+             <section><h2>Meshes</h2><div class=\"scroll\"><table id=\"meshes\"><thead><tr><th>Slug</th>\
+             <th>Name</th><th>Members</th><th>Online</th></tr></thead><tbody>{meshes}</tbody></table></div></section></main>",
+            node = escape(f.node),
+            csrf = escape(csrf),
+            name = escape(name),
+            figures = s.figures,
+            charts = s.charts,
+            meshes = s.meshes,
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Dashboard sign-in state, in this node's memory: single-use codes (60 s) that a
 //! signed `dashboard_login` request obtains, and the browser sessions (12 h) they turn
-//! into, each with its own CSRF token. Both maps are bounded. A session names a member
-//! key; the engine checks that key's standing on every read, and sessions of a removed
-//! member are ended here as soon as the engine reports the removal.
+//! into (or that an operator's password opens), each with its own CSRF token. Both maps
+//! are bounded. A session names a member key or an operator account; the engine checks
+//! it on every read, and sessions of a removed member are ended here as soon as the
+//! engine reports the removal.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,14 +18,24 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Most codes or sessions held at once (expired ones are dropped first).
 const MAX_ENTRIES: usize = 10_000;
 
-/// Who a session (or code) signs in.
+/// A member signed in with its key, to one mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Viewer {
+pub struct Member {
     pub mesh_id: String,
     /// The member key that signed the login request.
     pub pubkey: String,
     /// Empty for an owner key that is not a member key.
     pub member_id: String,
+}
+
+/// Who a session (or code) signs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Viewer {
+    Member(Member),
+    /// An operator account (every mesh's metadata, the broker's figures; no actions).
+    Operator {
+        name: String,
+    },
 }
 
 /// A signed-in browser.
@@ -71,6 +82,17 @@ fn make_room<V>(map: &mut HashMap<String, V>, expiry: impl Fn(&V) -> Instant) ->
     Ok(())
 }
 
+fn insert_session(inner: &mut Inner, viewer: Viewer) -> (String, Session) {
+    let session = Session {
+        viewer,
+        csrf: token(),
+        expires: Instant::now() + SESSION_TTL,
+    };
+    let id = token();
+    inner.sessions.insert(id.clone(), session.clone());
+    (id, session)
+}
+
 impl Sessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner
@@ -79,14 +101,27 @@ impl Sessions {
     }
 
     /// A new single-use code for `viewer`.
-    pub fn issue_code(&self, viewer: Viewer) -> Result<String, Full> {
+    pub fn issue_code(&self, viewer: Member) -> Result<String, Full> {
         let mut inner = self.lock();
         make_room(&mut inner.codes, |(_, at)| *at)?;
         let code = token();
-        inner
-            .codes
-            .insert(code.clone(), (viewer, Instant::now() + CODE_TTL));
+        inner.codes.insert(
+            code.clone(),
+            (Viewer::Member(viewer), Instant::now() + CODE_TTL),
+        );
         Ok(code)
+    }
+
+    /// A session for an operator whose password was checked; its token.
+    pub fn open_operator(&self, name: &str) -> Result<(String, Session), Full> {
+        let mut inner = self.lock();
+        make_room(&mut inner.sessions, |s| s.expires)?;
+        Ok(insert_session(
+            &mut inner,
+            Viewer::Operator {
+                name: name.to_owned(),
+            },
+        ))
     }
 
     /// Spend a code: the new session's token and the session, if the code was live.
@@ -99,14 +134,7 @@ impl Sessions {
             return Ok(None);
         }
         make_room(&mut inner.sessions, |s| s.expires)?;
-        let session = Session {
-            viewer,
-            csrf: token(),
-            expires: Instant::now() + SESSION_TTL,
-        };
-        let id = token();
-        inner.sessions.insert(id.clone(), session.clone());
-        Ok(Some((id, session)))
+        Ok(Some(insert_session(&mut inner, viewer)))
     }
 
     /// The live session with this token.
@@ -129,7 +157,7 @@ impl Sessions {
 
     /// End every session and code of a removed member.
     pub fn end_member(&self, mesh_id: &str, member_id: &str) {
-        let gone = |v: &Viewer| v.mesh_id == mesh_id && v.member_id == member_id;
+        let gone = |v: &Viewer| matches!(v, Viewer::Member(m) if m.mesh_id == mesh_id && m.member_id == member_id);
         let mut inner = self.lock();
         inner.sessions.retain(|_, s| !gone(&s.viewer));
         inner.codes.retain(|_, (v, _)| !gone(v));
@@ -140,8 +168,8 @@ impl Sessions {
 mod tests {
     use super::*;
 
-    fn viewer(member: &str) -> Viewer {
-        Viewer {
+    fn viewer(member: &str) -> Member {
+        Member {
             mesh_id: "m".into(),
             pubkey: "k".into(),
             member_id: member.into(),
@@ -153,7 +181,7 @@ mod tests {
         let s = Sessions::default();
         let code = s.issue_code(viewer("a")).unwrap();
         let (id, session) = s.redeem(&code).unwrap().unwrap();
-        assert_eq!(session.viewer, viewer("a"));
+        assert_eq!(session.viewer, Viewer::Member(viewer("a")));
         assert!(s.redeem(&code).unwrap().is_none(), "second use");
         assert!(s.get(&id).is_some());
         s.end_member("m", "b");

@@ -35,9 +35,31 @@ function live(main) {
   });
 }
 
+// The operators' page: its figures, charts and meshes, re-rendered every second.
+function operator() {
+  const status = document.getElementById("live");
+  const events = new EventSource("/dashboard/operator/events");
+  events.addEventListener("open", () => { status.textContent = "live"; status.className = ""; });
+  events.addEventListener("error", () => { status.textContent = "reconnecting…"; status.className = "down"; });
+  events.addEventListener("view", (e) => {
+    const s = JSON.parse(e.data);
+    swap("figures", s.figures);
+    swap("meshes", s.meshes);
+    const charts = document.getElementById("charts");
+    if (charts && s.charts != null) charts.innerHTML = s.charts;
+  });
+  events.addEventListener("end", (e) => {
+    events.close();
+    status.textContent = "signed out: " + e.data;
+    status.className = "down";
+    document.body.classList.add("ended");
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const main = document.getElementById("mesh");
   if (main) live(main);
+  if (document.getElementById("operator")) operator();
   // Forms that change something say what they will do first.
   document.addEventListener("submit", (e) => {
     const question = e.target.dataset && e.target.dataset.confirm;
