@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use claudemesh_proto::time::now_ms;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::http::serve::Admission;
 use crate::metrics::Metrics;
@@ -20,7 +20,7 @@ pub const EVERY: Duration = Duration::from_secs(10);
 pub const KEEP: usize = 360;
 
 /// The counters and gauges at one moment.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Sample {
     pub at_ms: i64,

@@ -161,3 +161,94 @@ on_every_backend! {
         browser.close().await;
     }
 }
+
+/// The setup link `account add` printed, spent with `password` over plain HTTP; then a
+/// signed-in cookie for the account.
+async fn operator_cookie(base: &str, link: &str, name: &str, password: &str) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let token = link.rsplit("token=").next().unwrap();
+    let set = http
+        .post(format!("{base}/dashboard/setup"))
+        .form(&[
+            ("account", name),
+            ("token", token),
+            ("password", password),
+            ("confirm", password),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 303);
+    let login = http
+        .post(format!("{base}/dashboard/operator/login"))
+        .form(&[("account", name), ("password", password)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// With two nodes on one database, either node's operators' page lists both, each with
+/// the figures of its own heartbeat: a peer connected to the other node shows there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_several_nodes_the_operators_page_shows_every_node() {
+    common::on_backend(
+        common::Backend::Postgres,
+        "with_several_nodes_the_operators_page_shows_every_node",
+        async {
+            let b = TestBroker::start_with(|c| c.node_name = "node-a".into()).await;
+            let mut config = b.data.config();
+            config.node_name = "node-b".into();
+            let other = claudemesh_broker::Broker::spawn(config).await.unwrap();
+            let mesh = common::create_mesh(&b, "two-nodes").await;
+            let member = common::enroll(&b, &mesh, "alice").await;
+            let (_alice, _pushes) = traffic::connect(&other.ws_url(), &member).await;
+
+            let base = b.http();
+            let out = account(&b.data, &["add", "root", "--url", &base]);
+            let link = out
+                .split_whitespace()
+                .find(|w| w.contains("/dashboard/setup?"))
+                .unwrap()
+                .to_owned();
+            let cookie = operator_cookie(&base, &link, "root", "a long enough password").await;
+            let http = reqwest::Client::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let page = loop {
+                let page = http
+                    .get(format!("{base}/dashboard/operator"))
+                    .header("cookie", &cookie)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                // node-b's row: up, one connection (alice's), from node-b's own heartbeat.
+                let shown = page.contains("node-a (this one)")
+                    && page.contains("<td class=\"name\">node-b</td><td>up</td><td>1</td>");
+                if shown || std::time::Instant::now() > deadline {
+                    break page;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            assert!(
+                page.contains("node-a (this one)")
+                    && page.contains("<td class=\"name\">node-b</td><td>up</td><td>1</td>"),
+                "both nodes, node-b with alice: {page}"
+            );
+            other.shutdown().await;
+        },
+    )
+    .await;
+}

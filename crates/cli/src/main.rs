@@ -128,11 +128,19 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<SessionsCommand>,
     },
-    /// Sign in to the broker's web dashboard for this mesh (a single-use link, valid 60 s).
+    /// Sign in to the broker's web dashboard for this mesh (a single-use link, valid 60 s),
+    /// or with --local serve this identity's decrypted conversations on 127.0.0.1.
     Dashboard {
-        /// Print the sign-in link instead of opening a browser.
+        /// Print the link instead of opening a browser.
         #[arg(long)]
         print: bool,
+        /// Serve the local view (decrypted history from this machine's inboxes) until
+        /// Ctrl-C, instead of signing in to the broker's.
+        #[arg(long)]
+        local: bool,
+        /// The local view's port on 127.0.0.1 (default: any free one).
+        #[arg(long, default_value_t = 0, requires = "local")]
+        port: u16,
     },
     /// Check config, keys, brokers, clock, membership and the Claude Code setup.
     Doctor,

@@ -5,7 +5,9 @@
 //! revoked member's page stops; a message shows in the traffic view as queued, then
 //! acked, and never its body; an owner revokes a member and an invite from the page (the
 //! member's socket closes with 4002, its own dashboard session stops), and a forged
-//! action without the CSRF token changes nothing. Each test saves a screenshot under
+//! action without the CSRF token changes nothing; `--local` shows a decrypted message the
+//! identity received, verified, and the broker's dashboard never does. Each test saves a
+//! screenshot under
 //! `target/dashboard-screenshots/`.
 
 #![allow(
@@ -416,5 +418,68 @@ async fn an_owner_revokes_a_member_and_an_invite_from_the_page() {
     browser.screenshot("owner-actions").await;
     let _ = alice;
     browser.close().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_view_shows_a_decrypted_message_the_broker_never_does() {
+    let (b, _dir) = common::broker().await;
+    let (_owner, alice, bob) = common::mesh(&b).await;
+    let secret = "the staging db password is in the vault under payments/stg";
+    alice.ok(&["send", "bob", secret]).await;
+    assert_eq!(bob.json(&["inbox"]).await[0]["text"], secret);
+
+    let mut server = bob.spawn(&["dashboard", "--local", "--print"]);
+    let stdout = server.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let url = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("the local dashboard printed its link")
+        .unwrap()
+        .unwrap();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.contains("/?key="),
+        "{url}"
+    );
+
+    // Without the link's key (or by another host name) there is nothing to see.
+    let base = url.split("/?key=").next().unwrap().to_owned();
+    assert_eq!(reqwest::get(&base).await.unwrap().status(), 403);
+
+    let browser = Browser::start().await;
+    browser.goto(&url).await;
+    wait_live(&browser).await;
+    let history = browser.text("#history tbody").await.unwrap();
+    assert!(
+        history.contains(secret) && history.contains("alice") && history.contains("verified"),
+        "{history:?}"
+    );
+    // A message that arrives while the page is open appears without a reload.
+    let later = "and the prod one rotates on monday";
+    alice.ok(&["send", "bob", later]).await;
+    bob.json(&["inbox"]).await;
+    browser
+        .wait_text(
+            "#history tbody",
+            Duration::from_secs(3),
+            "the new message",
+            |t| t.contains(later),
+        )
+        .await;
+    browser.screenshot("local").await;
+
+    // The broker's dashboard of the same mesh, for the same member (signed in from the
+    // local page): metadata only.
+    browser.click("form[action='/broker'] button").await;
+    browser.click("#broker-link").await;
+    wait_live(&browser).await;
+    assert!(browser.url().await.contains("/dashboard/m/"));
+    let html = browser
+        .eval("return document.documentElement.outerHTML;", json!([]))
+        .await;
+    let html = html.as_str().unwrap();
+    assert!(html.contains("Traffic") && !html.contains(secret) && !html.contains(later));
+    browser.close().await;
+    drop(server);
     b.shutdown().await;
 }

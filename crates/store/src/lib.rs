@@ -262,9 +262,9 @@ pub trait Cluster {
     /// Record this node (at start).
     fn register_node(&mut self, node: &NodeRow) -> Result<()>;
     /// Refresh this node's heartbeat (stamped with the database's clock, so the nodes'
-    /// own clocks never matter); every node as it stands now, and the database's time
-    /// (ms since the epoch).
-    fn heartbeat(&mut self, node_id: i64) -> Result<(Vec<NodeRow>, i64)>;
+    /// own clocks never matter) with its `figures`; every node as it stands now, and the
+    /// database's time (ms since the epoch).
+    fn heartbeat(&mut self, node_id: i64, figures: &str) -> Result<(Vec<NodeRow>, i64)>;
     /// Forget nodes silent for `silent_ms` or more by the database's clock, with their
     /// presences, in one statement; the ids forgotten (empty when another node reaped
     /// them first).

@@ -126,6 +126,9 @@ pub struct NodeRow {
     pub name: String,
     pub started_at: i64,
     pub seen_at: i64,
+    /// The node's own figures as of its last heartbeat (the broker's JSON, which the
+    /// store does not read; empty until its first heartbeat).
+    pub figures: String,
 }
 
 /// One node's presence of one key (several nodes may each hold one). `data` is the

@@ -836,7 +836,7 @@ fn postgres_commits_survive_reopen_and_uncommitted_work_does_not() {
         .query_one("SELECT COUNT(*) FROM schema_version", &[])
         .unwrap()
         .get(0);
-    assert_eq!(versions, 3, "each of the 3 migrations applied once");
+    assert_eq!(versions, 4, "each of the 4 migrations applied once");
 }
 
 /// A failed statement aborts a PostgreSQL transaction; `commit` must then fail (not

@@ -59,6 +59,10 @@ pub(crate) struct ClusterState {
     nodes: HashMap<i64, i64>,
     /// The database's clock minus this machine's, as of the last heartbeat.
     db_offset: i64,
+    /// Every node's row as of the last heartbeat (names and figures, for operators),
+    /// and as of the one before (for rates).
+    pub rows: Vec<NodeRow>,
+    pub prev_rows: Vec<NodeRow>,
     /// Notification lines for the open batch, sent just before it commits.
     outbox: Vec<String>,
     /// Keys with no mailbox here that got deliveries in this batch (their seqs), by mesh.
@@ -165,6 +169,8 @@ impl ClusterState {
             db_offset: 0,
             outbox: Vec::new(),
             wake: BTreeMap::new(),
+            rows: Vec::new(),
+            prev_rows: Vec::new(),
         }
     }
 
@@ -216,12 +222,14 @@ impl Engine {
             name: node_name.to_owned(),
             started_at: now,
             seen_at: now,
+            figures: String::new(),
         })?;
         let rows = cluster.presences()?;
-        let (nodes, db_now) = cluster.heartbeat(node_id)?;
+        let (nodes, db_now) = cluster.heartbeat(node_id, "")?;
         self.store.commit()?;
         let mut state = ClusterState::new(node_id, node_name);
-        state.nodes = nodes.into_iter().map(|n| (n.id, n.seen_at)).collect();
+        state.nodes = nodes.iter().map(|n| (n.id, n.seen_at)).collect();
+        state.rows = nodes;
         state.db_offset = db_now - now_ms();
         self.cluster = Some(state);
         for row in rows.into_iter().filter(|r| r.node_id != node_id) {
@@ -404,10 +412,12 @@ impl Engine {
         let now = now_ms();
         let silent =
             i64::try_from((NODE_TIMEOUT + self.timings.grace).as_millis()).unwrap_or(i64::MAX);
+        let figures = serde_json::to_string(&crate::figures::Sample::take(&self.metrics, None))
+            .unwrap_or_default();
         let Some(cluster) = self.store.cluster() else {
             return;
         };
-        let result = cluster.heartbeat(node_id).and_then(|nodes| {
+        let result = cluster.heartbeat(node_id, &figures).and_then(|nodes| {
             let reaped = cluster.reap_nodes(silent)?;
             Ok((nodes, reaped))
         });
@@ -428,6 +438,7 @@ impl Engine {
                     .unwrap_or_default(),
                 started_at: now,
                 seen_at: db_now,
+                figures,
             };
             if let Some(Err(e)) = self.store.cluster().map(|c| c.register_node(&row)) {
                 return self.poison(&e);
@@ -443,7 +454,8 @@ impl Engine {
             }
         }
         if let Some(c) = self.cluster.as_mut() {
-            c.nodes = nodes.into_iter().map(|n| (n.id, n.seen_at)).collect();
+            c.nodes = nodes.iter().map(|n| (n.id, n.seen_at)).collect();
+            c.prev_rows = std::mem::replace(&mut c.rows, nodes);
             c.db_offset = db_now - now_ms();
         }
         for node in reaped.into_iter().filter(|n| *n != node_id) {
@@ -822,5 +834,36 @@ impl Engine {
     /// Nodes up now (this one included), for `/health`.
     pub(super) fn nodes_up(&self) -> Option<usize> {
         self.cluster.as_ref().map(ClusterState::nodes_up)
+    }
+
+    /// Every node on the database with its figures as of its last heartbeat (empty on
+    /// a store only one broker uses).
+    pub(super) fn node_lines(&self) -> Vec<super::dashboard::NodeLine> {
+        use crate::figures::{Rates, Sample};
+        let Some(c) = self.cluster.as_ref() else {
+            return Vec::new();
+        };
+        let sample = |r: &NodeRow| serde_json::from_str::<Sample>(&r.figures).ok();
+        let mut lines: Vec<_> = c
+            .rows
+            .iter()
+            .map(|r| {
+                let figures = sample(r);
+                let before = c.prev_rows.iter().find(|p| p.id == r.id).and_then(sample);
+                super::dashboard::NodeLine {
+                    name: r.name.clone(),
+                    this: r.id == c.node_id,
+                    up: c.is_up(r.id),
+                    seen_secs_ago: (c.db_now() - r.seen_at).max(0) / 1_000,
+                    rates: figures
+                        .zip(before)
+                        .filter(|(f, b)| f.at_ms > b.at_ms)
+                        .map(|(f, b)| Rates::between(&b, &f)),
+                    figures,
+                }
+            })
+            .collect();
+        lines.sort_by(|a, b| a.name.cmp(&b.name));
+        lines
     }
 }

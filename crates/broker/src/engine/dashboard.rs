@@ -51,7 +51,21 @@ pub struct MeshLine {
     pub online: usize,
 }
 
-/// The broker as operators see it (the figures come from `figures.rs`).
+/// One broker node on the database, as its last heartbeat described it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeLine {
+    pub name: String,
+    /// The node answering this page.
+    pub this: bool,
+    pub up: bool,
+    pub seen_secs_ago: i64,
+    pub figures: Option<crate::figures::Sample>,
+    /// Between its last two heartbeats.
+    pub rates: Option<crate::figures::Rates>,
+}
+
+/// The broker as operators see it (this node's live figures come from `figures.rs`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Overview {
@@ -59,6 +73,8 @@ pub struct Overview {
     pub members: usize,
     /// Nodes sharing the database that sent a heartbeat lately (None on SQLite).
     pub nodes_up: Option<usize>,
+    /// Every node on the database (empty on SQLite, where this one is the whole broker).
+    pub nodes: Vec<NodeLine>,
 }
 
 /// One mesh as a signed-in viewer sees it.
@@ -184,6 +200,7 @@ impl Engine {
             members: meshes.iter().map(|m| m.members).sum(),
             meshes,
             nodes_up: self.nodes_up(),
+            nodes: self.node_lines(),
         }
     }
 

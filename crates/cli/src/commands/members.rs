@@ -265,7 +265,7 @@ pub(super) async fn dashboard(ctx: &Ctx, print: bool) -> anyhow::Result<()> {
 }
 
 /// Start the platform's URL opener; whether it started.
-fn open_browser(url: &str) -> bool {
+pub(super) fn open_browser(url: &str) -> bool {
     let opener = if cfg!(target_os = "macos") {
         "open"
     } else {

@@ -10,6 +10,7 @@
 
 mod input;
 pub(crate) mod live;
+mod local;
 mod members;
 mod mesh;
 mod messaging;
@@ -99,7 +100,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::sessions::run(&ctx.dir, &ctx.config, ctx.mesh.as_deref(), ctx.json, prune).await
         }
         Command::Doctor => crate::doctor::doctor(&ctx.dir, &ctx.config, ctx.json).await,
-        Command::Dashboard { print } => members::dashboard(&ctx, print).await,
+        Command::Dashboard {
+            print,
+            local: true,
+            port,
+        } => local::dashboard(&ctx, port, print).await,
+        Command::Dashboard { print, .. } => members::dashboard(&ctx, print).await,
         // Handled in main before any config is read.
         Command::Hook { .. } => Ok(()),
     }

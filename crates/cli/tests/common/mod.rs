@@ -41,13 +41,28 @@ impl User {
         self
     }
 
-    pub async fn run(&self, args: &[&str]) -> Output {
+    /// The command line of `claudemesh ARGS` as this user.
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_claudemesh"));
         cmd.args(args)
             .env("CLAUDEMESH_CONFIG_DIR", self.dir.path().join("cfg"))
             .env_remove("CLAUDEMESH_LOG")
             .env("USER", "tester")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd
+    }
+
+    /// Start a long-running `claudemesh ARGS` (killed when dropped), stdout piped.
+    pub fn spawn(&self, args: &[&str]) -> tokio::process::Child {
+        self.command(args)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    pub async fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
         tokio::time::timeout(Duration::from_secs(60), cmd.output())
             .await
             .expect("claudemesh hung")

@@ -27,19 +27,20 @@ impl Cluster for PgStore {
         Ok(())
     }
 
-    fn heartbeat(&mut self, node_id: i64) -> Result<(Vec<NodeRow>, i64)> {
+    fn heartbeat(&mut self, node_id: i64, figures: &str) -> Result<(Vec<NodeRow>, i64)> {
         // The update and the read in one statement (the read sees the other nodes as
         // committed, and this node from the RETURNING row), on the database's clock.
         let rows = self.query(
             "WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT AS now),
-                  me AS (UPDATE nodes SET seen_at = (SELECT now FROM t) WHERE id = $1
-                         RETURNING id, name, started_at, seen_at)
-             SELECT id, name, started_at, seen_at, (SELECT now FROM t) FROM me
+                  me AS (UPDATE nodes SET seen_at = (SELECT now FROM t), figures = $2 WHERE id = $1
+                         RETURNING id, name, started_at, seen_at, figures)
+             SELECT id, name, started_at, seen_at, (SELECT now FROM t), figures FROM me
              UNION ALL
-             SELECT id, name, started_at, seen_at, (SELECT now FROM t) FROM nodes WHERE id <> $1
+             SELECT id, name, started_at, seen_at, (SELECT now FROM t), figures FROM nodes
+              WHERE id <> $1
              UNION ALL
-             SELECT NULL, NULL, NULL, NULL, (SELECT now FROM t)",
-            &[&node_id],
+             SELECT NULL, NULL, NULL, NULL, (SELECT now FROM t), NULL",
+            &[&node_id, &figures],
         )?;
         let mut now = 0;
         let mut nodes = Vec::new();
@@ -51,6 +52,7 @@ impl Cluster for PgStore {
                     name: r.try_get(1)?,
                     started_at: r.try_get(2)?,
                     seen_at: r.try_get(3)?,
+                    figures: r.try_get(5)?,
                 });
             }
         }

@@ -116,6 +116,8 @@ const MIGRATIONS: &[&str] = &[
         setup_expires_at BIGINT NOT NULL,
         created_at BIGINT NOT NULL
      );",
+    // 4: every node's figures, for the operators' dashboard of any node.
+    "ALTER TABLE nodes ADD COLUMN figures TEXT NOT NULL DEFAULT '';",
 ];
 
 /// Bring the database to the newest schema. Idempotent; safe to run from several

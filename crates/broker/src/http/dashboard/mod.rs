@@ -41,17 +41,12 @@ use session::{Member, Session, Viewer};
 
 /// The session cookie.
 const COOKIE: &str = "claudemesh_dashboard";
-/// The policy every dashboard response carries: only this origin's script and style,
-/// no inline code, no framing, forms and connections to this origin only.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 /// How long changes are gathered before one view is sent.
 const COALESCE: Duration = Duration::from_millis(100);
 /// A quiet stream re-reads this often anyway (it keeps the mesh's traffic recorded).
 const REREAD: Duration = Duration::from_secs(60);
 
-const APP_JS: &str = include_str!("assets/app.js");
-const APP_CSS: &str = include_str!("assets/app.css");
+use claudemesh_pages::{APP_CSS, APP_JS};
 
 pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
@@ -82,22 +77,7 @@ pub fn routes() -> Router<Arc<Shared>> {
 }
 
 async fn secure_headers(mut response: Response) -> Response {
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
+    claudemesh_pages::secure(response.headers_mut());
     response
 }
 

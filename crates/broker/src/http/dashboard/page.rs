@@ -10,21 +10,7 @@ use serde::Serialize;
 
 use crate::engine::{MemberView, MeshView, MessageView};
 
-/// HTML-escape text for an element body or a quoted attribute.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use claudemesh_pages::escape;
 
 /// A value's serde name (`idle`, `live`, …).
 fn word<T: serde::Serialize>(v: &T) -> String {
@@ -34,17 +20,9 @@ fn word<T: serde::Serialize>(v: &T) -> String {
     }
 }
 
-/// The frame around every page.
+/// The frame around every page of the broker's dashboard.
 pub fn layout(title: &str, body: &str) -> String {
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} · claudemesh</title>\
-         <link rel=\"stylesheet\" href=\"/dashboard/assets/app.css\">\
-         <script src=\"/dashboard/assets/app.js\" defer></script></head>\
-         <body><header><a class=\"brand\" href=\"/dashboard\">claudemesh</a></header>\n{body}\n</body></html>\n",
-        escape(title)
-    )
+    claudemesh_pages::layout(title, "/dashboard/assets", "/dashboard", body)
 }
 
 /// A page that only says something (signed out, not signed in, a spent code).
@@ -410,6 +388,8 @@ pub struct OperatorSections {
     pub figures: String,
     pub charts: String,
     pub meshes: String,
+    /// Every node on the database, from its heartbeat (empty rows on SQLite).
+    pub nodes: String,
 }
 
 pub fn operator_sections(f: &OperatorFigures<'_>) -> OperatorSections {
@@ -485,10 +465,40 @@ pub fn operator_sections(f: &OperatorFigures<'_>) -> OperatorSections {
             online = m.online,
         );
     }
+    let mut nodes = String::new();
+    for n in &o.nodes {
+        let fig = |get: &dyn Fn(&crate::figures::Sample) -> String| {
+            n.figures.as_ref().map_or_else(String::new, get)
+        };
+        let rate = |get: &dyn Fn(&crate::figures::Rates) -> f64| {
+            n.rates
+                .as_ref()
+                .map_or_else(String::new, |r| number(get(r)))
+        };
+        let _ = write!(
+            nodes,
+            "<tr><td class=\"name\">{name}{this}</td><td>{state}</td><td>{conns}</td>\
+             <td>{msgs}</td><td>{queue}</td><td>{commit}</td><td>{slow}</td><td>{refused}</td></tr>",
+            name = escape(&n.name),
+            this = if n.this { " (this one)" } else { "" },
+            state = if n.up {
+                "up".to_owned()
+            } else {
+                format!("silent {} s", n.seen_secs_ago)
+            },
+            conns = fig(&|s| s.connections.to_string()),
+            msgs = rate(&|r| r.messages_per_sec),
+            queue = fig(&|s| s.queue_depth.to_string()),
+            commit = rate(&|r| r.commit_ms),
+            slow = fig(&|s| s.slow_consumers.to_string()),
+            refused = fig(&|s| (s.rate_limited + s.preauth_refused).to_string()),
+        );
+    }
     OperatorSections {
         figures,
         charts,
         meshes,
+        nodes,
     }
 }
 
@@ -507,7 +517,7 @@ pub fn operator(name: &str, f: &OperatorFigures<'_>, csrf: &str) -> String {
              <span id=\"live\" aria-live=\"polite\">connecting…</span></p>\
              <section><h2>Now</h2><div class=\"scroll\"><table id=\"figures\"><tbody>{figures}</tbody></table></div></section>\
              <section><h2>The last hour</h2><div id=\"charts\" class=\"charts\">{charts}</div></section>\
-             <section><h2>Meshes</h2><div class=\"scroll\"><table id=\"meshes\"><thead><tr><th>Slug</th>\
+             {nodes}<section><h2>Meshes</h2><div class=\"scroll\"><table id=\"meshes\"><thead><tr><th>Slug</th>\
              <th>Name</th><th>Members</th><th>Online</th></tr></thead><tbody>{meshes}</tbody></table></div></section></main>",
             node = escape(f.node),
             csrf = escape(csrf),
@@ -515,19 +525,18 @@ pub fn operator(name: &str, f: &OperatorFigures<'_>, csrf: &str) -> String {
             figures = s.figures,
             charts = s.charts,
             meshes = s.meshes,
+            nodes = if f.overview.nodes.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "<section><h2>Every node</h2><p class=\"hint\">As each node's last heartbeat \
+                     (every second) reported it.</p><div class=\"scroll\"><table id=\"nodes\"><thead><tr>\
+                     <th>Node</th><th>State</th><th>Connections</th><th>Messages / s</th>\
+                     <th>Queue depth</th><th>Commit ms</th><th>Slow consumers</th>\
+                     <th>Refusals</th></tr></thead><tbody>{}</tbody></table></div></section>",
+                    s.nodes
+                )
+            },
         ),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn markup_in_peer_text_is_escaped() {
-        assert_eq!(
-            escape("<script>alert('x')</script> & \"q\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
-        );
-    }
 }

@@ -14,52 +14,54 @@ function swap(id, html) {
   }
 }
 
-function live(main) {
+// Follow an event stream: "view" events carry the page's sections as JSON, one "end"
+// says why the page stopped; the #live line says how the stream is doing.
+function follow(path, onView) {
   const status = document.getElementById("live");
-  const events = new EventSource("/dashboard/m/" + encodeURIComponent(main.dataset.mesh) + "/events");
+  const events = new EventSource(path);
   events.addEventListener("open", () => { status.textContent = "live"; status.className = ""; });
   events.addEventListener("error", () => { status.textContent = "reconnecting…"; status.className = "down"; });
-  events.addEventListener("view", (e) => {
-    const s = JSON.parse(e.data);
+  events.addEventListener("view", (e) => onView(JSON.parse(e.data)));
+  events.addEventListener("end", (e) => {
+    events.close();
+    status.textContent = "signed out: " + e.data;
+    status.className = "down";
+    document.body.classList.add("ended");
+  });
+}
+
+// A mesh page (the broker's): presence, traffic, members, invites.
+function live(main) {
+  follow("/dashboard/m/" + encodeURIComponent(main.dataset.mesh) + "/events", (s) => {
     swap("peers", s.peers);
     swap("traffic", s.traffic);
     swap("members", s.members);
     swap("invites", s.invites);
     document.getElementById("peer-count").textContent = String(s.peerCount);
   });
-  events.addEventListener("end", (e) => {
-    events.close();
-    status.textContent = "signed out: " + e.data;
-    status.className = "down";
-    document.body.classList.add("ended");
-  });
 }
 
-// The operators' page: its figures, charts and meshes, re-rendered every second.
+// The operators' page: its figures, charts, nodes and meshes, re-rendered every second.
 function operator() {
-  const status = document.getElementById("live");
-  const events = new EventSource("/dashboard/operator/events");
-  events.addEventListener("open", () => { status.textContent = "live"; status.className = ""; });
-  events.addEventListener("error", () => { status.textContent = "reconnecting…"; status.className = "down"; });
-  events.addEventListener("view", (e) => {
-    const s = JSON.parse(e.data);
+  follow("/dashboard/operator/events", (s) => {
     swap("figures", s.figures);
     swap("meshes", s.meshes);
+    swap("nodes", s.nodes);
     const charts = document.getElementById("charts");
     if (charts && s.charts != null) charts.innerHTML = s.charts;
   });
-  events.addEventListener("end", (e) => {
-    events.close();
-    status.textContent = "signed out: " + e.data;
-    status.className = "down";
-    document.body.classList.add("ended");
-  });
+}
+
+// The local view (claudemesh dashboard --local): the decrypted history, re-sent when it changes.
+function local() {
+  follow("/events", (s) => swap("history", s.history));
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   const main = document.getElementById("mesh");
   if (main) live(main);
   if (document.getElementById("operator")) operator();
+  if (document.getElementById("local")) local();
   // Forms that change something say what they will do first.
   document.addEventListener("submit", (e) => {
     const question = e.target.dataset && e.target.dataset.confirm;
