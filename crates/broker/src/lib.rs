@@ -260,7 +260,7 @@ impl Broker {
             dashboard: Default::default(),
             figures: Default::default(),
             logins: Default::default(),
-            password_work: Semaphore::new(2),
+            password_work: Arc::new(Semaphore::new(2)),
             started: Instant::now(),
         });
         shared

@@ -33,6 +33,6 @@ pub struct Shared {
     /// Operator sign-in attempts (see `ratelimit.rs`).
     pub logins: crate::ratelimit::LoginLimiter,
     /// Password hashes computed at once (each takes ~20 MiB and tens of ms).
-    pub password_work: Semaphore,
+    pub password_work: Arc<Semaphore>,
     pub started: Instant,
 }

@@ -2,7 +2,7 @@
 //! browser helper is the CLI tests' own): `claudemesh-broker account add` (the real
 //! binary, beside the running broker, on this test's backend) prints a setup link; the
 //! password is chosen on that page; the operator signs in and sees the broker's figures,
-//! charts and meshes live; wrong passwords are throttled; `account remove` ends the
+//! charts and meshes live; wrong passwords are throttled; `account add --reset` ends the
 //! session at once. Screenshots go to `target/dashboard-screenshots/`.
 
 #![allow(
@@ -149,8 +149,9 @@ on_every_backend! {
         assert_eq!(statuses, [401, 401, 401, 401, 429], "throttled after 5 attempts");
         assert_eq!(attempt(password).await.unwrap().status(), 429);
 
-        // Removing the account ends its session at once.
-        account(&b.data, &["remove", "root"]);
+        // Resetting the account (a stolen password, say) ends its session at once, and
+        // so would removing it.
+        account(&b.data, &["add", "root", "--reset"]);
         browser
             .wait_text("#live", Duration::from_secs(3), "the session ends", |t| {
                 t.starts_with("signed out")
@@ -158,6 +159,8 @@ on_every_backend! {
             .await;
         browser.goto(&format!("{base}/dashboard/operator")).await;
         assert_eq!(browser.text("h1").await.as_deref(), Some("Operator sign-in"));
+        account(&b.data, &["remove", "root"]);
+        assert!(account(&b.data, &["list"]).contains("No operator accounts"));
         browser.close().await;
     }
 }

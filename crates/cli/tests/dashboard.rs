@@ -449,6 +449,11 @@ async fn the_local_view_shows_a_decrypted_message_the_broker_never_does() {
     let browser = Browser::start().await;
     browser.goto(&url).await;
     wait_live(&browser).await;
+    assert_eq!(
+        reqwest::get(&url).await.unwrap().status(),
+        403,
+        "the link works once"
+    );
     let history = browser.text("#history tbody").await.unwrap();
     assert!(
         history.contains(secret) && history.contains("alice") && history.contains("verified"),

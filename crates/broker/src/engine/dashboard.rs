@@ -36,8 +36,8 @@ pub enum Change {
 pub enum ViewAs {
     /// A member (or owner) key: its standing in the mesh decides what it may do.
     Key(String),
-    /// An operator account: every mesh, read only.
-    Operator(String),
+    /// An operator account (its name and `created_at`): every mesh, read only.
+    Operator(String, i64),
 }
 
 /// Every mesh in a line, for operators.
@@ -221,9 +221,9 @@ impl Engine {
                 ),
                 key.as_str(),
             ),
-            ViewAs::Operator(name) => {
+            ViewAs::Operator(name, since) => {
                 self.operator_account(name)
-                    .filter(|o| o.password_hash.is_some())
+                    .filter(|o| o.password_hash.is_some() && o.created_at == *since)
                     .ok_or_else(|| Refusal::new(Code::Unauthorized, "this account was removed"))?;
                 self.dir
                     .mesh(mesh_id)
@@ -293,7 +293,7 @@ impl Engine {
             viewer_member_id: me.map(|m| m.id.clone()).unwrap_or_default(),
             viewer_name: match viewer {
                 ViewAs::Key(_) => me.map(|m| m.display_name.clone()).unwrap_or_default(),
-                ViewAs::Operator(name) => name.clone(),
+                ViewAs::Operator(name, _) => name.clone(),
             },
             peers: self.peer_infos(mesh),
             members,

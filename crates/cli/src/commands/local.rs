@@ -8,8 +8,9 @@
 //!
 //! What it must not do: send plaintext anywhere (it talks to the broker only to sign in
 //! to the broker's view), listen beyond loopback, or answer a request that does not carry
-//! the session cookie of the link it printed, or that names another host (a page on some
-//! other site cannot reach it, nor a DNS-rebinding name).
+//! the session cookie of the link it printed (the link works once; the cookie is another
+//! secret), or that names another host (a page on some other site cannot reach it, nor a
+//! DNS-rebinding name).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -47,7 +48,10 @@ struct Local {
     me: String,
     /// The inboxes to read: a label and a path.
     inboxes: Vec<(String, std::path::PathBuf)>,
-    /// In the link and then the cookie: the only way in.
+    /// In the printed link: spent by the first browser that opens it.
+    key: String,
+    key_spent: std::sync::atomic::AtomicBool,
+    /// The cookie that first browser gets: the only way in after that.
     token: String,
     /// In the page's forms.
     csrf: String,
@@ -85,11 +89,13 @@ pub(super) async fn dashboard(ctx: &Ctx, port: u16, print: bool) -> anyhow::Resu
         entry,
         me,
         inboxes,
+        key: token(),
+        key_spent: std::sync::atomic::AtomicBool::new(false),
         token: token(),
         csrf: token(),
         host: addr.to_string(),
     });
-    let url = format!("http://{addr}/?key={}", local.token);
+    let url = format!("http://{addr}/?key={}", local.key);
     let opened = !print && super::members::open_browser(&url);
     out(ctx.json, &json!({ "url": url, "opened": opened }), || {
         if opened {
@@ -170,7 +176,12 @@ async fn index(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|h| h == local.host);
     if let Some(key) = q.get("key").filter(|_| host_ok) {
-        if !same(key, &local.token) {
+        let spent = || {
+            local
+                .key_spent
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+        };
+        if !same(key, &local.key) || spent() {
             return refused();
         }
         let mut r = Redirect::to("/").into_response();

@@ -462,7 +462,7 @@ async fn view_for(
 async fn mesh_view(shared: &Shared, viewer: &Viewer, mesh_id: &str) -> Result<MeshView, Refusal> {
     let viewer = match viewer {
         Viewer::Member(m) => ViewAs::Key(m.pubkey.clone()),
-        Viewer::Operator { name } => ViewAs::Operator(name.clone()),
+        Viewer::Operator { name, since } => ViewAs::Operator(name.clone(), *since),
     };
     shared
         .engine

@@ -45,8 +45,15 @@ async fn hashing<T: Send + 'static>(
     shared: &Shared,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
-    let _permit = shared.password_work.acquire().await.ok()?;
-    tokio::task::spawn_blocking(work).await.ok()
+    // Owned and moved into the task: a caller that goes away does not free the place of
+    // a hash still running.
+    let permit = shared.password_work.clone().acquire_owned().await.ok()?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+    .ok()
 }
 
 async fn setup_page(Query(q): Query<HashMap<String, String>>) -> Response {
@@ -165,6 +172,7 @@ async fn login(
         .and_then(|a| a.password_hash.clone())
         .unwrap_or_else(|| DUMMY_PHC.to_owned());
     let known = account.as_ref().is_some_and(|a| a.password_hash.is_some());
+    let since = account.as_ref().map_or(0, |a| a.created_at);
     let ok = hashing(&shared, move || accounts::verify_password(&password, &phc))
         .await
         .unwrap_or(false);
@@ -172,7 +180,7 @@ async fn login(
         tracing::info!(account = %name, ?peer, "operator sign-in refused");
         return refuse(StatusCode::UNAUTHORIZED, "Wrong account name or password.");
     }
-    let (id, _) = match shared.dashboard.open_operator(&name) {
+    let (id, _) = match shared.dashboard.open_operator(&name, since) {
         Ok(s) => s,
         Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
@@ -198,14 +206,14 @@ async fn operator_session(
     let Some((id, s)) = current(shared, headers) else {
         return Err(not_in());
     };
-    let Viewer::Operator { name } = &s.viewer else {
+    let Viewer::Operator { name, since } = &s.viewer else {
         return Err(notice(
             StatusCode::FORBIDDEN,
             "Operators only",
             "This page is for the broker's operators.",
         ));
     };
-    if !account_live(shared, name).await {
+    if !account_live(shared, name, *since).await {
         shared.dashboard.end(&id);
         return Err(not_in());
     }
@@ -213,7 +221,8 @@ async fn operator_session(
     Ok((name, s))
 }
 
-async fn account_live(shared: &Shared, name: &str) -> bool {
+/// Whether the account a session opened still exists as it was (not removed, not reset).
+async fn account_live(shared: &Shared, name: &str, since: i64) -> bool {
     shared
         .engine
         .request(|reply| Command::OperatorAccount {
@@ -223,7 +232,7 @@ async fn account_live(shared: &Shared, name: &str) -> bool {
         .await
         .ok()
         .flatten()
-        .is_some_and(|a| a.password_hash.is_some())
+        .is_some_and(|a| a.password_hash.is_some() && a.created_at == since)
 }
 
 /// Render this node's figures now (against the latest sample) with `render`.
@@ -278,14 +287,18 @@ async fn overview_page(State(shared): State<Arc<Shared>>, headers: HeaderMap) ->
 /// `GET /dashboard/operator/events`: a `view` (the page's [`page::OperatorSections`])
 /// every second, one `end` when the account or session ends.
 async fn events(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let (name, _) = match operator_session(&shared, &headers).await {
+    let (name, s) = match operator_session(&shared, &headers).await {
         Ok(x) => x,
         Err(r) => return r,
+    };
+    let since = match s.viewer {
+        Viewer::Operator { since, .. } => since,
+        Viewer::Member(_) => return notice(StatusCode::FORBIDDEN, "Operators only", ""),
     };
     let token = super::cookie(&headers).unwrap_or_default();
     let stream = futures_util::stream::unfold(
         (shared, name, token, false),
-        |(shared, name, token, ended)| async move {
+        move |(shared, name, token, ended)| async move {
             if ended {
                 return None;
             }
@@ -293,7 +306,8 @@ async fn events(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
                 () = shared.shutdown.cancelled() => return None,
                 () = tokio::time::sleep(TICK) => {}
             }
-            let live = shared.dashboard.get(&token).is_some() && account_live(&shared, &name).await;
+            let live =
+                shared.dashboard.get(&token).is_some() && account_live(&shared, &name, since).await;
             if !live {
                 shared.dashboard.end(&token);
                 let e = Event::default()

@@ -35,6 +35,9 @@ pub enum Viewer {
     /// An operator account (every mesh's metadata, the broker's figures; no actions).
     Operator {
         name: String,
+        /// The account's `created_at`: a removed and re-added, or reset, account is
+        /// another account, and this session does not open it.
+        since: i64,
     },
 }
 
@@ -113,13 +116,14 @@ impl Sessions {
     }
 
     /// A session for an operator whose password was checked; its token.
-    pub fn open_operator(&self, name: &str) -> Result<(String, Session), Full> {
+    pub fn open_operator(&self, name: &str, since: i64) -> Result<(String, Session), Full> {
         let mut inner = self.lock();
         make_room(&mut inner.sessions, |s| s.expires)?;
         Ok(insert_session(
             &mut inner,
             Viewer::Operator {
                 name: name.to_owned(),
+                since,
             },
         ))
     }
