@@ -681,13 +681,7 @@ impl Engine {
                     None if d.expires_at <= now => DeliveryState::Expired,
                     None => DeliveryState::Queued,
                 };
-                let display_name = presence
-                    .map(|p| p.display_name.clone())
-                    .or_else(|| mesh.peers.get(&d.recipient).map(|p| p.display_name.clone()))
-                    .or_else(|| {
-                        mesh.member_by_key(&d.recipient)
-                            .map(|m| m.display_name.clone())
-                    });
+                let display_name = super::traffic::display_name(mesh, &d.recipient);
                 RecipientStatus {
                     pubkey: d.recipient,
                     display_name,

@@ -201,13 +201,17 @@ fn progress(s: DeliveryState) -> u8 {
 }
 
 /// A key's display name in a mesh, as far as the directory knows it.
-pub(super) fn name_of(mesh: &Mesh, key: &str) -> String {
+pub(super) fn display_name(mesh: &Mesh, key: &str) -> Option<String> {
     mesh.presences
         .get(key)
         .map(|p| p.display_name.clone())
         .or_else(|| mesh.peers.get(key).map(|p| p.display_name.clone()))
         .or_else(|| mesh.member_by_key(key).map(|m| m.display_name.clone()))
-        .unwrap_or_else(|| key.chars().take(12).collect())
+}
+
+/// [`display_name`], or the key's first characters.
+fn name_of(mesh: &Mesh, key: &str) -> String {
+    display_name(mesh, key).unwrap_or_else(|| key.chars().take(12).collect())
 }
 
 impl Engine {

@@ -141,13 +141,8 @@ fn allowed(local: &Local, headers: &HeaderMap) -> bool {
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|h| h == local.host);
-    let cookie_ok = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .any(|(k, v)| k == COOKIE && same(v, &local.token));
+    let cookie_ok =
+        claudemesh_pages::cookie(headers, COOKIE).is_some_and(|v| same(v, &local.token));
     host_ok && cookie_ok
 }
 

@@ -182,14 +182,7 @@ fn notice(status: StatusCode, title: &'static str, text: &str) -> Response {
 
 /// The session token in the request's cookie.
 fn cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_owned())
+    claudemesh_pages::cookie(headers, COOKIE).map(str::to_owned)
 }
 
 fn session(shared: &Shared, headers: &HeaderMap) -> Option<(String, Session)> {
