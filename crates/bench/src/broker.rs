@@ -17,6 +17,11 @@ pub struct Broker {
     pub http_url: String,
     child: Option<Child>,
     pub data_dir: Option<tempfile::TempDir>,
+    /// How it was started, to start it again (`restart`).
+    bin: Option<PathBuf>,
+    database_url: Option<String>,
+    /// Running under `valgrind --tool=callgrind`, which writes here (see [`Broker::instrument`]).
+    callgrind_out: Option<PathBuf>,
 }
 
 /// The program `explicit`, else `name` next to this binary; an error says how to get it.
@@ -41,7 +46,11 @@ pub fn program(
 
 impl Broker {
     /// Start `claudemesh-broker` (next to this binary unless `bin` is given) on a free port.
-    pub fn spawn(bin: Option<PathBuf>, database_url: Option<&str>) -> anyhow::Result<Self> {
+    pub fn spawn(
+        bin: Option<PathBuf>,
+        database_url: Option<&str>,
+        callgrind: bool,
+    ) -> anyhow::Result<Self> {
         let bin = program(
             bin,
             "claudemesh-broker",
@@ -49,32 +58,96 @@ impl Broker {
             "--broker-bin",
         )?;
         let dir = tempfile::tempdir()?;
-        let mut cmd = Command::new(&bin);
-        cmd.args(["--listen", "127.0.0.1:0", "--no-rate-limits", "--data-dir"])
-            .arg(dir.path());
-        if let Some(url) = database_url {
-            cmd.args(["--database-url", url]);
-        }
-        cmd.env("CLAUDEMESH_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line)?;
-        let ws_url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("ws://"))
-            .context("the broker did not print its URL")?
-            .to_owned();
+        let callgrind_out = callgrind.then(|| dir.path().join("callgrind.out"));
+        let (child, ws_url) = start(
+            &bin,
+            "127.0.0.1:0",
+            dir.path(),
+            database_url,
+            callgrind_out.as_deref(),
+        )?;
         Ok(Self {
             http_url: http_of(&ws_url),
             ws_url,
             child: Some(child),
             data_dir: Some(dir),
+            bin: Some(bin),
+            database_url: database_url.map(str::to_owned),
+            callgrind_out,
         })
+    }
+
+    /// Under callgrind: count the broker's instructions from now on (`on`), or stop.
+    /// Startup, enrollment and connecting run uninstrumented, so only the measured part
+    /// is counted.
+    pub fn instrument(&self, on: bool) -> anyhow::Result<()> {
+        let (Some(_), Some(pid)) = (&self.callgrind_out, self.pid()) else {
+            return Ok(());
+        };
+        let status = Command::new("callgrind_control")
+            .args(["-i", if on { "on" } else { "off" }, &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running callgrind_control (valgrind's package)")?;
+        anyhow::ensure!(status.success(), "callgrind_control -i failed: {status}");
+        Ok(())
+    }
+
+    /// Under callgrind: stop the broker (SIGTERM, so callgrind writes its totals) and
+    /// return the instructions counted while instrumented.
+    pub fn instructions(&mut self) -> anyhow::Result<u64> {
+        let out = self
+            .callgrind_out
+            .clone()
+            .context("not started under callgrind")?;
+        let mut child = self.child.take().context("no broker process")?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed: {status}");
+        child.wait()?;
+        let text =
+            std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        };
+        field("totals:")
+            .or_else(|| field("summary:"))
+            .context("no totals in the callgrind output")
+    }
+
+    /// SIGKILL the broker and start it again on the same address, data directory and
+    /// database (a crash and a restart, as a supervisor would do it).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let bin = self.bin.clone().context("only a started broker restarts")?;
+        let dir = self.data_dir.as_ref().context("no data directory")?;
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let listen = self
+            .ws_url
+            .trim_start_matches("ws://")
+            .trim_end_matches("/ws")
+            .to_owned();
+        let (child, ws_url) = start(
+            &bin,
+            &listen,
+            dir.path(),
+            self.database_url.as_deref(),
+            None,
+        )?;
+        anyhow::ensure!(
+            ws_url == self.ws_url,
+            "restarted on {ws_url}, not {}",
+            self.ws_url
+        );
+        self.child = Some(child);
+        Ok(())
     }
 
     /// An already running broker.
@@ -84,6 +157,9 @@ impl Broker {
             ws_url: ws_url.to_owned(),
             child: None,
             data_dir: None,
+            bin: None,
+            database_url: None,
+            callgrind_out: None,
         }
     }
 
@@ -99,6 +175,50 @@ impl Drop for Broker {
             let _ = c.wait();
         }
     }
+}
+
+/// Start `bin` listening on `listen` (under callgrind, uninstrumented at first, when
+/// `callgrind_out` is given); returns the process and the URL it printed.
+fn start(
+    bin: &Path,
+    listen: &str,
+    dir: &Path,
+    database_url: Option<&str>,
+    callgrind_out: Option<&Path>,
+) -> anyhow::Result<(Child, String)> {
+    let mut cmd = match callgrind_out {
+        Some(out) => {
+            let mut c = Command::new("valgrind");
+            c.args(["--tool=callgrind", "--instr-atstart=no"])
+                .arg(format!("--callgrind-out-file={}", out.display()))
+                .arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    // One loopback address stands for every peer's own: the per-address cap on
+    // connections before their hello is lifted to the total cap.
+    cmd.args(["--listen", listen, "--no-rate-limits"])
+        .args(["--max-unauthenticated-per-source", "1024", "--data-dir"])
+        .arg(dir);
+    if let Some(url) = database_url {
+        cmd.args(["--database-url", url]);
+    }
+    cmd.env("CLAUDEMESH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let ws_url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .context("the broker did not print its URL")?
+        .to_owned();
+    Ok((child, ws_url))
 }
 
 fn http_of(ws: &str) -> String {

@@ -13,10 +13,11 @@ mod broker;
 mod hooks;
 mod run;
 mod setup;
+mod storm;
 
 use std::io::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -37,6 +38,9 @@ enum Scenario {
     /// Time --messages runs of each Claude Code hook against a live session server,
     /// against `claudemesh --version` as the process-start baseline.
     Hooks,
+    /// --meshes × --peers client-library connections; the broker is SIGKILLed and
+    /// restarted, and every peer reconnects with its own backoff (see `storm.rs`).
+    ReconnectStorm,
 }
 
 #[derive(Debug, Parser)]
@@ -60,6 +64,13 @@ struct Args {
     /// Connections for the idle-connections scenario.
     #[arg(long, default_value_t = 1000)]
     idle_connections: usize,
+    /// Meshes for the reconnect-storm scenario (--peers each).
+    #[arg(long, default_value_t = 10)]
+    meshes: usize,
+    /// Connections of the idle-connections scenario say hello as plain v1 clients (no
+    /// `presence-batch`), so presence events go out as one push each.
+    #[arg(long)]
+    v1_presence: bool,
     /// Padding bytes per message body.
     #[arg(long, default_value_t = 64)]
     body_bytes: usize,
@@ -89,6 +100,12 @@ struct Args {
     /// Print a JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
+    /// Run the broker under `valgrind --tool=callgrind` and report the instructions it
+    /// executed while messages were sent and drained (`broker_instructions_per_msg`):
+    /// a cost that does not drift with the machine's load. Use a small burst; valgrind
+    /// is ~50× slower.
+    #[arg(long)]
+    callgrind: bool,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -206,7 +223,10 @@ fn brokers(args: &Args) -> anyhow::Result<Vec<broker::Broker>> {
         args.nodes
     );
     (0..args.nodes.max(1))
-        .map(|_| broker::Broker::spawn(args.broker_bin.clone(), args.database_url.as_deref()))
+        .map(|_| {
+            let db = args.database_url.as_deref();
+            broker::Broker::spawn(args.broker_bin.clone(), db, args.callgrind)
+        })
         .collect()
 }
 
@@ -218,8 +238,14 @@ fn brokers_cpu(brokers: &[broker::Broker]) -> Option<f64> {
         .sum()
 }
 
+/// Add a common field to a report, unless the scenario measured it itself (the
+/// reconnect storm's broker is another process after the restart).
+fn put(o: &mut serde_json::Map<String, serde_json::Value>, k: String, v: serde_json::Value) {
+    o.entry(k).or_insert(v);
+}
+
 async fn one_run(args: &Args) -> anyhow::Result<serde_json::Value> {
-    let brokers = brokers(args)?;
+    let mut brokers = brokers(args)?;
     let first = brokers.first().context("no broker")?;
     let data_dir = first
         .data_dir
@@ -235,6 +261,14 @@ async fn one_run(args: &Args) -> anyhow::Result<serde_json::Value> {
 
     let mut report = match args.scenario {
         Scenario::IdleConnections => idle_connections(args, first).await?,
+        Scenario::ReconnectStorm => {
+            let first = brokers.first_mut().context("no broker")?;
+            anyhow::ensure!(
+                first.pid().is_some(),
+                "reconnect-storm restarts the broker: it cannot use --broker-url"
+            );
+            storm::run(first, args.meshes, args.peers).await?
+        }
         Scenario::Hooks => tokio::task::block_in_place(|| {
             hooks::run(first, args.claudemesh_bin.clone(), args.messages.max(1))
         })?,
@@ -242,27 +276,44 @@ async fn one_run(args: &Args) -> anyhow::Result<serde_json::Value> {
     };
     sampler.stop();
     let broker_cpu = brokers_cpu(&brokers).zip(cpu_before.0).map(|(a, b)| a - b);
+    if args.callgrind {
+        let mut total = 0;
+        for b in &mut brokers {
+            total += b.instructions()?;
+        }
+        let delivered = report.get("delivered").and_then(serde_json::Value::as_u64);
+        if let Some(o) = report.as_object_mut() {
+            o.insert("broker_instructions".into(), json!(total));
+            o.insert(
+                "broker_instructions_per_msg".into(),
+                json!(delivered.filter(|d| *d > 0).map(|d| total / d)),
+            );
+        }
+    }
     let client_cpu = broker::cpu_seconds(std::process::id())
         .zip(cpu_before.1)
         .map(|(a, b)| a - b);
     let fsync_after = broker::fsync_probe(&data_dir);
     if let Some(o) = report.as_object_mut() {
-        o.insert(
+        put(
+            o,
             "broker_peak_rss_mb".into(),
             json!(sampler.peak_rss_kib.load(Relaxed) as f64 / 1024.0),
         );
-        o.insert(
+        put(
+            o,
             "broker_max_fds".into(),
             json!(sampler.max_fds.load(Relaxed)),
         );
-        o.insert("fsync_before_ms".into(), json!(fsync_before));
+        put(o, "fsync_before_ms".into(), json!(fsync_before));
         // CPU cost: on a shared 2-core machine the load generator competes with the broker.
         let delivered = o
             .get("delivered")
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0) as f64;
-        o.insert("broker_cpu_s".into(), json!(broker_cpu));
-        o.insert(
+        put(o, "broker_cpu_s".into(), json!(broker_cpu));
+        put(
+            o,
             "broker_cpu_us_per_msg".into(),
             json!(
                 broker_cpu
@@ -270,13 +321,14 @@ async fn one_run(args: &Args) -> anyhow::Result<serde_json::Value> {
                     .map(|c| c * 1e6 / delivered)
             ),
         );
-        o.insert("bench_client_cpu_s".into(), json!(client_cpu));
-        o.insert("fsync_after_ms".into(), json!(fsync_after));
+        put(o, "bench_client_cpu_s".into(), json!(client_cpu));
+        put(o, "fsync_after_ms".into(), json!(fsync_after));
         let db = args.database_url.as_deref().map_or_else(
             || "sqlite".to_owned(),
             |u| u.split("://").next().unwrap_or("").to_owned(),
         );
-        o.insert(
+        put(
+            o,
             "broker".into(),
             json!(if args.broker_url.is_empty() {
                 format!("started: {} node(s) on {db}", brokers.len())
@@ -303,7 +355,9 @@ async fn messaging(
         ),
         Scenario::IdleLatency => (2, 1, run::Pattern::Direct, Some(1)),
         Scenario::Fanout => (args.peers.max(2), 1, run::Pattern::Broadcast, None),
-        Scenario::IdleConnections | Scenario::Hooks => unreachable_scenario()?,
+        Scenario::IdleConnections | Scenario::Hooks | Scenario::ReconnectStorm => {
+            unreachable_scenario()?
+        }
     };
     let enrolled = setup::enroll(&broker.http_url, &broker.ws_url, peers)
         .await
@@ -312,7 +366,8 @@ async fn messaging(
     for (i, p) in enrolled.peers.iter().enumerate() {
         // Round-robin over the nodes; the mesh was made on the first.
         let node = brokers.get(i % brokers.len()).unwrap_or(broker);
-        sockets.push(run::connect(&node.ws_url, &enrolled.mesh_id, p, &format!("peer-{i}")).await?);
+        let name = format!("peer-{i}");
+        sockets.push(run::connect(&node.ws_url, &enrolled.mesh_id, p, &name, false).await?);
     }
     let cfg = run::RunConfig {
         messages_per_sender: args.messages,
@@ -333,7 +388,13 @@ async fn messaging(
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let bar = progress(stats.clone(), total, stop.clone());
     let start = Instant::now();
+    for b in brokers {
+        b.instrument(true)?;
+    }
     let elapsed = run::run(&enrolled, sockets, &cfg, stats.clone(), start).await?;
+    for b in brokers {
+        b.instrument(false)?;
+    }
     stop.store(true, Relaxed);
     let _ = bar.join();
 
@@ -368,7 +429,32 @@ async fn messaging(
 }
 
 fn unreachable_scenario() -> anyhow::Result<(usize, usize, run::Pattern, Option<usize>)> {
-    anyhow::bail!("idle-connections and hooks are not messaging scenarios")
+    anyhow::bail!("idle-connections, hooks and reconnect-storm are not messaging scenarios")
+}
+
+/// Count (frames, events) of presence that arrive on `stream` until it closes.
+async fn count_presence(
+    mut stream: impl futures_util::Stream<
+        Item = Result<
+            tokio_tungstenite::tungstenite::Message,
+            tokio_tungstenite::tungstenite::Error,
+        >,
+    > + Unpin,
+    counts: Arc<(AtomicU64, AtomicU64)>,
+) {
+    use claudemesh_proto::frames::BrokerFrame;
+    while let Some(Ok(msg)) = futures_util::StreamExt::next(&mut stream).await {
+        let tokio_tungstenite::tungstenite::Message::Text(t) = msg else {
+            continue;
+        };
+        let events = match serde_json::from_str::<BrokerFrame>(t.as_str()) {
+            Ok(BrokerFrame::Presence(b)) => b.events.len() as u64,
+            Ok(BrokerFrame::Push(p)) if p.subtype.as_deref() == Some("system") => 1,
+            _ => continue,
+        };
+        counts.0.fetch_add(1, Relaxed);
+        counts.1.fetch_add(events, Relaxed);
+    }
 }
 
 async fn idle_connections(
@@ -382,15 +468,31 @@ async fn idle_connections(
     let enrolled = setup::enroll(&broker.http_url, &broker.ws_url, n).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (before, _) = broker::rss_kib(pid).context("reading /proc")?;
+    let cpu_before = broker::cpu_seconds(pid);
+    let started = Instant::now();
     let mut sockets = Vec::with_capacity(n);
+    let counts: Arc<(AtomicU64, AtomicU64)> = Arc::default();
     let bar = indicatif::ProgressBar::new(n as u64).with_message("connected");
     for (i, p) in enrolled.peers.iter().enumerate() {
-        sockets
-            .push(run::connect(&broker.ws_url, &enrolled.mesh_id, p, &format!("idle-{i}")).await?);
+        let name = format!("idle-{i}");
+        let ws = run::connect(
+            &broker.ws_url,
+            &enrolled.mesh_id,
+            p,
+            &name,
+            args.v1_presence,
+        );
+        let (sink, stream) = futures_util::StreamExt::split(ws.await?);
+        // A real client reads what it is sent: count the presence frames and events.
+        tokio::spawn(count_presence(stream, counts.clone()));
+        sockets.push(sink);
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let connect_s = started.elapsed().as_secs_f64();
+    // The last presence tick goes out, and what it sends is written.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let connect_cpu = broker::cpu_seconds(pid).zip(cpu_before).map(|(a, b)| a - b);
     let (after, _) = broker::rss_kib(pid).context("reading /proc")?;
     let fds = broker::open_fds(pid).unwrap_or(0);
     drop(sockets);
@@ -404,6 +506,11 @@ async fn idle_connections(
         "rss_before_mb": before as f64 / 1024.0,
         "rss_after_mb": after as f64 / 1024.0,
         "kb_per_connection": after.saturating_sub(before) as f64 / n as f64,
+        "connect_s": connect_s,
+        "connect_broker_cpu_s": connect_cpu,
+        "v1_presence": args.v1_presence,
+        "presence_frames_per_peer": counts.0.load(Relaxed) as f64 / n as f64,
+        "presence_events_per_peer": counts.1.load(Relaxed) as f64 / n as f64,
         "fds_open": fds,
     }))
 }

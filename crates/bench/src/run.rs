@@ -16,6 +16,7 @@ use anyhow::{Context as _, bail};
 use claudemesh_client::envelope::{Incoming, Keyring, Opened};
 use claudemesh_crypto::PublicKey;
 use claudemesh_proto::canonical;
+use claudemesh_proto::codes::cap;
 use claudemesh_proto::frames::{
     BrokerFrame, ClientAck, ClientFrame, Hello, PresenceInfo, Priority, Send,
 };
@@ -73,12 +74,14 @@ fn text(frame: &ClientFrame) -> Message {
     Message::Text(serde_json::to_string(frame).unwrap_or_default().into())
 }
 
-/// Open a socket and say hello as `peer`.
+/// Open a socket and say hello as `peer`, announcing what this project's client does
+/// (`presence-batch` too, unless `v1_presence`).
 pub async fn connect(
     url: &str,
     mesh_id: &str,
     peer: &PeerIdentity,
     name: &str,
+    v1_presence: bool,
 ) -> anyhow::Result<Ws> {
     let connector = if url.starts_with("wss://") {
         let tls = claudemesh_client::tls::client_config()?;
@@ -99,7 +102,13 @@ pub async fn connect(
         presence: PresenceInfo {
             display_name: Some(name.to_owned()),
             session_id: name.to_owned(),
-            capabilities: Some(vec!["e2e-multicast".into(), "list-members".into()]),
+            capabilities: Some(
+                [cap::E2E_MULTICAST, cap::LIST_MEMBERS, cap::PRESENCE_BATCH]
+                    .into_iter()
+                    .filter(|c| !v1_presence || *c != cap::PRESENCE_BATCH)
+                    .map(str::to_owned)
+                    .collect(),
+            ),
             ..PresenceInfo::default()
         },
         timestamp: ts,

@@ -119,6 +119,9 @@ pub struct Timings {
     pub session_retention: Duration,
     /// Pushes of one delivery on one connection before it parks (never acked).
     pub max_pushes: u32,
+    /// The shortest time between two presence frames of one mesh (see the engine's
+    /// `announce.rs`).
+    pub presence_tick: Duration,
 }
 
 impl Default for Timings {
@@ -132,6 +135,7 @@ impl Default for Timings {
             purge_interval: Duration::from_secs(600),
             session_retention: limits::SESSION_RETENTION,
             max_pushes: limits::MAX_PUSHES,
+            presence_tick: limits::PRESENCE_TICK,
         }
     }
 }

@@ -117,6 +117,7 @@ impl Connection {
         preauth: Option<crate::http::serve::PreAuth>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(shared.config.outbound_buffer.max(1) + MAX_AWAITING_REPLIES);
+        let clock = shared.clock.clone();
         let handle = ConnHandle {
             id,
             tx,
@@ -133,11 +134,12 @@ impl Connection {
             budget: Budget::default(),
             client_closed: false,
             preauth,
-            bad_frames: governor::RateLimiter::direct(
+            bad_frames: governor::RateLimiter::direct_with_clock(
                 governor::Quota::per_second(
                     NonZeroU32::new(limits::GARBAGE_PER_SEC).unwrap_or(NonZeroU32::MIN),
                 )
                 .allow_burst(NonZeroU32::new(limits::GARBAGE_BURST).unwrap_or(NonZeroU32::MIN)),
+                clock,
             ),
         }
     }
@@ -255,6 +257,7 @@ impl Connection {
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 text(&push_frame(&d))
             }
+            Outbound::Text(t) => Message::Text(t),
         }
     }
 

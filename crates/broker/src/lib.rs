@@ -260,6 +260,7 @@ impl Broker {
             dashboard: Default::default(),
             figures: Default::default(),
             logins: Default::default(),
+            clock: Default::default(),
             password_work: Arc::new(Semaphore::new(2)),
             started: Instant::now(),
         });

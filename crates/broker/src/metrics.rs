@@ -29,6 +29,8 @@ pub struct Metrics {
     pub hello_rejected_total: Counter,
     pub preauth_refused_total: Counter,
     pub preauth_reserve_total: Counter,
+    pub presence_frames_total: Counter,
+    pub presence_events_dropped_total: Counter,
     registry: Registry,
 }
 
@@ -58,6 +60,8 @@ impl Metrics {
             hello_rejected_total: Counter::default(),
             preauth_refused_total: Counter::default(),
             preauth_reserve_total: Counter::default(),
+            presence_frames_total: Counter::default(),
+            presence_events_dropped_total: Counter::default(),
             registry: Registry::with_labels(labels.into_iter()),
         };
         let r = &mut m.registry;
@@ -143,6 +147,16 @@ impl Metrics {
                 "broker_preauth_reserve",
                 "Connections served from the operators' reserve (/health and /metrics only) because the unauthenticated cap was full",
                 &m.preauth_reserve_total,
+            ),
+            (
+                "broker_presence_frames",
+                "Presence frames sent (a v1 system push each, or one coalesced presence frame)",
+                &m.presence_frames_total,
+            ),
+            (
+                "broker_presence_events_dropped",
+                "Presence events not sent to a recipient: cancelled within a tick, or past a v1 client's share of one",
+                &m.presence_events_dropped_total,
             ),
         ];
         for (name, help, counter) in counters {

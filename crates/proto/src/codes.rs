@@ -252,6 +252,9 @@ pub mod cap {
     pub const REACHABILITY: &str = "reachability";
     /// Session identities retire (schedule, cap per member) and `retire_sessions`.
     pub const SESSION_RETIRE: &str = "session-retire";
+    /// Presence events coalesced per mesh into one `presence` frame (announced by the
+    /// client too: only a client that announces it gets the frame).
+    pub const PRESENCE_BATCH: &str = "presence-batch";
 
     /// Every extension this protocol version defines, as a broker announces them in
     /// `hello_ack` (PROTOCOL.md §3).
@@ -264,6 +267,7 @@ pub mod cap {
         MESSAGE_STATUS,
         REACHABILITY,
         SESSION_RETIRE,
+        PRESENCE_BATCH,
     ];
 }
 

@@ -21,6 +21,9 @@ pub const MAX_PUSHES: u32 = 5;
 /// [`GARBAGE_PER_SEC`]; past that the connection is closed (1008 `too_many_bad_frames`).
 pub const GARBAGE_BURST: u32 = 20;
 pub const GARBAGE_PER_SEC: u32 = 5;
+/// The shortest time between two presence frames of one mesh to one recipient: events
+/// within it are coalesced (PROTOCOL.md §6.2).
+pub const PRESENCE_TICK: Duration = Duration::from_millis(100);
 /// How long a presence survives its connection dropping before `peer_left` is announced.
 pub const PRESENCE_GRACE: Duration = Duration::from_secs(90);
 /// Interval between broker pings.

@@ -74,6 +74,10 @@ pub struct PeerRow {
     /// When a session identity retired (no longer a recipient; see PROTOCOL.md §5.9).
     /// A retired session that connects again is un-retired.
     pub retired_at: Option<i64>,
+    /// The identity had a presence (live or in its grace period) when this row was last
+    /// written: a broker that restarts finds who was present before (see the engine's
+    /// `presence.rs`), so a reconnect after a restart is a re-attach, not a new join.
+    pub online: bool,
 }
 
 /// A message body, stored once however many recipients it has.

@@ -213,17 +213,20 @@ pub fn conformance(store: &mut dyn Store) {
         last_seen: 5,
         e2e_multicast: true,
         retired_at: None,
+        online: false,
     };
     store.upsert_peer(&peer).unwrap();
     store
         .upsert_peer(&PeerRow {
             last_seen: 6,
             retired_at: Some(7),
+            online: true,
             ..peer
         })
         .unwrap();
     store.commit().unwrap();
     assert_eq!(store.load_peers().unwrap()[0].last_seen, 6);
+    assert!(store.load_peers().unwrap()[0].online);
     assert_eq!(store.load_peers().unwrap()[0].retired_at, Some(7));
     assert_eq!(store.load_members().unwrap().len(), 1);
     assert_eq!(store.load_meshes().unwrap()[0].slug, "one");
@@ -836,7 +839,7 @@ fn postgres_commits_survive_reopen_and_uncommitted_work_does_not() {
         .query_one("SELECT COUNT(*) FROM schema_version", &[])
         .unwrap()
         .get(0);
-    assert_eq!(versions, 4, "each of the 4 migrations applied once");
+    assert_eq!(versions, 5, "each of the 5 migrations applied once");
 }
 
 /// A failed statement aborts a PostgreSQL transaction; `commit` must then fail (not

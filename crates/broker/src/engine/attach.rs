@@ -326,6 +326,7 @@ impl Engine {
             last_seen: now,
             e2e_multicast: e2e,
             retired_at: None,
+            online: true,
         };
         let mut changed = true;
         if let Some(mesh) = self.dir.mesh_mut(&hello.mesh_id) {
@@ -333,6 +334,7 @@ impl Engine {
             changed = before.is_none_or(|b| {
                 PeerRow {
                     last_seen: now,
+                    online: true,
                     ..b
                 } != peer
             });
@@ -356,6 +358,11 @@ impl Engine {
                 mesh_id: hello.mesh_id.clone(),
                 key: hello.key.clone(),
                 session_id: hello.presence.session_id.clone(),
+                presence_batch: !self.v1_only
+                    && hello
+                        .capabilities()
+                        .iter()
+                        .any(|c| c == codes::cap::PRESENCE_BATCH),
             },
         );
         self.metrics.connections_active.inc();

@@ -18,6 +18,7 @@
 //! parse JSON from clients, or verify signatures (connection tasks do that in parallel).
 
 mod admin;
+mod announce;
 mod attach;
 pub(crate) mod cluster;
 mod dashboard;
@@ -76,6 +77,8 @@ pub enum Outbound {
     Reply(Box<BrokerFrame>, reply::Answered),
     /// A delivery; the connection task renders the `push` JSON.
     Deliver(Arc<Delivery>),
+    /// A frame rendered once and shared by many connections (presence events).
+    Text(axum::extract::ws::Utf8Bytes),
 }
 
 /// Asks a connection to close with a code and reason. Set once; later requests are ignored.
@@ -236,6 +239,8 @@ enum TimerKind {
     Recover,
     /// Refresh this node's heartbeat; reap dead nodes.
     Heartbeat,
+    /// A mesh's presence events are due (see `announce.rs`).
+    Presence,
 }
 
 /// The handle connection tasks and HTTP handlers use to reach the engine.
@@ -374,6 +379,8 @@ pub(crate) struct Engine {
     queued_sends: Vec<delivery::QueuedSend>,
     /// Recent messages of meshes a dashboard is watching (see `traffic.rs`).
     traffic: traffic::Traffic,
+    /// Presence events waiting for their batch's commit or their mesh's tick.
+    announcements: announce::Announcements,
 }
 
 /// An attached connection.
@@ -382,6 +389,8 @@ struct ConnEntry {
     mesh_id: String,
     key: String,
     session_id: String,
+    /// The client announced `presence-batch` (see `announce.rs`).
+    presence_batch: bool,
 }
 
 impl Engine {
@@ -424,8 +433,10 @@ impl Engine {
             reset_in_batch: false,
             queued_sends: Vec::new(),
             traffic: traffic::Traffic::default(),
+            announcements: announce::Announcements::default(),
         };
         engine.join_cluster(&config.node_name)?;
+        engine.restore_presences();
         Ok(engine)
     }
 
@@ -505,6 +516,7 @@ impl Engine {
                 TimerKind::Recover if self.stale => self.reload(),
                 TimerKind::Recover => {}
                 TimerKind::Heartbeat => self.heartbeat(),
+                TimerKind::Presence => self.presence_timer(),
             }
         }
     }
@@ -769,6 +781,7 @@ impl Engine {
                 Effect::Close { .. } => {}
             }
         }
+        self.flush_announcements(committed);
         self.metrics.queue_depth.set(self.queue_depth);
         if !committed {
             self.rebuild();
@@ -780,6 +793,7 @@ impl Engine {
     fn rebuild(&mut self) {
         let _ = self.store.rollback();
         self.forget_traffic(true);
+        self.announcements.clear();
         // Every local presence goes with the rebuild; so must their shared rows.
         self.reset_presences = self.cluster.is_some();
         for (_, c) in self.conns.drain() {
@@ -813,6 +827,7 @@ impl Engine {
                 self.queue_depth = depth;
                 self.stale = false;
                 self.db_healthy = true;
+                self.restore_presences();
             }
             Err(e) => {
                 if !self.stale {

@@ -7,8 +7,8 @@ use claudemesh_proto::codes::Code;
 use std::time::Instant;
 
 use claudemesh_proto::frames::{
-    BrokerFrame, ErrorFrame, EventData, GroupRef, JoinGroup, MemberInfo, MembersList, PeerInfo,
-    PeersList, Priority, Push, Reach, ReqId, Status, event,
+    BrokerFrame, ErrorFrame, GroupRef, JoinGroup, MemberInfo, MembersList, PeerInfo, PeersList,
+    PresenceInfo, Reach, ReqId, Status, event,
 };
 use claudemesh_proto::limits;
 
@@ -16,6 +16,7 @@ use super::cluster::PresenceData;
 use super::delivery::Mailbox;
 use super::directory::{Mesh, Presence, groups_json, parse_groups};
 use super::{ConnId, Engine, ReplySlot, TimerKind};
+use crate::auth::Role;
 use claudemesh_proto::time::{iso8601, now_ms};
 
 /// Why a request from a mesh the broker no longer has is refused.
@@ -63,6 +64,68 @@ impl Engine {
         }
     }
 
+    /// After the state was loaded (at start, or rebuilt after a failed commit), with no
+    /// other nodes: every identity that had a presence when its row was last written gets
+    /// one back, in its grace period. To the peers that were connected, a broker restart
+    /// is a drop of every connection, so a reconnect within the grace period is a
+    /// re-attach (no event), and an identity that does not come back is announced as
+    /// gone when the period ends: a restart storm costs no presence events, and leaves no
+    /// ghosts. (With several nodes the `presences` rows of a dead node do the same; see
+    /// `cluster.rs`.)
+    pub(super) fn restore_presences(&mut self) {
+        if self.cluster.is_some() {
+            return;
+        }
+        let ends = Instant::now() + self.timings.grace;
+        let mut restored = Vec::new();
+        for (mesh_id, mesh) in &mut self.dir.meshes {
+            for peer in mesh.peers.values() {
+                let member = mesh
+                    .members
+                    .get(&peer.member_id)
+                    .filter(|m| m.removed.is_none());
+                let Some(member) = member.filter(|_| peer.online && peer.retired_at.is_none())
+                else {
+                    continue;
+                };
+                let presence = Presence {
+                    key: peer.pubkey.clone(),
+                    member_id: member.id.clone(),
+                    member_pubkey: member.pubkey.clone(),
+                    role: match peer.kind {
+                        PeerKind::Session => Role::Session,
+                        PeerKind::Member => Role::ControlPlane,
+                    },
+                    info: PresenceInfo {
+                        display_name: Some(peer.display_name.clone()),
+                        ..PresenceInfo::default()
+                    },
+                    display_name: peer.display_name.clone(),
+                    status: Status::Idle,
+                    summary: None,
+                    groups: parse_groups(&peer.groups_json),
+                    connected_at: peer.last_seen,
+                    conns: Vec::new(),
+                    epoch: 0,
+                    mailbox: None,
+                };
+                restored.push((mesh_id.clone(), presence));
+            }
+        }
+        for (mesh_id, presence) in restored {
+            let key = presence.key.clone();
+            if let Some(mesh) = self.dir.mesh_mut(&mesh_id) {
+                mesh.presences.insert(key.clone(), presence);
+            }
+            let grace = TimerKind::Grace {
+                mesh: mesh_id,
+                key,
+                epoch: 0,
+            };
+            self.timer(ends, grace);
+        }
+    }
+
     /// Grace over: if nobody re-attached, the presence is gone and peers hear `peer_left`.
     pub(super) fn end_grace(&mut self, mesh_id: &str, key: &str, epoch: u64) {
         let Some(mesh) = self.dir.mesh_mut(mesh_id) else {
@@ -81,6 +144,7 @@ impl Engine {
         let elsewhere = mesh.held_elsewhere(key);
         if let Some(peer) = mesh.peers.get_mut(key) {
             peer.last_seen = now_ms();
+            peer.online = false;
             let peer = peer.clone();
             if let Err(e) = self.store.upsert_peer(&peer) {
                 self.poison(&e);
@@ -90,51 +154,6 @@ impl Engine {
         // Still present on another node: nobody hears it leave.
         if !elsewhere {
             self.announce(mesh_id, key, event::PEER_LEFT, &p.display_name, &p.groups);
-        }
-    }
-
-    /// Push a system event to every other live presence of the mesh (not durable).
-    pub(super) fn announce(
-        &mut self,
-        mesh_id: &str,
-        key: &str,
-        ev: &str,
-        name: &str,
-        groups: &[GroupRef],
-    ) {
-        let Some(mesh) = self.dir.mesh(mesh_id) else {
-            return;
-        };
-        let now = now_ms();
-        let targets: Vec<ConnId> = mesh
-            .presences
-            .values()
-            .filter(|p| p.key != key)
-            .filter_map(Presence::target)
-            .collect();
-        for conn in targets {
-            let push = Push {
-                message_id: claudemesh_proto::ids::new_id(),
-                mesh_id: mesh_id.to_owned(),
-                sender_pubkey: "system".into(),
-                priority: Priority::Low,
-                nonce: String::new(),
-                ciphertext: String::new(),
-                created_at: iso8601(now),
-                client_message_id: None,
-                sender_member_pubkey: None,
-                sender_name: None,
-                target_spec: None,
-                sealed_key: None,
-                subtype: Some("system".into()),
-                event: Some(ev.to_owned()),
-                event_data: Some(EventData {
-                    name: name.to_owned(),
-                    pubkey: key.to_owned(),
-                    groups: Some(groups.to_vec()),
-                }),
-            };
-            self.out(conn, BrokerFrame::Push(push));
         }
     }
 

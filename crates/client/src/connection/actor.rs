@@ -495,6 +495,12 @@ impl Actor {
             BrokerFrame::Push(p) => {
                 let _ = self.push_tx.send(p).await;
             }
+            BrokerFrame::Presence(batch) => {
+                let own = self.opts.identity.connection_key().public().to_hex();
+                for p in batch.into_pushes(&own) {
+                    let _ = self.push_tx.send(p).await;
+                }
+            }
             BrokerFrame::Ack(ack) => {
                 let seq = ack.id.strip_prefix('s').and_then(|n| n.parse::<u64>().ok());
                 if let Some((_, reply)) = seq.and_then(|s| self.pending_sends.remove(&s)) {

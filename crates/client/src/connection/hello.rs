@@ -7,6 +7,7 @@
 
 use claudemesh_crypto::SecretKey;
 use claudemesh_proto::canonical;
+use claudemesh_proto::codes::cap;
 use claudemesh_proto::frames::{Attestation, ClientFrame, Hello, PresenceInfo, SessionHello};
 use claudemesh_proto::limits::MAX_ATTESTATION_TTL_MS;
 
@@ -17,12 +18,20 @@ pub(super) const ATTESTATION_TTL_MS: i64 = 12 * 60 * 60 * 1000;
 const _: () = assert!(ATTESTATION_TTL_MS > 0 && ATTESTATION_TTL_MS <= MAX_ATTESTATION_TTL_MS);
 
 /// The first frame of a connection for `identity` at `now_ms`: a `session_hello` when it
-/// has a session key, else a member `hello`.
+/// has a session key, else a member `hello`. It announces `presence-batch` whatever the
+/// caller's capabilities say: the connection itself turns those frames back into the
+/// system pushes a v1 broker would have sent, so callers see one kind of event.
 pub(super) fn hello_frame(
     identity: &Identity,
     presence: &PresenceInfo,
     now_ms: i64,
 ) -> ClientFrame {
+    let mut presence = presence.clone();
+    let caps = presence.capabilities.get_or_insert_with(Vec::new);
+    if !caps.iter().any(|c| c == cap::PRESENCE_BATCH) {
+        caps.push(cap::PRESENCE_BATCH.to_owned());
+    }
+    let presence = &presence;
     match &identity.session_key {
         None => ClientFrame::Hello(member_hello(identity, presence, now_ms)),
         Some(session) => {
@@ -147,7 +156,10 @@ mod tests {
             ("mesh-1", "member-1")
         );
         assert_eq!((h.timestamp, h.session_pubkey), (NOW, None));
-        assert_eq!(h.presence, presence());
+        // The caller's presence, plus the capability the connection handles itself.
+        let mut expected = presence();
+        expected.capabilities = Some(vec![cap::PRESENCE_BATCH.to_owned()]);
+        assert_eq!(h.presence, expected);
         let signed = canonical::hello("mesh-1", "member-1", &h.pubkey, NOW);
         assert!(verifies(&h.pubkey, &signed, &h.signature));
         // Bound to its timestamp: the same signature says nothing about another time.

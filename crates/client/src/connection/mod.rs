@@ -288,6 +288,11 @@ impl Connection {
         self.state.borrow().clone()
     }
 
+    /// Follow the state as it changes (a drop, a reconnect, giving up).
+    pub fn watch_state(&self) -> watch::Receiver<State> {
+        self.state.clone()
+    }
+
     /// Send a frame and wait for its ack. The `id` is assigned here.
     pub async fn send(&self, mut frame: Send) -> Result<Ack, ConnectError> {
         frame.id = None;

@@ -19,6 +19,9 @@ pub enum BrokerFrame {
     MessageStatus(MessageStatusReply),
     /// Extension `session-retire`: the reply to `retire_sessions`.
     SessionsRetired(SessionsRetired),
+    /// Extension `presence-batch`: the presence events of one mesh, coalesced. Sent only
+    /// to clients that announced the capability; the others get one system `push` each.
+    Presence(PresenceBatch),
 }
 
 impl BrokerFrame {
@@ -33,6 +36,7 @@ impl BrokerFrame {
             BrokerFrame::MembersList(f) => f.req_id.as_ref(),
             BrokerFrame::MessageStatus(f) => f.req_id.as_ref(),
             BrokerFrame::SessionsRetired(f) => f.req_id.as_ref(),
+            BrokerFrame::Presence(_) => None,
         }
     }
 }
@@ -135,6 +139,72 @@ pub struct EventData {
     pub pubkey: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<GroupRef>>,
+}
+
+/// Extension `presence-batch` (PROTOCOL.md §6): what changed in a mesh's presence since
+/// the last such frame, in order, one event per key at most. It may name the recipient
+/// itself, which ignores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceBatch {
+    pub mesh_id: String,
+    /// ISO 8601 (UTC, milliseconds).
+    pub created_at: String,
+    pub events: Vec<PresenceEvent>,
+}
+
+/// One event of a [`PresenceBatch`]: a system push's `event` and `eventData` in one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceEvent {
+    /// One of [`event`]'s names.
+    pub event: String,
+    pub name: String,
+    pub pubkey: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<GroupRef>>,
+}
+
+impl PresenceBatch {
+    /// The events as the system pushes a v1 client would have received, one each (with
+    /// fresh message ids), leaving out `own` (the recipient's own key).
+    pub fn into_pushes(self, own: &str) -> impl Iterator<Item = Push> + use<'_> {
+        let PresenceBatch {
+            mesh_id,
+            created_at,
+            events,
+        } = self;
+        events
+            .into_iter()
+            .filter(move |e| e.pubkey != own)
+            .map(move |e| Push::system(&mesh_id, &created_at, e))
+    }
+}
+
+impl Push {
+    /// A system push (a presence event) as v1 defines it.
+    pub fn system(mesh_id: &str, created_at: &str, e: PresenceEvent) -> Push {
+        Push {
+            message_id: crate::ids::new_id(),
+            mesh_id: mesh_id.to_owned(),
+            sender_pubkey: "system".into(),
+            priority: Priority::Low,
+            nonce: String::new(),
+            ciphertext: String::new(),
+            created_at: created_at.to_owned(),
+            client_message_id: None,
+            sender_member_pubkey: None,
+            sender_name: None,
+            target_spec: None,
+            sealed_key: None,
+            subtype: Some("system".into()),
+            event: Some(e.event),
+            event_data: Some(EventData {
+                name: e.name,
+                pubkey: e.pubkey,
+                groups: e.groups,
+            }),
+        }
+    }
 }
 
 /// System event names.

@@ -46,7 +46,7 @@ macro_rules! member_cols {
 macro_rules! peer_cols {
     () => {
         "pubkey, mesh_id, member_id, kind, display_name, groups_json, last_seen, e2e_multicast, \
-         retired_at"
+         retired_at, online"
     };
 }
 macro_rules! message_cols {
@@ -413,12 +413,13 @@ impl Store for PgStore {
     fn upsert_peer(&mut self, p: &PeerRow) -> Result<()> {
         self.exec(
             "INSERT INTO peers (pubkey, mesh_id, member_id, kind, display_name, groups_json,
-               last_seen, e2e_multicast, retired_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               last_seen, e2e_multicast, retired_at, online)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (mesh_id, pubkey) DO UPDATE SET member_id = excluded.member_id,
                kind = excluded.kind, display_name = excluded.display_name,
                groups_json = excluded.groups_json, last_seen = excluded.last_seen,
-               e2e_multicast = excluded.e2e_multicast, retired_at = excluded.retired_at",
+               e2e_multicast = excluded.e2e_multicast, retired_at = excluded.retired_at,
+               online = excluded.online",
             &[
                 &p.pubkey,
                 &p.mesh_id,
@@ -429,6 +430,7 @@ impl Store for PgStore {
                 &p.last_seen,
                 &p.e2e_multicast,
                 &p.retired_at,
+                &p.online,
             ],
         )?;
         Ok(())

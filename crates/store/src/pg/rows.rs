@@ -169,6 +169,7 @@ pub(super) fn peer_from_row(r: &Row) -> Result<PeerRow> {
         last_seen: r.try_get(6)?,
         e2e_multicast: r.try_get(7)?,
         retired_at: r.try_get(8)?,
+        online: r.try_get(9)?,
     })
 }
 

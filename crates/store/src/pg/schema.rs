@@ -118,6 +118,9 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 4: every node's figures, for the operators' dashboard of any node.
     "ALTER TABLE nodes ADD COLUMN figures TEXT NOT NULL DEFAULT '';",
+    // 5: who was present when a broker stopped (kept as on SQLite; with nodes on one
+    // database the `presences` rows are what counts).
+    "ALTER TABLE peers ADD COLUMN online BOOLEAN NOT NULL DEFAULT FALSE;",
 ];
 
 /// Bring the database to the newest schema. Idempotent; safe to run from several

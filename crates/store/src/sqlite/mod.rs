@@ -143,7 +143,7 @@ impl Store for SqliteStore {
 
     fn load_peers(&mut self) -> Result<Vec<PeerRow>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT pubkey, mesh_id, member_id, kind, display_name, groups_json, last_seen, e2e_multicast, retired_at FROM peers",
+            "SELECT pubkey, mesh_id, member_id, kind, display_name, groups_json, last_seen, e2e_multicast, retired_at, online FROM peers",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(PeerRow {
@@ -156,6 +156,7 @@ impl Store for SqliteStore {
                 last_seen: r.get(6)?,
                 e2e_multicast: r.get(7)?,
                 retired_at: r.get(8)?,
+                online: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -193,12 +194,13 @@ impl Store for SqliteStore {
     fn upsert_peer(&mut self, p: &PeerRow) -> Result<()> {
         self.tx()?
             .prepare_cached(
-                "INSERT INTO peers (pubkey, mesh_id, member_id, kind, display_name, groups_json, last_seen, e2e_multicast, retired_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                "INSERT INTO peers (pubkey, mesh_id, member_id, kind, display_name, groups_json, last_seen, e2e_multicast, retired_at, online)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT(mesh_id, pubkey) DO UPDATE SET member_id = excluded.member_id,
                    kind = excluded.kind, display_name = excluded.display_name,
                    groups_json = excluded.groups_json, last_seen = excluded.last_seen,
-                   e2e_multicast = excluded.e2e_multicast, retired_at = excluded.retired_at",
+                   e2e_multicast = excluded.e2e_multicast, retired_at = excluded.retired_at,
+                   online = excluded.online",
             )?
             .execute(params![
                 p.pubkey,
@@ -209,7 +211,8 @@ impl Store for SqliteStore {
                 p.groups_json,
                 p.last_seen,
                 p.e2e_multicast,
-                p.retired_at
+                p.retired_at,
+                p.online
             ])?;
         Ok(())
     }

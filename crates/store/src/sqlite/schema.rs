@@ -97,6 +97,8 @@ const MIGRATIONS: &[&str] = &[
         setup_expires_at INTEGER NOT NULL,
         created_at INTEGER NOT NULL
      );",
+    // 6: who was present when the broker stopped (restart storms need no presence events).
+    "ALTER TABLE peers ADD COLUMN online INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Bring the database to the newest schema, each migration in its own transaction.

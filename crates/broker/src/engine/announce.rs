@@ -1,0 +1,301 @@
+//! Presence events (`peer_joined`, `peer_returned`, `peer_left`; PROTOCOL.md §6.2),
+//! coalesced. What a batch announces is kept until the batch commits (an event that was
+//! rolled back never happened), then queued per mesh, and each mesh's queue goes out at
+//! most once per the presence tick (`Timings::presence_tick`): at once when the mesh was quiet, else when its tick comes.
+//!
+//! A key appears at most once in a queue. A change that the next one undoes within the
+//! tick (a join and its leave, a drop and its return) is dropped: the recipients' view is
+//! the same before and after. Each event is rendered once and the bytes are shared by
+//! every recipient. A client that announced `presence-batch` gets the whole queue as one
+//! `presence` frame; any other gets one v1 system push per event, at most
+//! [`V1_EVENTS_PER_TICK`] of them per tick (leaves first: a missed leave would leave a
+//! ghost, a missed join only an unknown peer that `list_peers` shows).
+//!
+//! So a storm of N connections costs each recipient O(ticks) frames, not O(N), and the
+//! engine O(ticks × recipients) channel sends plus one render per event.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use claudemesh_proto::frames::{BrokerFrame, GroupRef, PresenceBatch, PresenceEvent, Push, event};
+use claudemesh_proto::time::{iso8601, now_ms};
+
+use super::{ConnId, Engine, Outbound, TimerKind};
+
+/// Most v1 system pushes one recipient gets per tick; the rest of a storm is dropped.
+pub const V1_EVENTS_PER_TICK: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Joined,
+    Returned,
+    Left,
+}
+
+impl Kind {
+    fn of(name: &str) -> Self {
+        match name {
+            event::PEER_JOINED => Kind::Joined,
+            event::PEER_LEFT => Kind::Left,
+            _ => Kind::Returned,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Joined => event::PEER_JOINED,
+            Kind::Returned => event::PEER_RETURNED,
+            Kind::Left => event::PEER_LEFT,
+        }
+    }
+}
+
+/// What happened to one key since the mesh's last presence frame.
+struct Change {
+    key: String,
+    first: Kind,
+    last: Kind,
+    name: String,
+    groups: Vec<GroupRef>,
+}
+
+impl Change {
+    /// The event the recipients should hear, or `None` when the changes cancel out.
+    fn net(&self) -> Option<Kind> {
+        let before = self.first == Kind::Left; // it was present: it left first
+        let after = self.last != Kind::Left;
+        match (before, after) {
+            (true, true) | (false, false) => None,
+            (true, false) => Some(Kind::Left),
+            (false, true) if self.first == Kind::Joined => Some(Kind::Joined),
+            (false, true) => Some(self.last),
+        }
+    }
+}
+
+#[derive(Default)]
+struct MeshQueue {
+    changes: Vec<Change>,
+    by_key: HashMap<String, usize>,
+    last_sent: Option<Instant>,
+}
+
+impl MeshQueue {
+    fn add(&mut self, c: Change) {
+        match self
+            .by_key
+            .get(&c.key)
+            .and_then(|i| self.changes.get_mut(*i))
+        {
+            Some(existing) => {
+                existing.last = c.last;
+                existing.name = c.name;
+                existing.groups = c.groups;
+            }
+            None => {
+                self.by_key.insert(c.key.clone(), self.changes.len());
+                self.changes.push(c);
+            }
+        }
+    }
+
+    /// When the queue goes out: at once (`now`) after a quiet tick, else a tick after
+    /// the last frame; `None` when it is empty.
+    fn due(&self, tick: Duration, now: Instant) -> Option<Instant> {
+        if self.changes.is_empty() {
+            return None;
+        }
+        Some(self.last_sent.map_or(now, |t| t + tick))
+    }
+}
+
+/// The engine's presence events: this batch's, and what waits for its mesh's tick.
+#[derive(Default)]
+pub(super) struct Announcements {
+    batch: Vec<(String, Change)>,
+    meshes: HashMap<String, MeshQueue>,
+    /// When the presence timer is set for, if it is.
+    timer_at: Option<Instant>,
+}
+
+impl Announcements {
+    /// Forget everything (the state is being rebuilt and every connection closed).
+    pub fn clear(&mut self) {
+        self.batch.clear();
+        self.meshes.clear();
+    }
+}
+
+/// One event rendered as a v1 system push, with its key.
+struct Rendered {
+    key: String,
+    text: Utf8Bytes,
+}
+
+fn render(frame: &BrokerFrame) -> Utf8Bytes {
+    Utf8Bytes::from(serde_json::to_string(frame).unwrap_or_else(|_| "{}".to_owned()))
+}
+
+impl Engine {
+    /// A presence event for `key`'s mesh, sent once this batch has committed and the
+    /// mesh's tick has come (see the module doc).
+    pub(super) fn announce(
+        &mut self,
+        mesh_id: &str,
+        key: &str,
+        ev: &str,
+        name: &str,
+        groups: &[GroupRef],
+    ) {
+        let kind = Kind::of(ev);
+        self.announcements.batch.push((
+            mesh_id.to_owned(),
+            Change {
+                key: key.to_owned(),
+                first: kind,
+                last: kind,
+                name: name.to_owned(),
+                groups: groups.to_vec(),
+            },
+        ));
+    }
+
+    /// After the batch's commit: queue its events (or drop them when it failed), send
+    /// every mesh's queue whose tick has come, and set the timer for the next one.
+    pub(super) fn flush_announcements(&mut self, committed: bool) {
+        let batch = std::mem::take(&mut self.announcements.batch);
+        if committed {
+            for (mesh, change) in batch {
+                self.announcements
+                    .meshes
+                    .entry(mesh)
+                    .or_default()
+                    .add(change);
+            }
+        }
+        let now = Instant::now();
+        let tick = self.timings.presence_tick;
+        let due: Vec<String> = self
+            .announcements
+            .meshes
+            .iter()
+            .filter(|(_, q)| q.due(tick, now).is_some_and(|at| at <= now))
+            .map(|(m, _)| m.clone())
+            .collect();
+        for mesh in due {
+            let changes = match self.announcements.meshes.get_mut(&mesh) {
+                Some(q) => {
+                    q.last_sent = Some(now);
+                    q.by_key.clear();
+                    std::mem::take(&mut q.changes)
+                }
+                None => continue,
+            };
+            self.send_changes(&mesh, &changes);
+        }
+        // A quiet mesh whose last frame is a tick old needs no entry any more.
+        self.announcements
+            .meshes
+            .retain(|_, q| !q.changes.is_empty() || q.last_sent.is_some_and(|t| now < t + tick));
+        let next = self
+            .announcements
+            .meshes
+            .values()
+            .filter_map(|q| q.due(tick, now))
+            .min();
+        if let Some(at) = next
+            && self.announcements.timer_at.is_none_or(|t| t > at)
+        {
+            self.announcements.timer_at = Some(at);
+            self.timer(at, TimerKind::Presence);
+        }
+    }
+
+    /// The presence timer fired: the flush at the end of this turn sends what is due.
+    pub(super) fn presence_timer(&mut self) {
+        self.announcements.timer_at = None;
+    }
+
+    /// Send one mesh's changes to every live presence of the mesh on this node.
+    fn send_changes(&mut self, mesh_id: &str, changes: &[Change]) {
+        let events: Vec<(&Change, Kind)> = changes
+            .iter()
+            .filter_map(|c| c.net().map(|k| (c, k)))
+            .collect();
+        let cancelled = changes.len() - events.len();
+        let Some(mesh) = self.dir.mesh(mesh_id) else {
+            return;
+        };
+        let targets: Vec<(String, ConnId)> = mesh
+            .presences
+            .values()
+            .filter_map(|p| p.target().map(|c| (p.key.clone(), c)))
+            .collect();
+        if events.is_empty() || targets.is_empty() {
+            self.metrics
+                .presence_events_dropped_total
+                .inc_by((cancelled * targets.len()) as u64);
+            return;
+        }
+        let created_at = iso8601(now_ms());
+        let event_of = |c: &Change, k: Kind| PresenceEvent {
+            event: k.name().to_owned(),
+            name: c.name.clone(),
+            pubkey: c.key.clone(),
+            groups: Some(c.groups.clone()),
+        };
+        let mut batch: Option<Utf8Bytes> = None;
+        let mut singles: Option<Vec<Rendered>> = None;
+        let mut frames = 0u64;
+        let mut dropped = (cancelled * targets.len()) as u64;
+        for (own, conn) in targets {
+            let wants_batch = self.conns.get(&conn).is_some_and(|e| e.presence_batch);
+            if wants_batch {
+                if events.iter().all(|(c, _)| c.key == own) {
+                    continue;
+                }
+                let text = batch.get_or_insert_with(|| {
+                    render(&BrokerFrame::Presence(PresenceBatch {
+                        mesh_id: mesh_id.to_owned(),
+                        created_at: created_at.clone(),
+                        events: events.iter().map(|(c, k)| event_of(c, *k)).collect(),
+                    }))
+                });
+                let text = text.clone();
+                frames += 1;
+                self.deliver_now(conn, Outbound::Text(text));
+                continue;
+            }
+            let rendered = singles.get_or_insert_with(|| {
+                // Leaves first (see the module doc); otherwise in order.
+                let mut order: Vec<&(&Change, Kind)> = events.iter().collect();
+                order.sort_by_key(|(_, k)| *k != Kind::Left);
+                order
+                    .into_iter()
+                    .map(|(c, k)| Rendered {
+                        key: c.key.clone(),
+                        text: render(&BrokerFrame::Push(Push::system(
+                            mesh_id,
+                            &created_at,
+                            event_of(c, *k),
+                        ))),
+                    })
+                    .collect()
+            });
+            let mine: Vec<Utf8Bytes> = rendered
+                .iter()
+                .filter(|r| r.key != own)
+                .map(|r| r.text.clone())
+                .collect();
+            let sent = mine.len().min(V1_EVENTS_PER_TICK);
+            dropped += (mine.len() - sent) as u64;
+            frames += sent as u64;
+            for text in mine.into_iter().take(sent) {
+                self.deliver_now(conn, Outbound::Text(text));
+            }
+        }
+        self.metrics.presence_frames_total.inc_by(frames);
+        self.metrics.presence_events_dropped_total.inc_by(dropped);
+    }
+}
