@@ -177,6 +177,10 @@ impl Drop for Broker {
     }
 }
 
+/// Connections a run needs when that is more than a broker serves by default (set
+/// once, before any broker starts).
+pub static MAX_CONNECTIONS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
 /// Start `bin` listening on `listen` (under callgrind, uninstrumented at first, when
 /// `callgrind_out` is given); returns the process and the URL it printed.
 fn start(
@@ -201,6 +205,10 @@ fn start(
     cmd.args(["--listen", listen, "--no-rate-limits"])
         .args(["--max-unauthenticated-per-source", "1024", "--data-dir"])
         .arg(dir);
+    // Past the default cap, as many as the run needs (the fd limit was raised for it).
+    if let Some(n) = MAX_CONNECTIONS.get() {
+        cmd.args(["--max-connections", &n.to_string()]);
+    }
     if let Some(url) = database_url {
         cmd.args(["--database-url", url]);
     }

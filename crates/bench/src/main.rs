@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use futures_util::StreamExt as _;
 use serde_json::json;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,9 +65,10 @@ struct Args {
     /// Connections for the idle-connections scenario.
     #[arg(long, default_value_t = 1000)]
     idle_connections: usize,
-    /// Meshes for the reconnect-storm scenario (--peers each).
-    #[arg(long, default_value_t = 10)]
-    meshes: usize,
+    /// Meshes: reconnect-storm has --peers in each (default 10 meshes); idle-connections
+    /// spreads --idle-connections over them (default 1).
+    #[arg(long)]
+    meshes: Option<usize>,
     /// Connections of the idle-connections scenario say hello as plain v1 clients (no
     /// `presence-batch`), so presence events go out as one push each.
     #[arg(long)]
@@ -183,6 +185,7 @@ fn medians(runs: &[serde_json::Value]) -> serde_json::Value {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    raise_fd_limit(&args)?;
     let mut reports = Vec::new();
     for run in 0..args.runs.max(1) {
         let report = one_run(&args).await?;
@@ -200,6 +203,30 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.json {
         writeln!(out, "{report}")?;
+    }
+    Ok(())
+}
+
+/// Enough file descriptors for the run, for this process and the brokers it starts
+/// (they inherit the limit): the soft limit raised to the hard one, and for more
+/// connections than that allows, both raised (needs CAP_SYS_RESOURCE).
+fn raise_fd_limit(args: &Args) -> anyhow::Result<()> {
+    let have = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let connections = match args.scenario {
+        Scenario::IdleConnections => args.idle_connections,
+        Scenario::ReconnectStorm => args.peers * args.meshes.unwrap_or(10),
+        _ => args.peers,
+    };
+    if connections > 10_000 {
+        let _ = broker::MAX_CONNECTIONS.set(connections + 1_024);
+    }
+    // Each process has its own limit: the bench holds one end of each connection, the
+    // broker the other.
+    let want = (connections as u64).saturating_add(4_096);
+    if want > have {
+        rlimit::setrlimit(rlimit::Resource::NOFILE, want, want).with_context(|| {
+            format!("{want} file descriptors are needed and the hard limit is {have} (raising it needs CAP_SYS_RESOURCE)")
+        })?;
     }
     Ok(())
 }
@@ -267,7 +294,7 @@ async fn one_run(args: &Args) -> anyhow::Result<serde_json::Value> {
                 first.pid().is_some(),
                 "reconnect-storm restarts the broker: it cannot use --broker-url"
             );
-            storm::run(first, args.meshes, args.peers).await?
+            storm::run(first, args.meshes.unwrap_or(10), args.peers).await?
         }
         Scenario::Hooks => tokio::task::block_in_place(|| {
             hooks::run(first, args.claudemesh_bin.clone(), args.messages.max(1))
@@ -367,7 +394,8 @@ async fn messaging(
         // Round-robin over the nodes; the mesh was made on the first.
         let node = brokers.get(i % brokers.len()).unwrap_or(broker);
         let name = format!("peer-{i}");
-        sockets.push(run::connect(&node.ws_url, &enrolled.mesh_id, p, &name, false).await?);
+        let dial = run::Dial::default();
+        sockets.push(run::connect(&node.ws_url, &enrolled.mesh_id, p, &name, dial).await?);
     }
     let cfg = run::RunConfig {
         messages_per_sender: args.messages,
@@ -464,8 +492,17 @@ async fn idle_connections(
     let pid = broker
         .pid()
         .context("idle-connections needs a broker started by the bench (for /proc)")?;
-    let n = args.idle_connections.max(1);
-    let enrolled = setup::enroll(&broker.http_url, &broker.ws_url, n).await?;
+    let meshes = args.meshes.unwrap_or(1).max(1);
+    let per_mesh = (args.idle_connections / meshes).max(1);
+    let n = per_mesh * meshes;
+    let (http, ws) = (&broker.http_url, &broker.ws_url);
+    let enrolled: Vec<setup::Enrolled> = futures_util::stream::iter(0..meshes)
+        .map(|_| setup::enroll(http, ws, per_mesh))
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (before, _) = broker::rss_kib(pid).context("reading /proc")?;
     let cpu_before = broker::cpu_seconds(pid);
@@ -473,15 +510,17 @@ async fn idle_connections(
     let mut sockets = Vec::with_capacity(n);
     let counts: Arc<(AtomicU64, AtomicU64)> = Arc::default();
     let bar = indicatif::ProgressBar::new(n as u64).with_message("connected");
-    for (i, p) in enrolled.peers.iter().enumerate() {
+    let peers = enrolled
+        .iter()
+        .flat_map(|e| e.peers.iter().map(move |p| (e.mesh_id.as_str(), p)));
+    for (i, (mesh_id, p)) in peers.enumerate() {
         let name = format!("idle-{i}");
-        let ws = run::connect(
-            &broker.ws_url,
-            &enrolled.mesh_id,
-            p,
-            &name,
-            args.v1_presence,
-        );
+        let dial = run::Dial {
+            v1_presence: args.v1_presence,
+            // 127.0.0.1 … 127.0.0.16, round-robin (see `run::Dial`).
+            source: Some(std::net::IpAddr::from([127, 0, 0, 1 + (i % 16) as u8])),
+        };
+        let ws = run::connect(ws, mesh_id, p, &name, dial);
         let (sink, stream) = futures_util::StreamExt::split(ws.await?);
         // A real client reads what it is sent: count the presence frames and events.
         tokio::spawn(count_presence(stream, counts.clone()));
@@ -491,13 +530,14 @@ async fn idle_connections(
     bar.finish_and_clear();
     let connect_s = started.elapsed().as_secs_f64();
     // The last presence tick goes out, and what it sends is written.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let connect_cpu = broker::cpu_seconds(pid).zip(cpu_before).map(|(a, b)| a - b);
     let (after, _) = broker::rss_kib(pid).context("reading /proc")?;
     let fds = broker::open_fds(pid).unwrap_or(0);
     drop(sockets);
     Ok(json!({
         "scenario": "idle-connections",
+        "meshes": meshes,
         "peers": n,
         "messages_per_peer": 0,
         "sent": 0, "delivered": 0, "lost": 0, "duplicates": 0,

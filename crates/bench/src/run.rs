@@ -74,24 +74,57 @@ fn text(frame: &ClientFrame) -> Message {
     Message::Text(serde_json::to_string(frame).unwrap_or_default().into())
 }
 
+/// How a benchmark connection says hello.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dial {
+    /// Announce no `presence-batch` (a plain v1 client's presence events).
+    pub v1_presence: bool,
+    /// Connect from this local address (a `ws://` broker on loopback): one address has
+    /// only ~28 000 ephemeral ports, so 100 000 connections come from several.
+    pub source: Option<std::net::IpAddr>,
+}
+
 /// Open a socket and say hello as `peer`, announcing what this project's client does
-/// (`presence-batch` too, unless `v1_presence`).
+/// (`presence-batch` too, unless `dial.v1_presence`).
 pub async fn connect(
     url: &str,
     mesh_id: &str,
     peer: &PeerIdentity,
     name: &str,
-    v1_presence: bool,
+    dial: Dial,
 ) -> anyhow::Result<Ws> {
-    let connector = if url.starts_with("wss://") {
-        let tls = claudemesh_client::tls::client_config()?;
-        Some(tokio_tungstenite::Connector::Rustls(tls))
-    } else {
-        None
+    let v1_presence = dial.v1_presence;
+    let mut ws = match dial.source {
+        Some(source) if url.starts_with("ws://") => {
+            let addr: std::net::SocketAddr = url
+                .trim_start_matches("ws://")
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .context("--source needs a ws://IP:PORT broker URL")?;
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::new(source, 0))?;
+            let stream = socket
+                .connect(addr)
+                .await
+                .context("connecting to the broker")?;
+            let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+            tokio_tungstenite::client_async(url, stream).await?.0
+        }
+        _ => {
+            let connector = if url.starts_with("wss://") {
+                let tls = claudemesh_client::tls::client_config()?;
+                Some(tokio_tungstenite::Connector::Rustls(tls))
+            } else {
+                None
+            };
+            tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector)
+                .await
+                .context("connecting to the broker")?
+                .0
+        }
     };
-    let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector)
-        .await
-        .context("connecting to the broker")?;
     let ts = now_ms();
     let pk = peer.key.public().to_hex();
     let hello = ClientFrame::Hello(Hello {

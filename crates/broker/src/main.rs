@@ -78,6 +78,10 @@ struct Args {
     /// messages; its queued copies are dropped).
     #[arg(long, default_value_t = 72, env = "CLAUDEMESH_SESSION_RETENTION_HOURS")]
     session_retention_hours: u64,
+    /// Connections served at once (WebSockets, those before their hello included);
+    /// lowered to what the file descriptor limit allows.
+    #[arg(long, default_value_t = 10_000, env = "CLAUDEMESH_MAX_CONNECTIONS")]
+    max_connections: usize,
     /// Connections not yet authenticated (HTTP, or a WebSocket before its hello), in total.
     #[arg(long, default_value_t = 1_024, env = "CLAUDEMESH_MAX_UNAUTHENTICATED")]
     max_unauthenticated: usize,
@@ -251,6 +255,7 @@ fn config(args: Args) -> anyhow::Result<BrokerConfig> {
     anyhow::ensure!(args.max_pushes >= 1, "--max-pushes must be at least 1");
     config.timings.max_pushes = args.max_pushes;
     config.timings.grace = std::time::Duration::from_secs(args.presence_grace_secs);
+    config.max_connections = args.max_connections.max(1);
     config.max_unauthenticated = args.max_unauthenticated.max(1);
     config.trust_proxy = args.trust_proxy;
     config.max_unauthenticated_per_source = args.max_unauthenticated_per_source.max(1);

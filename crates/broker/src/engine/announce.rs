@@ -1,18 +1,22 @@
 //! Presence events (`peer_joined`, `peer_returned`, `peer_left`; PROTOCOL.md §6.2),
 //! coalesced. What a batch announces is kept until the batch commits (an event that was
 //! rolled back never happened), then queued per mesh, and each mesh's queue goes out at
-//! most once per the presence tick (`Timings::presence_tick`): at once when the mesh was quiet, else when its tick comes.
+//! most once per tick: at once when the mesh was quiet, else when its tick comes. The
+//! tick is `Timings::presence_tick` (100 ms), longer in a mesh so large that its
+//! recipients would cost more than [`PER_RECIPIENT`] each per tick.
 //!
 //! A key appears at most once in a queue. A change that the next one undoes within the
 //! tick (a join and its leave, a drop and its return) is dropped: the recipients' view is
 //! the same before and after. Each event is rendered once and the bytes are shared by
-//! every recipient. A client that announced `presence-batch` gets the whole queue as one
-//! `presence` frame; any other gets one v1 system push per event, at most
-//! [`V1_EVENTS_PER_TICK`] of them per tick (leaves first: a missed leave would leave a
-//! ghost, a missed join only an unknown peer that `list_peers` shows).
+//! every recipient. A client that announced `presence-batch` gets the queue as one
+//! `presence` frame (at most [`EVENTS_PER_FRAME`] events, fewer in a large mesh: see
+//! [`EVENTS_PER_TICK`]; the rest counted in `more`);
+//! any other gets one v1 system push per event, at most [`V1_EVENTS_PER_TICK`] per tick.
+//! When not all fit, leaves go first: a missed leave would leave a ghost, a missed join
+//! only a peer that `list_peers` shows.
 //!
-//! So a storm of N connections costs each recipient O(ticks) frames, not O(N), and the
-//! engine O(ticks × recipients) channel sends plus one render per event.
+//! So a storm of N connections costs each recipient O(ticks) frames of bounded size, not
+//! O(N) frames, and the engine at most one frame per recipient per tick.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -25,6 +29,15 @@ use super::{ConnId, Engine, Outbound, TimerKind};
 
 /// Most v1 system pushes one recipient gets per tick; the rest of a storm is dropped.
 pub const V1_EVENTS_PER_TICK: usize = 16;
+/// Most events in one `presence` frame (the rest are counted in its `more`).
+pub const EVENTS_PER_FRAME: usize = 256;
+/// Events one tick of a mesh may send, summed over its recipients: a frame carries
+/// this divided by the recipients (between [`V1_EVENTS_PER_TICK`] and
+/// [`EVENTS_PER_FRAME`]), so a storm in a large mesh does not cost O(N²) bytes.
+pub const EVENTS_PER_TICK: usize = 8_192;
+/// Engine time allowed per recipient per tick: a mesh's tick is at least this times
+/// its live presences (100 ms up to 2 000 of them, 0.5 s at 10 000).
+pub const PER_RECIPIENT: Duration = Duration::from_micros(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -78,7 +91,8 @@ impl Change {
 struct MeshQueue {
     changes: Vec<Change>,
     by_key: HashMap<String, usize>,
-    last_sent: Option<Instant>,
+    /// The next frame may not go before this (a tick after the last one).
+    next_at: Option<Instant>,
 }
 
 impl MeshQueue {
@@ -102,11 +116,11 @@ impl MeshQueue {
 
     /// When the queue goes out: at once (`now`) after a quiet tick, else a tick after
     /// the last frame; `None` when it is empty.
-    fn due(&self, tick: Duration, now: Instant) -> Option<Instant> {
+    fn due(&self, now: Instant) -> Option<Instant> {
         if self.changes.is_empty() {
             return None;
         }
-        Some(self.last_sent.map_or(now, |t| t + tick))
+        Some(self.next_at.map_or(now, |t| t.max(now)))
     }
 }
 
@@ -175,34 +189,36 @@ impl Engine {
             }
         }
         let now = Instant::now();
-        let tick = self.timings.presence_tick;
         let due: Vec<String> = self
             .announcements
             .meshes
             .iter()
-            .filter(|(_, q)| q.due(tick, now).is_some_and(|at| at <= now))
+            .filter(|(_, q)| q.due(now).is_some_and(|at| at <= now))
             .map(|(m, _)| m.clone())
             .collect();
         for mesh in due {
             let changes = match self.announcements.meshes.get_mut(&mesh) {
                 Some(q) => {
-                    q.last_sent = Some(now);
                     q.by_key.clear();
                     std::mem::take(&mut q.changes)
                 }
                 None => continue,
             };
-            self.send_changes(&mesh, &changes);
+            let recipients = self.send_changes(&mesh, &changes);
+            let tick = self.tick_for(recipients);
+            if let Some(q) = self.announcements.meshes.get_mut(&mesh) {
+                q.next_at = Some(now + tick);
+            }
         }
         // A quiet mesh whose last frame is a tick old needs no entry any more.
         self.announcements
             .meshes
-            .retain(|_, q| !q.changes.is_empty() || q.last_sent.is_some_and(|t| now < t + tick));
+            .retain(|_, q| !q.changes.is_empty() || q.next_at.is_some_and(|t| now < t));
         let next = self
             .announcements
             .meshes
             .values()
-            .filter_map(|q| q.due(tick, now))
+            .filter_map(|q| q.due(now))
             .min();
         if let Some(at) = next
             && self.announcements.timer_at.is_none_or(|t| t > at)
@@ -217,27 +233,44 @@ impl Engine {
         self.announcements.timer_at = None;
     }
 
-    /// Send one mesh's changes to every live presence of the mesh on this node.
-    fn send_changes(&mut self, mesh_id: &str, changes: &[Change]) {
-        let events: Vec<(&Change, Kind)> = changes
+    /// The tick of a mesh with `recipients` live presences here: the configured one, or
+    /// longer in a large mesh, so that its presence frames cost at most one per
+    /// [`PER_RECIPIENT`] of engine time however many peers it has.
+    fn tick_for(&self, recipients: usize) -> Duration {
+        let scaled = PER_RECIPIENT.saturating_mul(u32::try_from(recipients).unwrap_or(u32::MAX));
+        self.timings.presence_tick.max(scaled)
+    }
+
+    /// Send one mesh's changes to every live presence of the mesh on this node; returns
+    /// how many presences that is.
+    fn send_changes(&mut self, mesh_id: &str, changes: &[Change]) -> usize {
+        let mut events: Vec<(&Change, Kind)> = changes
             .iter()
             .filter_map(|c| c.net().map(|k| (c, k)))
             .collect();
         let cancelled = changes.len() - events.len();
+        // Leaves first when not all of them fit (see the module doc); otherwise in order.
+        if events.len() > V1_EVENTS_PER_TICK {
+            events.sort_by_key(|(_, k)| *k != Kind::Left);
+        }
         let Some(mesh) = self.dir.mesh(mesh_id) else {
-            return;
+            return 0;
         };
         let targets: Vec<(String, ConnId)> = mesh
             .presences
             .values()
             .filter_map(|p| p.target().map(|c| (p.key.clone(), c)))
             .collect();
+        let recipients = targets.len();
         if events.is_empty() || targets.is_empty() {
             self.metrics
                 .presence_events_dropped_total
-                .inc_by((cancelled * targets.len()) as u64);
-            return;
+                .inc_by((cancelled * recipients) as u64);
+            return recipients;
         }
+        let share = (EVENTS_PER_TICK / recipients).clamp(V1_EVENTS_PER_TICK, EVENTS_PER_FRAME);
+        let in_frame = events.len().min(share);
+        let left_out = events.len() - in_frame;
         let created_at = iso8601(now_ms());
         let event_of = |c: &Change, k: Kind| PresenceEvent {
             event: k.name().to_owned(),
@@ -259,20 +292,25 @@ impl Engine {
                     render(&BrokerFrame::Presence(PresenceBatch {
                         mesh_id: mesh_id.to_owned(),
                         created_at: created_at.clone(),
-                        events: events.iter().map(|(c, k)| event_of(c, *k)).collect(),
+                        events: events
+                            .iter()
+                            .take(in_frame)
+                            .map(|(c, k)| event_of(c, *k))
+                            .collect(),
+                        more: (left_out > 0).then_some(left_out as u64),
                     }))
                 });
                 let text = text.clone();
                 frames += 1;
+                dropped += left_out as u64;
                 self.deliver_now(conn, Outbound::Text(text));
                 continue;
             }
             let rendered = singles.get_or_insert_with(|| {
-                // Leaves first (see the module doc); otherwise in order.
-                let mut order: Vec<&(&Change, Kind)> = events.iter().collect();
-                order.sort_by_key(|(_, k)| *k != Kind::Left);
-                order
-                    .into_iter()
+                // At most one more than a client's share: its own may be among them.
+                events
+                    .iter()
+                    .take(V1_EVENTS_PER_TICK + 1)
                     .map(|(c, k)| Rendered {
                         key: c.key.clone(),
                         text: render(&BrokerFrame::Push(Push::system(
@@ -286,16 +324,52 @@ impl Engine {
             let mine: Vec<Utf8Bytes> = rendered
                 .iter()
                 .filter(|r| r.key != own)
+                .take(V1_EVENTS_PER_TICK)
                 .map(|r| r.text.clone())
                 .collect();
-            let sent = mine.len().min(V1_EVENTS_PER_TICK);
-            dropped += (mine.len() - sent) as u64;
-            frames += sent as u64;
-            for text in mine.into_iter().take(sent) {
+            let about_me = events.iter().any(|(c, _)| c.key == own);
+            dropped += (events.len() - usize::from(about_me) - mine.len()) as u64;
+            frames += mine.len() as u64;
+            for text in mine {
                 self.deliver_now(conn, Outbound::Text(text));
             }
         }
         self.metrics.presence_frames_total.inc_by(frames);
         self.metrics.presence_events_dropped_total.inc_by(dropped);
+        recipients
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Change, Kind};
+
+    fn change(first: Kind, last: Kind) -> Change {
+        Change {
+            key: "k".into(),
+            first,
+            last,
+            name: "n".into(),
+            groups: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_change_undone_within_the_tick_is_not_sent() {
+        use Kind::{Joined, Left, Returned};
+        // (first, last) → what the recipients hear.
+        let cases = [
+            (Joined, Joined, Some(Joined)),
+            (Returned, Returned, Some(Returned)),
+            (Left, Left, Some(Left)),
+            (Joined, Left, None),
+            (Returned, Left, None),
+            (Left, Returned, None),
+            (Left, Joined, None),
+            (Joined, Returned, Some(Joined)),
+        ];
+        for (first, last, heard) in cases {
+            assert_eq!(change(first, last).net(), heard, "{first:?} then {last:?}");
+        }
     }
 }

@@ -151,6 +151,10 @@ pub struct PresenceBatch {
     /// ISO 8601 (UTC, milliseconds).
     pub created_at: String,
     pub events: Vec<PresenceEvent>,
+    /// Events of this tick left out (a storm past the frame's share): `list_peers`
+    /// shows where they ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub more: Option<u64>,
 }
 
 /// One event of a [`PresenceBatch`]: a system push's `event` and `eventData` in one object.
@@ -172,6 +176,7 @@ impl PresenceBatch {
             mesh_id,
             created_at,
             events,
+            more: _,
         } = self;
         events
             .into_iter()
