@@ -95,8 +95,9 @@ impl Broker {
     }
 
     /// Under callgrind: stop the broker (SIGTERM, so callgrind writes its totals) and
-    /// return the instructions counted while instrumented.
-    pub fn instructions(&mut self) -> anyhow::Result<u64> {
+    /// return the instructions counted while instrumented, and where the profile was kept
+    /// (for `callgrind_annotate`).
+    pub fn instructions(&mut self) -> anyhow::Result<(u64, PathBuf)> {
         let out = self
             .callgrind_out
             .clone()
@@ -109,15 +110,18 @@ impl Broker {
         child.wait()?;
         let text =
             std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+        let kept = std::env::temp_dir().join(format!("claudemesh-callgrind.{}.out", child.id()));
+        std::fs::write(&kept, &text)?;
         let field = |name: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(name))
                 .and_then(|v| v.split_whitespace().next())
                 .and_then(|v| v.parse().ok())
         };
-        field("totals:")
+        let total = field("totals:")
             .or_else(|| field("summary:"))
-            .context("no totals in the callgrind output")
+            .context("no totals in the callgrind output")?;
+        Ok((total, kept))
     }
 
     /// SIGKILL the broker and start it again on the same address, data directory and

@@ -73,6 +73,10 @@ struct Args {
     /// `presence-batch`), so presence events go out as one push each.
     #[arg(long)]
     v1_presence: bool,
+    /// Keep the idle connections open this long after measuring (to look at the broker
+    /// meanwhile, e.g. a heap snapshot with valgrind's `vgdb`).
+    #[arg(long, default_value_t = 0)]
+    hold_secs: u64,
     /// Padding bytes per message body.
     #[arg(long, default_value_t = 64)]
     body_bytes: usize,
@@ -305,12 +309,16 @@ async fn one_run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let broker_cpu = brokers_cpu(&brokers).zip(cpu_before.0).map(|(a, b)| a - b);
     if args.callgrind {
         let mut total = 0;
+        let mut profiles = Vec::new();
         for b in &mut brokers {
-            total += b.instructions()?;
+            let (n, kept) = b.instructions()?;
+            total += n;
+            profiles.push(kept.display().to_string());
         }
         let delivered = report.get("delivered").and_then(serde_json::Value::as_u64);
         if let Some(o) = report.as_object_mut() {
             o.insert("broker_instructions".into(), json!(total));
+            o.insert("callgrind_profiles".into(), json!(profiles));
             o.insert(
                 "broker_instructions_per_msg".into(),
                 json!(delivered.filter(|d| *d > 0).map(|d| total / d)),
@@ -489,9 +497,8 @@ async fn idle_connections(
     args: &Args,
     broker: &broker::Broker,
 ) -> anyhow::Result<serde_json::Value> {
-    let pid = broker
-        .pid()
-        .context("idle-connections needs a broker started by the bench (for /proc)")?;
+    // Memory and CPU come from /proc: only for a broker the bench started.
+    let pid = broker.pid();
     let meshes = args.meshes.unwrap_or(1).max(1);
     let per_mesh = (args.idle_connections / meshes).max(1);
     let n = per_mesh * meshes;
@@ -504,8 +511,8 @@ async fn idle_connections(
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (before, _) = broker::rss_kib(pid).context("reading /proc")?;
-    let cpu_before = broker::cpu_seconds(pid);
+    let before = pid.and_then(broker::rss_kib).map(|(rss, _)| rss);
+    let cpu_before = pid.and_then(broker::cpu_seconds);
     let started = Instant::now();
     let mut sockets = Vec::with_capacity(n);
     let counts: Arc<(AtomicU64, AtomicU64)> = Arc::default();
@@ -531,9 +538,13 @@ async fn idle_connections(
     let connect_s = started.elapsed().as_secs_f64();
     // The last presence tick goes out, and what it sends is written.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let connect_cpu = broker::cpu_seconds(pid).zip(cpu_before).map(|(a, b)| a - b);
-    let (after, _) = broker::rss_kib(pid).context("reading /proc")?;
-    let fds = broker::open_fds(pid).unwrap_or(0);
+    let connect_cpu = pid
+        .and_then(broker::cpu_seconds)
+        .zip(cpu_before)
+        .map(|(a, b)| a - b);
+    let after = pid.and_then(broker::rss_kib).map(|(rss, _)| rss);
+    let fds = pid.and_then(broker::open_fds);
+    tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
     drop(sockets);
     Ok(json!({
         "scenario": "idle-connections",
@@ -543,9 +554,9 @@ async fn idle_connections(
         "sent": 0, "delivered": 0, "lost": 0, "duplicates": 0,
         "e2e_p50_ms": 0.0, "e2e_p95_ms": 0.0, "e2e_p99_ms": 0.0, "ack_p50_ms": 0.0, "ack_p99_ms": 0.0,
         "throughput_msgs_per_s": 0.0,
-        "rss_before_mb": before as f64 / 1024.0,
-        "rss_after_mb": after as f64 / 1024.0,
-        "kb_per_connection": after.saturating_sub(before) as f64 / n as f64,
+        "rss_before_mb": before.map(|b| b as f64 / 1024.0),
+        "rss_after_mb": after.map(|a| a as f64 / 1024.0),
+        "kb_per_connection": after.zip(before).map(|(a, b)| a.saturating_sub(b) as f64 / n as f64),
         "connect_s": connect_s,
         "connect_broker_cpu_s": connect_cpu,
         "v1_presence": args.v1_presence,

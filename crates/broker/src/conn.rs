@@ -82,6 +82,30 @@ fn text(frame: &BrokerFrame) -> Message {
     ))
 }
 
+/// The `push` JSON of a delivery: its message's frame, rendered once for every recipient
+/// (without `sealedKey`), plus this recipient's sealed key, which serde would write last.
+fn push_text(d: &Delivery) -> Utf8Bytes {
+    let shared = d.message.rendered.get_or_init(|| {
+        let frame = push_frame(&Delivery {
+            sealed_key: None,
+            message: d.message.clone(),
+            ..*d
+        });
+        Utf8Bytes::from(serde_json::to_string(&frame).unwrap_or_else(|_| "{}".to_owned()))
+    });
+    let Some(key) = &d.sealed_key else {
+        return shared.clone();
+    };
+    let key = serde_json::to_string(key).unwrap_or_default();
+    let head = shared.as_str().strip_suffix('}').unwrap_or_default();
+    let mut text = String::with_capacity(head.len() + key.len() + 14);
+    text.push_str(head);
+    text.push_str(",\"sealedKey\":");
+    text.push_str(&key);
+    text.push('}');
+    Utf8Bytes::from(text)
+}
+
 fn push_frame(d: &Delivery) -> BrokerFrame {
     let m = &d.message;
     let multicast =
@@ -255,9 +279,9 @@ impl Connection {
                 self.handle
                     .queued_pushes
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                text(&push_frame(&d))
+                Message::Text(push_text(&d))
             }
-            Outbound::Text(t) => Message::Text(t),
+            Outbound::Text(t) => Message::Text(*t),
         }
     }
 
@@ -320,12 +344,14 @@ impl Connection {
             (None, ClientFrame::Hello(h)) => {
                 let req_id = h.req_id.clone();
                 let verified = auth::verify_hello(h, now_ms());
-                self.authenticate(verified, req_id).await
+                // Boxed (once per connection): its future is large, and every idle
+                // connection's task would keep room for it.
+                Box::pin(self.authenticate(verified, req_id)).await
             }
             (None, ClientFrame::SessionHello(h)) => {
                 let req_id = h.req_id.clone();
                 let verified = auth::verify_session_hello(h, now_ms());
-                self.authenticate(verified, req_id).await
+                Box::pin(self.authenticate(verified, req_id)).await
             }
             (None, other) => {
                 let req_id = other.req_id().cloned();
@@ -355,7 +381,15 @@ impl Connection {
                     },
                     Err(frame) => Command::Frame { conn, frame },
                 };
-                match self.shared.engine.send(cmd).await {
+                // Without a future that holds the command while the inbox has room (the
+                // usual case): the task of every connection keeps room for its largest
+                // future, so waiting on a full inbox is boxed.
+                let sent = match self.shared.engine.try_send(cmd) {
+                    Ok(()) => Ok(()),
+                    Err(Ok(cmd)) => Box::pin(self.shared.engine.send(*cmd)).await,
+                    Err(Err(stopped)) => Err(stopped),
+                };
+                match sent {
                     Ok(()) => Flow::Continue,
                     Err(_) => Flow::Close(close::GOING_AWAY, "shutting down".into()),
                 }
@@ -468,5 +502,57 @@ fn rate_limited(frame: &ClientFrame) -> Message {
             "rate limit exceeded for this frame type",
             other.req_id().cloned(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use claudemesh_proto::frames::Priority;
+    use claudemesh_store::MessageRow;
+
+    use super::{push_frame, push_text};
+    use crate::engine::{Body, Delivery};
+
+    fn delivery(sealed_key: Option<&str>, body: &Arc<Body>) -> Delivery {
+        Delivery {
+            seq: 7,
+            message: body.clone(),
+            priority: Priority::Now,
+            sealed_key: sealed_key.map(str::to_owned),
+        }
+    }
+
+    fn body(target: &str) -> Arc<Body> {
+        Arc::new(Body::new(MessageRow {
+            message_id: "m1".into(),
+            mesh_id: "mesh".into(),
+            sender_pubkey: "a".repeat(64),
+            sender_member_pubkey: "b".repeat(64),
+            sender_name: "Alice \"the\" sender".into(),
+            target_spec: target.into(),
+            priority: Priority::Now,
+            nonce: "bm9uY2U=".into(),
+            ciphertext: "Y2lwaGVy/+==".into(),
+            client_message_id: Some("c1".into()),
+            created_at: 1_700_000_000_000,
+            expires_at: 1_700_000_600_000,
+        }))
+    }
+
+    #[test]
+    fn a_push_rendered_once_is_what_serde_writes_for_each_recipient() {
+        let want = |d: &Delivery| serde_json::to_string(&push_frame(d)).unwrap();
+        let direct = body(&"c".repeat(64));
+        let d = delivery(None, &direct);
+        assert_eq!(push_text(&d).as_str(), want(&d));
+        // A multicast: one rendering, each recipient's sealed key spliced in.
+        let multi = body("*");
+        for key in ["a2V5LW9uZQ==", "a2V5LXR3bw==", "with \"quotes\""] {
+            let d = delivery(Some(key), &multi);
+            assert_eq!(push_text(&d).as_str(), want(&d));
+        }
+        assert!(multi.rendered.get().is_some(), "rendered once and kept");
     }
 }

@@ -29,16 +29,23 @@ fn at(ms: i64) -> OffsetDateTime {
 /// `2026-11-29T18:00:00.123Z` for a millisecond timestamp (the wire's `createdAt` form).
 pub fn iso8601(ms: i64) -> String {
     let t = at(ms);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
+    // Digit by digit: on every push and ack, `format!` cost more than the date maths.
+    let mut s = String::with_capacity(24);
+    let mut digits = |n: u32, width: u32, sep: char| {
+        for i in (0..width).rev() {
+            let d = n / 10u32.pow(i) % 10;
+            s.push(char::from_digit(d, 10).unwrap_or('0'));
+        }
+        s.push(sep);
+    };
+    digits(u32::try_from(t.year().clamp(0, 9999)).unwrap_or(0), 4, '-');
+    digits(u32::from(u8::from(t.month())), 2, '-');
+    digits(u32::from(t.day()), 2, 'T');
+    digits(u32::from(t.hour()), 2, ':');
+    digits(u32::from(t.minute()), 2, ':');
+    digits(u32::from(t.second()), 2, '.');
+    digits(u32::from(t.millisecond()), 3, 'Z');
+    s
 }
 
 /// `2026-11-29 18:00 UTC`: a millisecond timestamp for people.
@@ -81,6 +88,9 @@ mod tests {
     #[test]
     fn renders_and_parses() {
         assert_eq!(iso8601(1_764_374_400_123), "2025-11-29T00:00:00.123Z");
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(951_782_399_009), "2000-02-28T23:59:59.009Z");
+        assert_eq!(iso8601(951_868_800_999), "2000-03-01T00:00:00.999Z");
         assert_eq!(readable(1_765_000_000_000), "2025-12-06 05:46 UTC");
         assert_eq!(
             parse_http_date("Tue, 01 Dec 2026 20:22:25 GMT"),

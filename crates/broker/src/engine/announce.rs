@@ -303,7 +303,7 @@ impl Engine {
                 let text = text.clone();
                 frames += 1;
                 dropped += left_out as u64;
-                self.deliver_now(conn, Outbound::Text(text));
+                self.deliver_now(conn, Outbound::Text(Box::new(text)));
                 continue;
             }
             let rendered = singles.get_or_insert_with(|| {
@@ -331,7 +331,7 @@ impl Engine {
             dropped += (events.len() - usize::from(about_me) - mine.len()) as u64;
             frames += mine.len() as u64;
             for text in mine {
-                self.deliver_now(conn, Outbound::Text(text));
+                self.deliver_now(conn, Outbound::Text(Box::new(text)));
             }
         }
         self.metrics.presence_frames_total.inc_by(frames);

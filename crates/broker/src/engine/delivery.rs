@@ -42,16 +42,43 @@ pub(super) struct QueuedSend {
     slot: ReplySlot,
     mesh_id: String,
     ack: Ack,
-    message: Arc<MessageRow>,
+    message: Arc<Body>,
     priority: Priority,
     to: Vec<(String, Option<String>)>,
+}
+
+/// A message as its recipients' deliveries share it, with its `push` frame rendered
+/// once, by the first connection that writes it (`conn.rs`): a multicast to N peers
+/// renders its body once, not N times.
+#[derive(Debug)]
+pub struct Body {
+    pub row: MessageRow,
+    /// The `push` JSON without `sealedKey` (each recipient's own, spliced in).
+    pub rendered: std::sync::OnceLock<axum::extract::ws::Utf8Bytes>,
+}
+
+impl Body {
+    pub fn new(row: MessageRow) -> Self {
+        Self {
+            row,
+            rendered: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for Body {
+    type Target = MessageRow;
+
+    fn deref(&self) -> &MessageRow {
+        &self.row
+    }
 }
 
 /// One recipient's copy of a message, as pushed.
 #[derive(Debug)]
 pub struct Delivery {
     pub seq: i64,
-    pub message: Arc<MessageRow>,
+    pub message: Arc<Body>,
     pub priority: Priority,
     pub sealed_key: Option<String>,
 }
@@ -167,7 +194,7 @@ fn delivery_from(p: PendingDelivery) -> Arc<Delivery> {
     Arc::new(Delivery {
         seq: p.seq,
         priority: p.message.priority,
-        message: Arc::new(p.message),
+        message: Arc::new(Body::new(p.message)),
         sealed_key: p.sealed_key,
     })
 }
@@ -263,7 +290,7 @@ impl Engine {
             return self.reply(conn, slot, BrokerFrame::Ack(ack));
         }
         let priority = send.priority;
-        let message = Arc::new(self.message_row(mesh_id, sender, send, now_ms()));
+        let message = Arc::new(Body::new(self.message_row(mesh_id, sender, send, now_ms())));
         self.queued_sends.push(QueuedSend {
             conn,
             slot,
@@ -298,7 +325,7 @@ impl Engine {
             let batch: Vec<(&MessageRow, &[NewDelivery<'_>])> = sends
                 .iter()
                 .zip(&copies)
-                .map(|(q, c)| (q.message.as_ref(), c.as_slice()))
+                .map(|(q, c)| (&q.message.row, c.as_slice()))
                 .collect();
             self.store.insert_messages(&batch)
         };

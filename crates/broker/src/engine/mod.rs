@@ -52,6 +52,8 @@ use claudemesh_proto::time::now_ms;
 pub use admin::{Actor, AdminCommand, AdminReply};
 pub use cluster::ClusterEvent;
 pub use dashboard::{Change, MemberView, MeshView, Overview, ViewAs};
+#[cfg(test)]
+pub use delivery::Body;
 pub use delivery::Delivery;
 use directory::Directory;
 pub use reply::{Budget, MAX_AWAITING_REPLIES, ReplySlot, Request};
@@ -77,8 +79,9 @@ pub enum Outbound {
     Reply(Box<BrokerFrame>, reply::Answered),
     /// A delivery; the connection task renders the `push` JSON.
     Deliver(Arc<Delivery>),
-    /// A frame rendered once and shared by many connections (presence events).
-    Text(axum::extract::ws::Utf8Bytes),
+    /// A frame rendered once and shared by many connections (presence events). Boxed
+    /// like the others: every connection's channel allocates its slots in blocks.
+    Text(Box<axum::extract::ws::Utf8Bytes>),
 }
 
 /// Asks a connection to close with a code and reason. Set once; later requests are ignored.
@@ -268,6 +271,16 @@ impl EngineHandle {
     /// Queue a command, waiting while the inbox is full.
     pub async fn send(&self, cmd: Command) -> Result<(), Stopped> {
         self.tx.send_async(cmd).await.map_err(|_| Stopped)
+    }
+
+    /// Queue a command at once if the inbox has room; else hand it back (boxed, so a
+    /// caller's future that waits with [`EngineHandle::send`] only then holds it).
+    pub fn try_send(&self, cmd: Command) -> Result<(), Result<Box<Command>, Stopped>> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(flume::TrySendError::Full(cmd)) => Err(Ok(Box::new(cmd))),
+            Err(flume::TrySendError::Disconnected(_)) => Err(Err(Stopped)),
+        }
     }
 
     /// Queue a command where waiting is impossible (a `Drop`): at once if the inbox has

@@ -14,7 +14,7 @@ use crate::refusal::Refusal;
 use crate::state::Shared;
 
 /// Initial WebSocket read buffer per connection.
-const WS_READ_BUFFER: usize = 4 * 1024;
+const WS_READ_BUFFER: usize = 2 * 1024;
 /// Bytes buffered before a WebSocket write goes to the socket (a flush always writes).
 const WS_WRITE_BUFFER: usize = 8 * 1024;
 
