@@ -82,9 +82,14 @@ fn text(frame: &BrokerFrame) -> Message {
     ))
 }
 
-/// The `push` JSON of a delivery: its message's frame, rendered once for every recipient
-/// (without `sealedKey`), plus this recipient's sealed key, which serde would write last.
+/// The `push` JSON of a delivery. A multicast's frame is rendered once for all its
+/// recipients (without `sealedKey`) and kept with the message, and each recipient's sealed
+/// key is spliced in where serde would write it (last). A direct message has one
+/// recipient: it is rendered as is, and nothing is kept (a burst holds many in flight).
 fn push_text(d: &Delivery) -> Utf8Bytes {
+    if !d.message.multicast {
+        return Utf8Bytes::from(serde_json::to_string(&push_frame(d)).unwrap_or_default());
+    }
     let shared = d.message.rendered.get_or_init(|| {
         let frame = push_frame(&Delivery {
             sealed_key: None,
@@ -108,8 +113,7 @@ fn push_text(d: &Delivery) -> Utf8Bytes {
 
 fn push_frame(d: &Delivery) -> BrokerFrame {
     let m = &d.message;
-    let multicast =
-        claudemesh_proto::frames::Target::parse(&m.target_spec).is_some_and(|t| t.is_multicast());
+    let multicast = m.multicast;
     BrokerFrame::Push(Push {
         message_id: m.message_id.clone(),
         mesh_id: m.mesh_id.clone(),
@@ -554,5 +558,9 @@ mod tests {
             assert_eq!(push_text(&d).as_str(), want(&d));
         }
         assert!(multi.rendered.get().is_some(), "rendered once and kept");
+        assert!(
+            direct.rendered.get().is_none(),
+            "a direct message keeps nothing"
+        );
     }
 }

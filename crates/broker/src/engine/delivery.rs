@@ -47,20 +47,25 @@ pub(super) struct QueuedSend {
     to: Vec<(String, Option<String>)>,
 }
 
-/// A message as its recipients' deliveries share it, with its `push` frame rendered
-/// once, by the first connection that writes it (`conn.rs`): a multicast to N peers
-/// renders its body once, not N times.
+/// A message as its recipients' deliveries share it, with a multicast's `push` frame
+/// rendered once, by the first connection that writes it (`conn.rs`): a multicast to N
+/// peers renders its body once, not N times.
 #[derive(Debug)]
 pub struct Body {
     pub row: MessageRow,
-    /// The `push` JSON without `sealedKey` (each recipient's own, spliced in).
+    /// Addressed to `*` or a group (several recipients share this body).
+    pub multicast: bool,
+    /// A multicast's `push` JSON without `sealedKey` (each recipient's own, spliced in).
     pub rendered: std::sync::OnceLock<axum::extract::ws::Utf8Bytes>,
 }
 
 impl Body {
     pub fn new(row: MessageRow) -> Self {
+        let multicast = claudemesh_proto::frames::Target::parse(&row.target_spec)
+            .is_some_and(|t| t.is_multicast());
         Self {
             row,
+            multicast,
             rendered: std::sync::OnceLock::new(),
         }
     }
