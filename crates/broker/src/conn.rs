@@ -84,10 +84,11 @@ fn text(frame: &BrokerFrame) -> Message {
 
 /// The `push` JSON of a delivery. A multicast's frame is rendered once for all its
 /// recipients (without `sealedKey`) and kept with the message, and each recipient's sealed
-/// key is spliced in where serde would write it (last). A direct message has one
-/// recipient: it is rendered as is, and nothing is kept (a burst holds many in flight).
+/// key is spliced in where serde would write it (last). A body no other delivery shares
+/// (a direct message, or a copy read back from the database) is rendered as is, and
+/// nothing is kept: a burst holds many in flight.
 fn push_text(d: &Delivery) -> Utf8Bytes {
-    if !d.message.multicast {
+    if !d.message.multicast || std::sync::Arc::strong_count(&d.message) < 2 {
         return Utf8Bytes::from(serde_json::to_string(&push_frame(d)).unwrap_or_default());
     }
     let shared = d.message.rendered.get_or_init(|| {
@@ -551,7 +552,8 @@ mod tests {
         let direct = body(&"c".repeat(64));
         let d = delivery(None, &direct);
         assert_eq!(push_text(&d).as_str(), want(&d));
-        // A multicast: one rendering, each recipient's sealed key spliced in.
+        // A multicast (its body shared: the test holds one reference, each delivery
+        // another): one rendering, each recipient's sealed key spliced in.
         let multi = body("*");
         for key in ["a2V5LW9uZQ==", "a2V5LXR3bw==", "with \"quotes\""] {
             let d = delivery(Some(key), &multi);

@@ -541,7 +541,8 @@ on_every_backend! {
     /// reports; without it, `X-Forwarded-For` is ignored, so a client cannot dodge them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
-        async fn limited_after_flood(b: &TestBroker, flood_xff: &str, other_xff: &str) -> (usize, u16) {
+        /// (floods refused, of 10 requests from the other address right after: refused).
+        async fn limited_after_flood(b: &TestBroker, flood_xff: &str, other_xff: &str) -> (usize, usize) {
             let client = reqwest::Client::new();
             let join = |xff: &str| {
                 client
@@ -556,19 +557,24 @@ on_every_backend! {
                     limited += 1;
                 }
             }
-            (limited, join(other_xff).await.unwrap().status().as_u16())
+            // Ten tries, not one: the bucket refills one request every 50 ms, and a
+            // loaded machine may leave that long between two requests.
+            let mut others = 0;
+            for _ in 0..10 {
+                if join(other_xff).await.unwrap().status() == 429 {
+                    others += 1;
+                }
+            }
+            (limited, others)
         }
         let proxied = TestBroker::start_with(|c| c.trust_proxy = true).await;
         let (limited, other) = limited_after_flood(&proxied, "10.0.0.1", "10.0.0.2").await;
         assert!(limited >= 50, "{limited}");
-        assert_eq!(other, 400, "another client behind the proxy is served");
+        assert_eq!(other, 0, "another client behind the proxy is served");
 
         let direct = TestBroker::start().await;
         let (limited, other) = limited_after_flood(&direct, "10.0.0.1", "10.0.0.2").await;
         assert!(limited >= 50, "{limited}");
-        assert_eq!(
-            other, 429,
-            "a forged X-Forwarded-For does not dodge the limit"
-        );
+        assert!(other > 0, "a forged X-Forwarded-For does not dodge the limit");
     }
 }

@@ -173,3 +173,55 @@ on_every_backend! {
         drop(conns);
     }
 }
+
+/// A tick with more events than a frame's share: the first frame says how many more
+/// there are, and they follow in the next ticks, leaves first, so nobody keeps a ghost.
+#[tokio::test]
+async fn events_past_a_frames_share_follow_in_the_next_ticks() {
+    let tick = Duration::from_millis(700);
+    let b = TestBroker::start_with(|c| {
+        c.timings.presence_tick = tick;
+        // 300 hellos at once from this one address.
+        c.max_unauthenticated_per_source = c.max_unauthenticated;
+    })
+    .await;
+    let mesh = create_mesh(&b, "share").await;
+    let alice = enroll(&b, &mesh, "alice").await;
+    let zed = enroll(&b, &mesh, "zed").await;
+    let mut crowd = Vec::new();
+    for i in 0..300 {
+        crowd.push(enroll(&b, &mesh, &format!("w{i}")).await);
+    }
+    let mut a = batch_client(&b.ws(), &alice).await;
+    drain(&mut a, tick + Duration::from_millis(100)).await;
+    // Zed's join starts a tick; the crowd's 300 joins (over one frame's 256) fall into it.
+    let _zc = V1Client::connect(&b.ws(), &zed).await;
+    assert_eq!(events(&[a.recv().await]).len(), 1);
+    let url = b.ws();
+    let conns =
+        futures_util::future::join_all(crowd.iter().map(|m| V1Client::connect(&url, m))).await;
+    let want: HashSet<String> = crowd.iter().map(|m| m.ident.pk.clone()).collect();
+    let mut frames = Vec::new();
+    let mut got = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got != want {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(f) = a.try_recv(left).await else {
+            break;
+        };
+        got.extend(events(std::slice::from_ref(&f)).into_iter().map(|(_, k)| k));
+        frames.push(f);
+    }
+    assert_eq!(got, want, "every join arrives, in {} frames", frames.len());
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["more"].as_u64().is_some_and(|n| n > 0)),
+        "a frame said more were coming: {:?}",
+        frames
+            .iter()
+            .map(|f| (f["events"].as_array().map(Vec::len), f["more"].clone()))
+            .collect::<Vec<_>>()
+    );
+    drop(conns);
+}

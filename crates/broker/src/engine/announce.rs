@@ -10,7 +10,7 @@
 //! the same before and after. Each event is rendered once and the bytes are shared by
 //! every recipient. A client that announced `presence-batch` gets the queue as one
 //! `presence` frame (at most [`EVENTS_PER_FRAME`] events, fewer in a large mesh: see
-//! [`EVENTS_PER_TICK`]; the rest counted in `more`);
+//! [`EVENTS_PER_TICK`]; the rest, counted in `more`, go with the next tick);
 //! any other gets one v1 system push per event, at most [`V1_EVENTS_PER_TICK`] per tick.
 //! When not all fit, leaves go first: a missed leave would leave a ghost, a missed join
 //! only a peer that `list_peers` shows.
@@ -29,7 +29,7 @@ use super::{ConnId, Engine, Outbound, TimerKind};
 
 /// Most v1 system pushes one recipient gets per tick; the rest of a storm is dropped.
 pub const V1_EVENTS_PER_TICK: usize = 16;
-/// Most events in one `presence` frame (the rest are counted in its `more`).
+/// Most events in one `presence` frame (the rest, counted in its `more`, wait a tick).
 pub const EVENTS_PER_FRAME: usize = 256;
 /// Events one tick of a mesh may send, summed over its recipients: a frame carries
 /// this divided by the recipients (between [`V1_EVENTS_PER_TICK`] and
@@ -176,7 +176,9 @@ impl Engine {
     }
 
     /// After the batch's commit: queue its events (or drop them when it failed), send
-    /// every mesh's queue whose tick has come, and set the timer for the next one.
+    /// every mesh's queue whose tick has come, and set the timer for the next one. When
+    /// the batch failed, every queue goes out now: the state is about to be rebuilt and
+    /// every connection closed, and what was queued did happen.
     pub(super) fn flush_announcements(&mut self, committed: bool) {
         let batch = std::mem::take(&mut self.announcements.batch);
         if committed {
@@ -193,7 +195,7 @@ impl Engine {
             .announcements
             .meshes
             .iter()
-            .filter(|(_, q)| q.due(now).is_some_and(|at| at <= now))
+            .filter(|(_, q)| q.due(now).is_some_and(|at| !committed || at <= now))
             .map(|(m, _)| m.clone())
             .collect();
         for mesh in due {
@@ -204,10 +206,15 @@ impl Engine {
                 }
                 None => continue,
             };
-            let recipients = self.send_changes(&mesh, &changes);
+            let (recipients, later) = self.send_changes(&mesh, changes);
             let tick = self.tick_for(recipients);
             if let Some(q) = self.announcements.meshes.get_mut(&mesh) {
                 q.next_at = Some(now + tick);
+                // What did not fit goes with the next tick (still coalescing with what
+                // happens meanwhile).
+                for c in later {
+                    q.add(c);
+                }
             }
         }
         // A quiet mesh whose last frame is a tick old needs no entry any more.
@@ -241,20 +248,22 @@ impl Engine {
         self.timings.presence_tick.max(scaled)
     }
 
-    /// Send one mesh's changes to every live presence of the mesh on this node; returns
-    /// how many presences that is.
-    fn send_changes(&mut self, mesh_id: &str, changes: &[Change]) -> usize {
-        let mut events: Vec<(&Change, Kind)> = changes
-            .iter()
+    /// Send one mesh's changes to every live presence of the mesh on this node. Returns
+    /// how many presences that is, and the events that did not fit in this tick's frames
+    /// (for the next tick).
+    fn send_changes(&mut self, mesh_id: &str, changes: Vec<Change>) -> (usize, Vec<Change>) {
+        let total = changes.len();
+        let mut events: Vec<(Change, Kind)> = changes
+            .into_iter()
             .filter_map(|c| c.net().map(|k| (c, k)))
             .collect();
-        let cancelled = changes.len() - events.len();
+        let cancelled = total - events.len();
         // Leaves first when not all of them fit (see the module doc); otherwise in order.
         if events.len() > V1_EVENTS_PER_TICK {
             events.sort_by_key(|(_, k)| *k != Kind::Left);
         }
         let Some(mesh) = self.dir.mesh(mesh_id) else {
-            return 0;
+            return (0, Vec::new());
         };
         let targets: Vec<(String, ConnId)> = mesh
             .presences
@@ -266,11 +275,20 @@ impl Engine {
             self.metrics
                 .presence_events_dropped_total
                 .inc_by((cancelled * recipients) as u64);
-            return recipients;
+            return (recipients, Vec::new());
         }
         let share = (EVENTS_PER_TICK / recipients).clamp(V1_EVENTS_PER_TICK, EVENTS_PER_FRAME);
-        let in_frame = events.len().min(share);
-        let left_out = events.len() - in_frame;
+        let later: Vec<Change> = events
+            .split_off(events.len().min(share))
+            .into_iter()
+            .map(|(c, k)| Change {
+                first: k,
+                last: k,
+                ..c
+            })
+            .collect();
+        let in_frame = events.len();
+        let left_out = later.len();
         let created_at = iso8601(now_ms());
         let event_of = |c: &Change, k: Kind| PresenceEvent {
             event: k.name().to_owned(),
@@ -302,7 +320,6 @@ impl Engine {
                 });
                 let text = text.clone();
                 frames += 1;
-                dropped += left_out as u64;
                 self.deliver_now(conn, Outbound::Text(Box::new(text)));
                 continue;
             }
@@ -327,8 +344,9 @@ impl Engine {
                 .take(V1_EVENTS_PER_TICK)
                 .map(|r| r.text.clone())
                 .collect();
+            // Past a v1 client's share (the rest of the frame's share is not sent to it).
             let about_me = events.iter().any(|(c, _)| c.key == own);
-            dropped += (events.len() - usize::from(about_me) - mine.len()) as u64;
+            dropped += (in_frame - usize::from(about_me) - mine.len()) as u64;
             frames += mine.len() as u64;
             for text in mine {
                 self.deliver_now(conn, Outbound::Text(Box::new(text)));
@@ -336,7 +354,7 @@ impl Engine {
         }
         self.metrics.presence_frames_total.inc_by(frames);
         self.metrics.presence_events_dropped_total.inc_by(dropped);
-        recipients
+        (recipients, later)
     }
 }
 

@@ -49,7 +49,8 @@ pub(super) struct QueuedSend {
 
 /// A message as its recipients' deliveries share it, with a multicast's `push` frame
 /// rendered once, by the first connection that writes it (`conn.rs`): a multicast to N
-/// peers renders its body once, not N times.
+/// peers renders its body once, not N times. (Copies read back from the database each
+/// have their own body, and are rendered each.)
 #[derive(Debug)]
 pub struct Body {
     pub row: MessageRow,

@@ -47,7 +47,8 @@ pub(super) struct Presence {
     pub connected_at: i64,
     /// Attached connections, newest last; deliveries go to the newest.
     pub conns: Vec<ConnId>,
-    /// Incremented on every detach of the last connection, so stale grace timers are ignored.
+    /// A fresh one (engine-wide) on every detach of the last connection and every restore,
+    /// so a grace timer set for an earlier period is ignored.
     pub epoch: u64,
     /// Present while at least one connection is attached.
     pub mailbox: Option<Mailbox>,

@@ -244,6 +244,10 @@ enum TimerKind {
     Heartbeat,
     /// A mesh's presence events are due (see `announce.rs`).
     Presence,
+    /// The grace period of the presences one restore brought back (see `presence.rs`).
+    RestoredGrace {
+        epoch: u64,
+    },
 }
 
 /// The handle connection tasks and HTTP handlers use to reach the engine.
@@ -394,6 +398,9 @@ pub(crate) struct Engine {
     traffic: traffic::Traffic,
     /// Presence events waiting for their batch's commit or their mesh's tick.
     announcements: announce::Announcements,
+    /// The last presence epoch handed out: epochs are unique for the engine's life, so a
+    /// grace timer can only ever end the period it was set for.
+    epochs: u64,
 }
 
 /// An attached connection.
@@ -447,6 +454,7 @@ impl Engine {
             queued_sends: Vec::new(),
             traffic: traffic::Traffic::default(),
             announcements: announce::Announcements::default(),
+            epochs: 0,
         };
         engine.join_cluster(&config.node_name)?;
         engine.restore_presences();
@@ -490,6 +498,12 @@ impl Engine {
         tracing::info!("engine stopped");
     }
 
+    /// A presence epoch never handed out before.
+    fn fresh_epoch(&mut self) -> u64 {
+        self.epochs += 1;
+        self.epochs
+    }
+
     fn next_timer(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((at, _))| *at)
     }
@@ -510,6 +524,7 @@ impl Engine {
             match kind {
                 TimerKind::Leases { mesh, key } => self.expire_leases(&mesh, &key, now),
                 TimerKind::Grace { mesh, key, epoch } => self.end_grace(&mesh, &key, epoch),
+                TimerKind::RestoredGrace { epoch } => self.end_restored_grace(epoch),
                 TimerKind::Purge => {
                     let ms = now_ms();
                     match self.store.purge_expired(ms) {

@@ -31,6 +31,7 @@ impl Engine {
         };
         self.metrics.connections_active.dec();
         let grace = self.timings.grace;
+        let fresh = self.fresh_epoch();
         let Some(presence) = self
             .dir
             .mesh_mut(&entry.mesh_id)
@@ -41,8 +42,8 @@ impl Engine {
         presence.conns.retain(|c| *c != conn);
         if presence.conns.is_empty() {
             presence.mailbox = None;
-            presence.epoch += 1;
-            let epoch = presence.epoch;
+            presence.epoch = fresh;
+            let epoch = fresh;
             if left {
                 // Closed on purpose: gone now, no grace (PROTOCOL.md §5.2).
                 return self.end_grace(&entry.mesh_id, &entry.key, epoch);
@@ -77,6 +78,7 @@ impl Engine {
             return;
         }
         let ends = Instant::now() + self.timings.grace;
+        let epoch = self.fresh_epoch();
         let mut restored = Vec::new();
         for (mesh_id, mesh) in &mut self.dir.meshes {
             for peer in mesh.peers.values() {
@@ -106,23 +108,40 @@ impl Engine {
                     groups: parse_groups(&peer.groups_json),
                     connected_at: peer.last_seen,
                     conns: Vec::new(),
-                    epoch: 0,
+                    epoch,
                     mailbox: None,
                 };
                 restored.push((mesh_id.clone(), presence));
             }
         }
+        if restored.is_empty() {
+            return;
+        }
         for (mesh_id, presence) in restored {
-            let key = presence.key.clone();
             if let Some(mesh) = self.dir.mesh_mut(&mesh_id) {
-                mesh.presences.insert(key.clone(), presence);
+                mesh.presences.insert(presence.key.clone(), presence);
             }
-            let grace = TimerKind::Grace {
-                mesh: mesh_id,
-                key,
-                epoch: 0,
-            };
-            self.timer(ends, grace);
+        }
+        // One timer for all of them (a rebuild after a failed commit restores again,
+        // with a new epoch: an older restore's timer then finds nothing).
+        self.timer(ends, TimerKind::RestoredGrace { epoch });
+    }
+
+    /// The grace period of one restore is over: whoever of it has not come back is gone.
+    pub(super) fn end_restored_grace(&mut self, epoch: u64) {
+        let gone: Vec<(String, String)> = self
+            .dir
+            .meshes
+            .iter()
+            .flat_map(|(id, m)| {
+                m.presences
+                    .values()
+                    .filter(|p| p.epoch == epoch && p.conns.is_empty())
+                    .map(move |p| (id.clone(), p.key.clone()))
+            })
+            .collect();
+        for (mesh, key) in gone {
+            self.end_grace(&mesh, &key, epoch);
         }
     }
 

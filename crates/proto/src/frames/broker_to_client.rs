@@ -151,8 +151,8 @@ pub struct PresenceBatch {
     /// ISO 8601 (UTC, milliseconds).
     pub created_at: String,
     pub events: Vec<PresenceEvent>,
-    /// Events of this tick left out (a storm past the frame's share): `list_peers`
-    /// shows where they ended.
+    /// Events that did not fit (a storm past the frame's share): they follow in the
+    /// next frames.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub more: Option<u64>,
 }
