@@ -174,10 +174,11 @@ on_every_backend! {
     }
 }
 
-/// A tick with more events than a frame's share: the first frame says how many more
-/// there are, and they follow in the next ticks, leaves first, so nobody keeps a ghost.
+/// A tick with more events than a frame's share: the frame says how many did not fit.
+/// Joins past it are not sent (`list_peers` has them); leaves past it follow in the next
+/// ticks, so nobody keeps a ghost.
 #[tokio::test]
-async fn events_past_a_frames_share_follow_in_the_next_ticks() {
+async fn leaves_past_a_frames_share_follow_in_the_next_ticks() {
     let tick = Duration::from_millis(700);
     let b = TestBroker::start_with(|c| {
         c.timings.presence_tick = tick;
@@ -194,34 +195,54 @@ async fn events_past_a_frames_share_follow_in_the_next_ticks() {
     }
     let mut a = batch_client(&b.ws(), &alice).await;
     drain(&mut a, tick + Duration::from_millis(100)).await;
-    // Zed's join starts a tick; the crowd's 300 joins (over one frame's 256) fall into it.
+    // Zed's join starts a tick; the crowd's 300 joins fall into the next ones.
     let _zc = V1Client::connect(&b.ws(), &zed).await;
     assert_eq!(events(&[a.recv().await]).len(), 1);
     let url = b.ws();
-    let conns =
+    let mut conns =
         futures_util::future::join_all(crowd.iter().map(|m| V1Client::connect(&url, m))).await;
-    let want: HashSet<String> = crowd.iter().map(|m| m.ident.pk.clone()).collect();
-    let mut frames = Vec::new();
-    let mut got = HashSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while got != want {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(f) = a.try_recv(left).await else {
-            break;
-        };
-        got.extend(events(std::slice::from_ref(&f)).into_iter().map(|(_, k)| k));
-        frames.push(f);
-    }
-    assert_eq!(got, want, "every join arrives, in {} frames", frames.len());
+    let joins = drain(&mut a, tick * 3).await;
     assert!(
-        frames
+        joins
             .iter()
             .any(|f| f["more"].as_u64().is_some_and(|n| n > 0)),
-        "a frame said more were coming: {:?}",
-        frames
-            .iter()
-            .map(|f| (f["events"].as_array().map(Vec::len), f["more"].clone()))
-            .collect::<Vec<_>>()
+        "a frame said how many joins did not fit"
     );
-    drop(conns);
+    assert_eq!(a.peers().await.len(), 302, "list_peers has everyone");
+    drain(&mut a, tick + Duration::from_millis(100)).await;
+
+    // All 300 leave on purpose at once: every leave reaches Alice, over several ticks.
+    futures_util::future::join_all(conns.iter_mut().map(|c| {
+        c.ws.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        })))
+    }))
+    .await;
+    let want: HashSet<String> = crowd.iter().map(|m| m.ident.pk.clone()).collect();
+    let mut frames = Vec::new();
+    let mut left = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while left != want {
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(f) = a.try_recv(wait).await else {
+            break;
+        };
+        for (e, k) in events(std::slice::from_ref(&f)) {
+            assert_eq!(e, "peer_left");
+            left.insert(k);
+        }
+        frames.push(f);
+    }
+    assert_eq!(
+        left.len(),
+        300,
+        "every leave arrives ({} frames)",
+        frames.len()
+    );
+    assert!(
+        frames.len() > 1,
+        "over more than one frame: {}",
+        frames.len()
+    );
 }

@@ -10,7 +10,8 @@
 //! the same before and after. Each event is rendered once and the bytes are shared by
 //! every recipient. A client that announced `presence-batch` gets the queue as one
 //! `presence` frame (at most [`EVENTS_PER_FRAME`] events, fewer in a large mesh: see
-//! [`EVENTS_PER_TICK`]; the rest, counted in `more`, go with the next tick);
+//! [`EVENTS_PER_TICK`]; `more` counts the rest: leaves among them go with the next
+//! tick, joins are not sent);
 //! any other gets one v1 system push per event, at most [`V1_EVENTS_PER_TICK`] per tick.
 //! When not all fit, leaves go first: a missed leave would leave a ghost, a missed join
 //! only a peer that `list_peers` shows.
@@ -29,7 +30,7 @@ use super::{ConnId, Engine, Outbound, TimerKind};
 
 /// Most v1 system pushes one recipient gets per tick; the rest of a storm is dropped.
 pub const V1_EVENTS_PER_TICK: usize = 16;
-/// Most events in one `presence` frame (the rest, counted in its `more`, wait a tick).
+/// Most events in one `presence` frame (see `more`: leaves past it wait a tick).
 pub const EVENTS_PER_FRAME: usize = 256;
 /// Events one tick of a mesh may send, summed over its recipients: a frame carries
 /// this divided by the recipients (between [`V1_EVENTS_PER_TICK`] and
@@ -278,9 +279,14 @@ impl Engine {
             return (recipients, Vec::new());
         }
         let share = (EVENTS_PER_TICK / recipients).clamp(V1_EVENTS_PER_TICK, EVENTS_PER_FRAME);
-        let later: Vec<Change> = events
-            .split_off(events.len().min(share))
+        // What does not fit: leaves wait for the next tick (a missed leave is a ghost);
+        // joins and returns are not sent (a missed one is a peer `list_peers` shows, and
+        // every recipient hearing every join of a storm would cost O(N²) bytes).
+        let overflow = events.split_off(events.len().min(share));
+        let left_out = overflow.len();
+        let later: Vec<Change> = overflow
             .into_iter()
+            .filter(|(_, k)| *k == Kind::Left)
             .map(|(c, k)| Change {
                 first: k,
                 last: k,
@@ -288,7 +294,6 @@ impl Engine {
             })
             .collect();
         let in_frame = events.len();
-        let left_out = later.len();
         let created_at = iso8601(now_ms());
         let event_of = |c: &Change, k: Kind| PresenceEvent {
             event: k.name().to_owned(),
@@ -320,6 +325,7 @@ impl Engine {
                 });
                 let text = text.clone();
                 frames += 1;
+                dropped += (left_out - later.len()) as u64;
                 self.deliver_now(conn, Outbound::Text(Box::new(text)));
                 continue;
             }

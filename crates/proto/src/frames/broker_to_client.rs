@@ -151,8 +151,8 @@ pub struct PresenceBatch {
     /// ISO 8601 (UTC, milliseconds).
     pub created_at: String,
     pub events: Vec<PresenceEvent>,
-    /// Events that did not fit (a storm past the frame's share): they follow in the
-    /// next frames.
+    /// Events that did not fit (a storm past the frame's share): leaves among them
+    /// follow in the next frames, joins are not sent (`list_peers` shows them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub more: Option<u64>,
 }
