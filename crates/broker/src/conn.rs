@@ -22,7 +22,7 @@ use tracing::Instrument as _;
 use crate::auth::{self, Rejection};
 use crate::engine::{
     Attached, Budget, Command, ConnHandle, ConnId, Delivery, Kill, MAX_AWAITING_REPLIES, Outbound,
-    Request,
+    Request, render,
 };
 use crate::metrics::Metrics;
 use crate::state::Shared;
@@ -76,10 +76,7 @@ struct Connection {
 }
 
 fn text(frame: &BrokerFrame) -> Message {
-    // Serializing our own frame types cannot fail; an empty object would be harmless.
-    Message::Text(Utf8Bytes::from(
-        serde_json::to_string(frame).unwrap_or_else(|_| "{}".to_owned()),
-    ))
+    Message::Text(render(frame))
 }
 
 /// The `push` JSON of a delivery. A multicast's frame is rendered once for all its
@@ -89,7 +86,7 @@ fn text(frame: &BrokerFrame) -> Message {
 /// nothing is kept: a burst holds many in flight.
 fn push_text(d: &Delivery) -> Utf8Bytes {
     if !d.message.multicast || std::sync::Arc::strong_count(&d.message) < 2 {
-        return Utf8Bytes::from(serde_json::to_string(&push_frame(d)).unwrap_or_default());
+        return render(&push_frame(d));
     }
     let shared = d.message.rendered.get_or_init(|| {
         let frame = push_frame(&Delivery {
@@ -97,7 +94,7 @@ fn push_text(d: &Delivery) -> Utf8Bytes {
             message: d.message.clone(),
             ..*d
         });
-        Utf8Bytes::from(serde_json::to_string(&frame).unwrap_or_else(|_| "{}".to_owned()))
+        render(&frame)
     });
     let Some(key) = &d.sealed_key else {
         return shared.clone();

@@ -488,11 +488,6 @@ on_every_backend! {
         let b = TestBroker::start().await;
         let (_m, alice, bob, _c) = trio(&b, "group-commit").await;
         let mut a = V1Client::connect(&b.ws(), &alice).await;
-        let metric = |text: &str, name: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-                .unwrap()
-        };
         let before = metrics(&b).await;
         let nonce = B64.encode(random_nonce());
         let n = 400;

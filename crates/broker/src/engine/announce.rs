@@ -148,7 +148,9 @@ struct Rendered {
     text: Utf8Bytes,
 }
 
-fn render(frame: &BrokerFrame) -> Utf8Bytes {
+/// A frame's JSON, the one way the broker renders one (connections use it too).
+pub(crate) fn render(frame: &BrokerFrame) -> Utf8Bytes {
+    // Serializing our own frame types cannot fail; an empty object would be harmless.
     Utf8Bytes::from(serde_json::to_string(frame).unwrap_or_else(|_| "{}".to_owned()))
 }
 

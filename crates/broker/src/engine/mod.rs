@@ -50,6 +50,7 @@ use crate::refusal::Refusal;
 use claudemesh_proto::time::now_ms;
 
 pub use admin::{Actor, AdminCommand, AdminReply};
+pub(crate) use announce::render;
 pub use cluster::ClusterEvent;
 pub use dashboard::{Change, MemberView, MeshView, Overview, ViewAs};
 #[cfg(test)]

@@ -343,6 +343,13 @@ pub async fn metrics(b: &TestBroker) -> String {
     out
 }
 
+/// The value of series `name` in [`metrics`]'s text (which has the node label taken out).
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
 pub async fn post(url: &str, body: &Value) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .post(url)
