@@ -110,7 +110,10 @@ pub async fn connect(
                 .await
                 .context("connecting to the broker")?;
             let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-            tokio_tungstenite::client_async(url, stream).await?.0
+            let config = Some(claudemesh_client::connection::websocket_config());
+            tokio_tungstenite::client_async_with_config(url, stream, config)
+                .await?
+                .0
         }
         _ => {
             let connector = if url.starts_with("wss://") {
@@ -119,7 +122,8 @@ pub async fn connect(
             } else {
                 None
             };
-            tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector)
+            let config = Some(claudemesh_client::connection::websocket_config());
+            tokio_tungstenite::connect_async_tls_with_config(url, config, true, connector)
                 .await
                 .context("connecting to the broker")?
                 .0

@@ -101,7 +101,12 @@ pub(super) async fn open(opts: &ConnectOptions) -> Result<(Ws, HelloAck), Connec
     };
     let (mut ws, _) = tokio::time::timeout(
         REQUEST_TIMEOUT,
-        tokio_tungstenite::connect_async_tls_with_config(opts.url.as_str(), None, true, connector),
+        tokio_tungstenite::connect_async_tls_with_config(
+            opts.url.as_str(),
+            Some(super::websocket_config()),
+            true,
+            connector,
+        ),
     )
     .await
     .map_err(|_| unreachable(TransportError::TimedOut))?
