@@ -225,8 +225,12 @@ pub async fn run(
         "broker_presence_frames",
         "broker_preauth_refused",
         "broker_hello_rejected",
+        "broker_preauth_queued",
+        "broker_preauth_queue_timeouts",
     ];
-    let [frames, refused, rejected] = broker_counters(&broker.http_url, &names).await[..] else {
+    let [frames, refused, rejected, queued, queue_timeouts] =
+        broker_counters(&broker.http_url, &names).await[..]
+    else {
         anyhow::bail!("reading the broker's counters");
     };
     connected.sort_unstable();
@@ -265,6 +269,8 @@ pub async fn run(
         "storm_presence_frames_per_peer": frames.map(|f| f as f64 / n as f64),
         "storm_preauth_refused": refused,
         "storm_hello_rejected": rejected,
+        "storm_preauth_queued": queued,
+        "storm_preauth_queue_timeouts": queue_timeouts,
     }))
 }
 

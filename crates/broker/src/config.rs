@@ -177,6 +177,10 @@ pub struct BrokerConfig {
     /// in total and from one source address.
     pub max_unauthenticated: usize,
     pub max_unauthenticated_per_source: usize,
+    /// Connections queued past `max_unauthenticated` (a WebSocket waits there for a place
+    /// instead of being refused); one address may hold the same share of it as of the
+    /// unauthenticated places.
+    pub max_queued: usize,
     /// Behind a TLS-terminating proxy: take client addresses for the per-source limits
     /// from `X-Forwarded-For` / `Forwarded`, and drop the per-source cap on unauthenticated
     /// connections (they all come from the proxy).
@@ -211,6 +215,7 @@ impl BrokerConfig {
             max_connections: 10_000,
             max_unauthenticated: 1_024,
             max_unauthenticated_per_source: 64,
+            max_queued: 8_192,
             trust_proxy: false,
             sessions_per_member: limits::MAX_SESSIONS_PER_MEMBER,
             v1_only: false,
@@ -218,9 +223,10 @@ impl BrokerConfig {
     }
 
     /// Shrink the connection caps to what `nofile` file descriptors can hold, keeping 64
-    /// for the database, the listener and logs, and a quarter of the rest (at most) for
-    /// unauthenticated connections. Returns the (authenticated, unauthenticated) caps.
-    pub fn fit_to_fd_limit(&mut self, nofile: u64) -> (usize, usize) {
+    /// for the database, the listener and logs, a quarter of the rest (at most) for
+    /// unauthenticated connections, and for the queue only what is left after the
+    /// authenticated ones. Returns the (authenticated, unauthenticated, queued) caps.
+    pub fn fit_to_fd_limit(&mut self, nofile: u64) -> (usize, usize, usize) {
         let budget = usize::try_from(nofile.saturating_sub(64))
             .unwrap_or(usize::MAX)
             .max(16);
@@ -232,7 +238,16 @@ impl BrokerConfig {
             .max_connections
             .min(budget.saturating_sub(self.max_unauthenticated))
             .max(1);
-        (self.max_connections, self.max_unauthenticated)
+        self.max_queued = self.max_queued.min(
+            budget
+                .saturating_sub(self.max_unauthenticated)
+                .saturating_sub(self.max_connections),
+        );
+        (
+            self.max_connections,
+            self.max_unauthenticated,
+            self.max_queued,
+        )
     }
 
     /// The database backend the config names: `postgres` or `sqlite`.

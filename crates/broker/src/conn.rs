@@ -42,18 +42,36 @@ enum Flow {
     Close(u16, String),
 }
 
-/// Serve one upgraded WebSocket until it closes.
-pub async fn serve(
+/// Serve one upgraded WebSocket until it closes; `permit`, its place under the connection
+/// cap, is given back once the engine has heard it detach.
+///
+/// An async block, not an `async fn`: an async fn keeps its arguments in its future beside
+/// what they were moved into (the socket alone is 368 bytes), and every idle connection's
+/// task keeps room for all of it.
+pub fn serve(
     socket: WebSocket,
     shared: Arc<Shared>,
     id: ConnId,
     preauth: Option<crate::http::serve::PreAuth>,
-) {
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send + 'static {
     let span = tracing::info_span!("conn", id);
-    Connection::new(socket, shared, id, preauth)
-        .run()
-        .instrument(span)
-        .await;
+    let mut conn = Connection::new(socket, shared, id, preauth);
+    async move {
+        conn.run().await;
+        drop(conn);
+        drop(permit);
+    }
+    .instrument(span)
+}
+
+/// What a frame still needs after [`Connection::take`], on a path rare enough to be boxed:
+/// an error to write, a hello to authenticate, a command for an engine whose inbox is full.
+enum Slow {
+    Refuse(Message),
+    Reply(Message),
+    Hello(Box<(Result<auth::VerifiedHello, Rejection>, Option<ReqId>)>),
+    Engine(Box<Command>),
 }
 
 struct Connection {
@@ -170,7 +188,7 @@ impl Connection {
         }
     }
 
-    async fn run(mut self) {
+    async fn run(&mut self) {
         let timings = self.shared.config.timings;
         let hello_deadline = tokio::time::sleep(timings.hello_deadline);
         tokio::pin!(hello_deadline);
@@ -201,7 +219,15 @@ impl Connection {
                     None => Flow::Close(close::NORMAL, String::new()),
                 },
                 msg = self.socket.recv(), if self.budget.has_room() => match msg {
-                    Some(Ok(msg)) => { self.last_heard = Instant::now(); self.read(msg).await }
+                    Some(Ok(msg)) => {
+                        self.last_heard = Instant::now();
+                        match self.take(msg) {
+                            Ok(flow) => flow,
+                            // Boxed: every idle connection's task would keep room for the
+                            // rare paths' futures (the hello's alone is 2.4 KB).
+                            Err(slow) => Box::pin(self.finish(slow)).await,
+                        }
+                    }
                     Some(Err(e)) => {
                         // Most often a frame over the size limit; the socket is unusable after it.
                         tracing::debug!(error = %e, "websocket read error");
@@ -251,7 +277,7 @@ impl Connection {
             };
             let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
         }
-        // The engine hears `Detach` when `self` drops (see the `Drop` impl).
+        // The engine hears `Detach` when the connection drops (see the `Drop` impl).
     }
 
     /// Answer a frame that only earns an error, within the connection's bad-frame budget;
@@ -323,43 +349,42 @@ impl Connection {
         }
     }
 
-    async fn read(&mut self, msg: Message) -> Flow {
+    /// Take one frame from the client: done at once (most frames: handed to the engine),
+    /// or what is still to do ([`Connection::finish`]).
+    fn take(&mut self, msg: Message) -> Result<Flow, Slow> {
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(_) => {
                 let refusal = text_error(Code::Malformed, "frames must be JSON text", None);
-                return self.refuse_bad_frame(refusal).await;
+                return Err(Slow::Refuse(refusal));
             }
-            Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
+            Message::Ping(_) | Message::Pong(_) => return Ok(Flow::Continue),
             Message::Close(_) => {
                 // A close frame is a deliberate goodbye (a dropped network sends none):
                 // the presence ends at once instead of waiting out the grace period.
                 self.client_closed = true;
-                return Flow::Close(close::NORMAL, String::new());
+                return Ok(Flow::Close(close::NORMAL, String::new()));
             }
         };
-        let frame = match parse(text.as_str(), self.attached.is_some()) {
-            Ok(frame) => frame,
-            Err(refusal) => return self.refuse_bad_frame(refusal).await,
-        };
+        let frame = parse(text.as_str(), self.attached.is_some()).map_err(Slow::Refuse)?;
         match (&self.attached, frame) {
             (None, ClientFrame::Hello(h)) => {
                 let req_id = h.req_id.clone();
-                let verified = auth::verify_hello(h, now_ms());
-                // Boxed (once per connection): its future is large, and every idle
-                // connection's task would keep room for it.
-                Box::pin(self.authenticate(verified, req_id)).await
+                Err(Slow::Hello(Box::new((
+                    auth::verify_hello(h, now_ms()),
+                    req_id,
+                ))))
             }
             (None, ClientFrame::SessionHello(h)) => {
                 let req_id = h.req_id.clone();
                 let verified = auth::verify_session_hello(h, now_ms());
-                Box::pin(self.authenticate(verified, req_id)).await
+                Err(Slow::Hello(Box::new((verified, req_id))))
             }
             (None, other) => {
                 let req_id = other.req_id().cloned();
                 let refusal =
                     text_error(Code::NoHello, "send hello or session_hello first", req_id);
-                self.refuse_bad_frame(refusal).await
+                Err(Slow::Refuse(refusal))
             }
             (Some(a), frame) => {
                 let kind = frame.kind();
@@ -372,7 +397,7 @@ impl Connection {
                     if matches!(frame, ClientFrame::Send(_)) {
                         Metrics::inc(&self.shared.metrics.messages_rejected_total);
                     }
-                    return self.send_now(rate_limited(&frame)).await;
+                    return Err(Slow::Reply(rate_limited(&frame)));
                 }
                 let conn = self.handle.id;
                 let cmd = match Request::from_frame(frame) {
@@ -383,19 +408,30 @@ impl Connection {
                     },
                     Err(frame) => Command::Frame { conn, frame },
                 };
-                // Without a future that holds the command while the inbox has room (the
-                // usual case): the task of every connection keeps room for its largest
-                // future, so waiting on a full inbox is boxed.
-                let sent = match self.shared.engine.try_send(cmd) {
-                    Ok(()) => Ok(()),
-                    Err(Ok(cmd)) => Box::pin(self.shared.engine.send(*cmd)).await,
-                    Err(Err(stopped)) => Err(stopped),
-                };
-                match sent {
-                    Ok(()) => Flow::Continue,
-                    Err(_) => Flow::Close(close::GOING_AWAY, "shutting down".into()),
+                match self.shared.engine.try_send(cmd) {
+                    Ok(()) => Ok(Flow::Continue),
+                    Err(Ok(cmd)) => Err(Slow::Engine(cmd)),
+                    Err(Err(_stopped)) => {
+                        Ok(Flow::Close(close::GOING_AWAY, "shutting down".into()))
+                    }
                 }
             }
+        }
+    }
+
+    /// The rest of a frame [`Connection::take`] could not finish.
+    async fn finish(&mut self, slow: Slow) -> Flow {
+        match slow {
+            Slow::Refuse(refusal) => self.refuse_bad_frame(refusal).await,
+            Slow::Reply(reply) => self.send_now(reply).await,
+            Slow::Hello(hello) => {
+                let (verified, req_id) = *hello;
+                self.authenticate(verified, req_id).await
+            }
+            Slow::Engine(cmd) => match self.shared.engine.send(*cmd).await {
+                Ok(()) => Flow::Continue,
+                Err(_) => Flow::Close(close::GOING_AWAY, "shutting down".into()),
+            },
         }
     }
 

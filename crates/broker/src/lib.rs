@@ -267,19 +267,24 @@ impl Broker {
         shared
             .tasks
             .spawn(http::dashboard::follow_removals(shared.clone()));
-        let app = http::router(shared.clone());
-        let ops = http::ops_router(shared.clone());
+        let routers = http::serve::Routers {
+            app: http::router(shared.clone()),
+            lobby: http::lobby_router(shared.clone()),
+            ops: http::ops_router(shared.clone()),
+        };
         let stop = shared.shutdown.clone();
         let certs = match &shared.config.tls {
             Some(files) => Some(tls::CertStore::open(files.clone())?),
             None => None,
         };
-        let per_source = if shared.config.trust_proxy {
-            shared.config.max_unauthenticated
+        let c = &shared.config;
+        let per_source = if c.trust_proxy {
+            c.max_unauthenticated
         } else {
-            shared.config.max_unauthenticated_per_source
+            c.max_unauthenticated_per_source
         };
-        let admission = http::serve::Admission::new(shared.config.max_unauthenticated, per_source);
+        let admission =
+            http::serve::Admission::new(c.max_unauthenticated, per_source, c.max_queued);
         shared
             .tasks
             .spawn(figures::run(shared.clone(), admission.clone()));
@@ -288,7 +293,7 @@ impl Broker {
             Some(certs) => {
                 let listener = tls::TlsListener::new(listener, certs, stop.clone(), tasks.clone())?;
                 tokio::spawn(http::serve::serve(
-                    listener, app, ops, stop, tasks, admission, m,
+                    listener, routers, stop, tasks, admission, m,
                 ))
             }
             None => {
@@ -299,7 +304,7 @@ impl Broker {
                     }
                 });
                 tokio::spawn(http::serve::serve(
-                    listener, app, ops, stop, tasks, admission, m,
+                    listener, routers, stop, tasks, admission, m,
                 ))
             }
         };

@@ -92,6 +92,12 @@ struct Args {
         env = "CLAUDEMESH_MAX_UNAUTHENTICATED_PER_SOURCE"
     )]
     max_unauthenticated_per_source: usize,
+    /// Connections queued past --max-unauthenticated: a WebSocket waits there up to 5 s
+    /// for a place instead of being refused (a reconnect storm); /health and /metrics are
+    /// answered at once. 0 turns the queue off; lowered to the fds left after
+    /// --max-connections.
+    #[arg(long, default_value_t = 8_192, env = "CLAUDEMESH_MAX_QUEUED")]
+    max_queued: usize,
     /// Behind a TLS-terminating proxy: take client addresses from X-Forwarded-For /
     /// Forwarded for the per-source limits (only set this when the proxy is the only way in).
     #[arg(long, env = "CLAUDEMESH_TRUST_PROXY")]
@@ -259,6 +265,7 @@ fn config(args: Args) -> anyhow::Result<BrokerConfig> {
     config.max_unauthenticated = args.max_unauthenticated.max(1);
     config.trust_proxy = args.trust_proxy;
     config.max_unauthenticated_per_source = args.max_unauthenticated_per_source.max(1);
+    config.max_queued = args.max_queued;
     config.tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(claudemesh_broker::tls::TlsFiles { cert, key }),
         _ => None,
@@ -319,11 +326,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Raise the soft fd limit to the hard one, and size the connection caps to it.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(nofile) => {
-            let (authed, unauth) = config.fit_to_fd_limit(nofile);
+            let (authed, unauth, queued) = config.fit_to_fd_limit(nofile);
             tracing::info!(
                 nofile,
                 max_connections = authed,
                 max_unauthenticated = unauth,
+                max_queued = queued,
                 "connection capacity"
             );
         }

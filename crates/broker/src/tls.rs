@@ -141,7 +141,8 @@ impl TlsListener {
         })?;
         let acceptor = TlsAcceptor::from(certs.server_config()?);
         let (tx, ready) = mpsc::channel(MAX_HANDSHAKES);
-        let slots = crate::http::serve::Admission::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE);
+        let slots =
+            crate::http::serve::Admission::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE, 0);
         let inner = tasks.clone();
         tasks.spawn(async move {
             loop {

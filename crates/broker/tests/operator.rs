@@ -280,14 +280,16 @@ on_every_backend! {
     async fn a_full_house_still_answers_health_from_the_reserve() {
         let b = TestBroker::start_with(|c| {
             c.max_unauthenticated = 8;
-            c.max_unauthenticated_per_source = 8;
+            c.max_unauthenticated_per_source = 6;
+            c.max_queued = 0;
         })
         .await;
         let addr = b.handle.as_ref().unwrap().addr();
         let mut silent = Vec::new();
-        for _ in 0..8 {
+        for n in 0..8 {
             let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            let from = if n < 6 { "127.0.0.2:0" } else { "127.0.0.3:0" };
+            socket.bind(from.parse().unwrap()).unwrap();
             silent.push(socket.connect(addr).await.unwrap());
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -353,6 +355,105 @@ on_every_backend! {
             .await
             .unwrap();
         assert_ne!(join.status(), 503);
+    }
+
+    /// Past the unauthenticated cap a connection is queued, not closed: `/health` is
+    /// answered at once, a WebSocket upgrade waits for a place and upgrades when one
+    /// frees, and one that waits in vain is answered 503 after the queue's wait.
+    #[tokio::test]
+    async fn a_full_house_queues_websockets_until_a_place_frees() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let b = TestBroker::start_with(|c| {
+            c.max_unauthenticated = 4;
+            c.max_unauthenticated_per_source = 8;
+        })
+        .await;
+        let addr = b.handle.as_ref().unwrap().addr();
+        let mesh = create_mesh(&b, "queued").await;
+        let alice = enroll(&b, &mesh, "alice").await;
+        let silent_connection = || async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            socket.connect(addr).await.unwrap()
+        };
+        let mut silent = Vec::new();
+        for _ in 0..4 {
+            silent.push(silent_connection().await);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+        let fresh = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let health = fresh.get(format!("{}/health", b.http())).send().await.unwrap();
+        assert_eq!(health.status(), 200, "health from the queue, at once");
+
+        let url = b.ws();
+        let alice_pk = alice.ident.pk.clone();
+        let waiting = tokio::spawn(async move { V1Client::connect(&url, &alice).await });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(!waiting.is_finished(), "the upgrade waits for a place");
+        silent.pop();
+        let mut a = tokio::time::timeout(std::time::Duration::from_secs(3), waiting)
+            .await
+            .expect("upgraded once a place freed")
+            .unwrap();
+        assert!(a.peers().await.iter().any(|p| p["pubkey"] == alice_pk));
+
+        // Full again, and nobody leaves: the queued upgrade is answered 503 after 5 s.
+        silent.push(silent_connection().await);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+        raw.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), raw.read(&mut buf))
+            .await
+            .expect("answered")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(
+            started.elapsed() >= std::time::Duration::from_secs(4),
+            "it waited for a place first: {:?}",
+            started.elapsed()
+        );
+        let m = metrics(&b).await;
+        assert!(metric(&m, "broker_preauth_queued_total ") >= 3, "{m}");
+        assert_eq!(metric(&m, "broker_preauth_queue_timeouts_total "), 1, "{m}");
+        assert_eq!(metric(&m, "broker_preauth_refused_total "), 0, "{m}");
+        drop(silent);
+    }
+
+    /// A storm: many more peers than unauthenticated places say hello at once, and every
+    /// one of them gets in on its first try (queued in order), none refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reconnect_storm_is_queued_not_refused() {
+        let b = TestBroker::start_with(|c| {
+            c.max_unauthenticated = 4;
+            c.max_unauthenticated_per_source = 256;
+        })
+        .await;
+        let mesh = create_mesh(&b, "storm").await;
+        let mut members = Vec::new();
+        for n in 0..60 {
+            members.push(enroll(&b, &mesh, &format!("peer-{n}")).await);
+        }
+        let url = b.ws();
+        let clients = futures_util::future::join_all(
+            members.iter().map(|m| V1Client::connect(&url, m)),
+        )
+        .await;
+        assert_eq!(clients.len(), 60);
+        let m = metrics(&b).await;
+        assert_eq!(metric(&m, "broker_preauth_refused_total "), 0, "{m}");
+        assert_eq!(metric(&m, "broker_preauth_queue_timeouts_total "), 0, "{m}");
     }
 
     /// A connection that sends nothing is closed once the header-read timeout passes.

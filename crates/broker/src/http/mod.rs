@@ -58,6 +58,16 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// What a queued connection is served (see [`serve`]): what [`ops_router`] serves, and a
+/// WebSocket upgrade that first waits for a place among the unauthenticated.
+pub fn lobby_router(shared: Arc<Shared>) -> Router {
+    ops_router(shared.clone()).merge(
+        Router::new()
+            .route("/ws", get(ws::queued))
+            .with_state(shared),
+    )
+}
+
 /// What a connection from the operators' reserve is served (see [`serve`]): `/health` and
 /// `/metrics`, and 503 `unavailable` for anything else.
 pub fn ops_router(shared: Arc<Shared>) -> Router {
