@@ -225,7 +225,8 @@ impl BrokerConfig {
     /// Shrink the connection caps to what `nofile` file descriptors can hold, keeping 64
     /// for the database, the listener and logs, a quarter of the rest (at most) for
     /// unauthenticated connections, and for the queue only what is left after the
-    /// authenticated ones. Returns the (authenticated, unauthenticated, queued) caps.
+    /// authenticated ones, the operators' reserve and TLS handshakes (in progress and
+    /// done, not yet accepted). Returns the (authenticated, unauthenticated, queued) caps.
     pub fn fit_to_fd_limit(&mut self, nofile: u64) -> (usize, usize, usize) {
         let budget = usize::try_from(nofile.saturating_sub(64))
             .unwrap_or(usize::MAX)
@@ -238,10 +239,12 @@ impl BrokerConfig {
             .max_connections
             .min(budget.saturating_sub(self.max_unauthenticated))
             .max(1);
+        let beside = crate::http::serve::OPS_RESERVE + 2 * crate::tls::MAX_HANDSHAKES;
         self.max_queued = self.max_queued.min(
             budget
                 .saturating_sub(self.max_unauthenticated)
-                .saturating_sub(self.max_connections),
+                .saturating_sub(self.max_connections)
+                .saturating_sub(beside),
         );
         (
             self.max_connections,

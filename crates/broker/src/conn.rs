@@ -43,7 +43,7 @@ enum Flow {
 }
 
 /// Serve one upgraded WebSocket until it closes; `permit`, its place under the connection
-/// cap, is given back once the engine has heard it detach.
+/// cap, is given back after its `Detach` was queued for the engine.
 ///
 /// An async block, not an `async fn`: an async fn keeps its arguments in its future beside
 /// what they were moved into (the socket alone is 368 bytes), and every idle connection's

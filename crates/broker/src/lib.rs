@@ -267,9 +267,10 @@ impl Broker {
         shared
             .tasks
             .spawn(http::dashboard::follow_removals(shared.clone()));
+        let app = http::router(shared.clone());
         let routers = http::serve::Routers {
-            app: http::router(shared.clone()),
-            lobby: http::lobby_router(shared.clone()),
+            lobby: http::lobby_router(shared.clone(), app.clone()),
+            app,
             ops: http::ops_router(shared.clone()),
         };
         let stop = shared.shutdown.clone();

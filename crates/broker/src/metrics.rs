@@ -154,12 +154,12 @@ impl Metrics {
             ),
             (
                 "broker_preauth_queued",
-                "Connections queued because the unauthenticated cap was full (a WebSocket waits there for a place)",
+                "Connections queued because the unauthenticated cap (in total or of their address) was full; a WebSocket waits there for a place",
                 &m.preauth_queued_total,
             ),
             (
                 "broker_preauth_queue_timeouts",
-                "Queued WebSocket upgrades answered 503 because no place came in time",
+                "Queued requests answered 503 for want of a place (a WebSocket upgrade waits 5 s for one; anything else takes one only if it is free)",
                 &m.preauth_queue_timeouts_total,
             ),
             (

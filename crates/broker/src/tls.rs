@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once, and from one source address; past either a new socket
 /// is closed at once (so one address cannot occupy the handshake stage).
-const MAX_HANDSHAKES: usize = 256;
+pub(crate) const MAX_HANDSHAKES: usize = 256;
 const MAX_HANDSHAKES_PER_SOURCE: usize = 16;
 
 /// The certificate and key files the broker serves.

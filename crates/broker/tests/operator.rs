@@ -388,6 +388,13 @@ on_every_backend! {
             .unwrap();
         let health = fresh.get(format!("{}/health", b.http())).send().await.unwrap();
         assert_eq!(health.status(), 200, "health from the queue, at once");
+        let join = fresh
+            .post(format!("{}/join", b.http()))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(join.status(), 503, "no place free: only a WebSocket waits for one");
 
         let url = b.ws();
         let alice_pk = alice.ident.pk.clone();
@@ -401,8 +408,12 @@ on_every_backend! {
             .unwrap();
         assert!(a.peers().await.iter().any(|p| p["pubkey"] == alice_pk));
 
-        // Full again, and nobody leaves: the queued upgrade is answered 503 after 5 s.
-        silent.push(silent_connection().await);
+        // Full again (fresh silent connections, so none times out meanwhile), and nobody
+        // leaves: the queued upgrade is answered 503 after 5 s.
+        silent.clear();
+        for _ in 0..4 {
+            silent.push(silent_connection().await);
+        }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
         raw.write_all(
@@ -425,8 +436,12 @@ on_every_backend! {
             started.elapsed()
         );
         let m = metrics(&b).await;
-        assert!(metric(&m, "broker_preauth_queued_total ") >= 3, "{m}");
-        assert_eq!(metric(&m, "broker_preauth_queue_timeouts_total "), 1, "{m}");
+        assert!(metric(&m, "broker_preauth_queued_total ") >= 4, "{m}");
+        assert_eq!(
+            metric(&m, "broker_preauth_queue_timeouts_total "),
+            2,
+            "the join and the upgrade: {m}"
+        );
         assert_eq!(metric(&m, "broker_preauth_refused_total "), 0, "{m}");
         drop(silent);
     }
@@ -436,7 +451,7 @@ on_every_backend! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reconnect_storm_is_queued_not_refused() {
         let b = TestBroker::start_with(|c| {
-            c.max_unauthenticated = 4;
+            c.max_unauthenticated = 8;
             c.max_unauthenticated_per_source = 256;
         })
         .await;

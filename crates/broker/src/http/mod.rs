@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use admin::{ListInvites, ListMembers, RevokeInvite, handle};
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use claudemesh_proto::http::{CreateMeshRequest, RegisterInviteRequest, RemoveMemberRequest};
 use claudemesh_proto::limits;
@@ -58,14 +58,42 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// What a queued connection is served (see [`serve`]): what [`ops_router`] serves, and a
-/// WebSocket upgrade that first waits for a place among the unauthenticated.
-pub fn lobby_router(shared: Arc<Shared>) -> Router {
-    ops_router(shared.clone()).merge(
-        Router::new()
-            .route("/ws", get(ws::queued))
-            .with_state(shared),
-    )
+/// What a queued connection is served (see [`serve`]): `app` behind a gate. `/health` and
+/// `/metrics` are answered at once; a WebSocket upgrade waits up to
+/// [`serve::QUEUE_WAIT`] for a place; anything else is served if a place is free now.
+/// Without a place: 503 `unavailable`.
+pub fn lobby_router(shared: Arc<Shared>, app: Router) -> Router {
+    app.layer(axum::middleware::from_fn_with_state(shared, lobby_gate))
+}
+
+async fn lobby_gate(
+    State(shared): State<Arc<Shared>>,
+    slot: Option<axum::Extension<serve::PreAuthSlot>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let wait = match req.uri().path() {
+        "/health" | "/metrics" => return next.run(req).await,
+        "/ws" => serve::QUEUE_WAIT,
+        _ => std::time::Duration::ZERO,
+    };
+    let placed = match &slot {
+        Some(slot) => slot.0.place(wait).await,
+        None => false,
+    };
+    if placed {
+        return next.run(req).await;
+    }
+    crate::metrics::Metrics::inc(&shared.metrics.preauth_queue_timeouts_total);
+    axum::response::IntoResponse::into_response(full_house())
+}
+
+/// The answer when the unauthenticated places are taken.
+fn full_house() -> error::HttpError {
+    error::HttpError::api(crate::refusal::Refusal::new(
+        claudemesh_proto::codes::Code::Unavailable,
+        "the broker is at its limit of unauthenticated connections; retry in a few seconds",
+    ))
 }
 
 /// What a connection from the operators' reserve is served (see [`serve`]): `/health` and
@@ -74,12 +102,7 @@ pub fn ops_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
-        .fallback(|| async {
-            error::HttpError::api(crate::refusal::Refusal::new(
-                claudemesh_proto::codes::Code::Unavailable,
-                "the broker is at its limit of unauthenticated connections; retry in a few seconds",
-            ))
-        })
+        .fallback(|| async { full_house() })
         .with_state(shared)
 }
 

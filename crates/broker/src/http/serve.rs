@@ -4,27 +4,29 @@
 //! - every connection must send its request headers within [`HEADER_READ_TIMEOUT`] (and
 //!   between keep-alive requests the same), so silent sockets cannot pile up;
 //! - connections that have not authenticated (plain HTTP, or a WebSocket before its
-//!   hello) are capped in total and per source address ([`Admission`]); past the cap of
-//!   its address a new connection is closed at once. A WebSocket leaves the count when its
-//!   hello succeeds, so authenticated peers are never crowded out by anonymous ones;
-//! - past the total cap a new connection joins a bounded queue (in total and per address,
-//!   served by `lobby_router`): `/health` and `/metrics` are answered at once, and a
-//!   WebSocket upgrade waits up to [`QUEUE_WAIT`] for a place, first come first served.
-//!   A reconnect storm (every peer of a restarted broker at once) is absorbed instead of
-//!   refused into the clients' backoff;
-//! - past the queue a small reserve ([`OPS_RESERVE`], [`OPS_RESERVE_PER_SOURCE`] per
+//!   hello) are capped in total and per source address ([`Admission`]). A WebSocket
+//!   leaves the count when its hello succeeds, so authenticated peers are never crowded
+//!   out by anonymous ones;
+//! - past either cap a new connection joins a bounded queue (in total, and per address
+//!   the same share as of the places), served by `lobby_router`: `/health` and `/metrics`
+//!   are answered at once, a WebSocket upgrade waits up to [`QUEUE_WAIT`] for a place
+//!   (a place given back goes straight to the first waiter that may use it), anything
+//!   else is served only if a place is free. A reconnect storm (every peer of a restarted
+//!   broker at once) is absorbed instead of refused into the clients' backoff. Past its
+//!   address's share of the queue a new connection is closed at once;
+//! - past the queue's total a small reserve ([`OPS_RESERVE`], [`OPS_RESERVE_PER_SOURCE`] per
 //!   address) still serves `/health` and `/metrics`, with a short header timeout
 //!   ([`OPS_HEADER_TIMEOUT`]) and life ([`OPS_CONNECTION_MAX`]); anything else asked on
 //!   such a connection is answered 503 `unavailable`. An operator can see a broker under
 //!   attack, and the reserve is useless for holding places;
 //! - every connection task is tracked, and stops (gracefully) at shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -51,6 +53,8 @@ pub const OPS_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 pub const OPS_CONNECTION_MAX: Duration = Duration::from_secs(5);
 /// Longest a queued WebSocket upgrade waits for a place before it is answered 503.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(5);
+/// A line of waiters this long is swept of those that stopped waiting.
+const WAITERS_SWEEP: usize = 16_384;
 /// How long in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -63,14 +67,22 @@ pub struct Admission {
     reserve: Arc<Pool>,
 }
 
-/// Places in total and per source address; `freed` wakes one waiter when one is given
-/// back.
+/// Places in total and per source address, and who waits for one, in order.
 #[derive(Debug)]
 struct Pool {
     max_total: usize,
     max_per_source: usize,
-    counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
-    freed: Notify,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    by_source: HashMap<IpAddr, usize>,
+    /// Waiting for a place (sources), first come first. A place given back goes straight
+    /// to the first one that may use it, so a place is never free while somebody who may
+    /// take it waits, and nobody can take it in between.
+    waiters: VecDeque<(IpAddr, oneshot::Sender<PreAuth>)>,
 }
 
 /// One unauthenticated connection's place in the count; given back when dropped (the
@@ -86,7 +98,8 @@ pub struct PreAuth {
 pub enum Admitted {
     /// Everything is served.
     Full(PreAuth),
-    /// The main pool is full: in the queue (`lobby_router`), waiting for a place.
+    /// The main pool (or this address's share of it) is full: in the queue, served by
+    /// `lobby_router`, where a WebSocket upgrade waits for a place.
     Queued(PreAuth),
     /// The main pool and the queue are full: only `/health` and `/metrics`.
     OpsOnly(PreAuth),
@@ -94,27 +107,28 @@ pub enum Admitted {
 
 impl Drop for PreAuth {
     fn drop(&mut self) {
-        let mut c = self
-            .pool
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        c.0 = c.0.saturating_sub(1);
-        if let Some(n) = c.1.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                c.1.remove(&self.ip);
+        let handed = {
+            let mut c = self.pool.lock();
+            c.total = c.total.saturating_sub(1);
+            if let Some(n) = c.by_source.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    c.by_source.remove(&self.ip);
+                }
             }
+            self.pool.hand_over(&mut c)
+        };
+        // Outside the lock: a waiter that left meanwhile gives the place back (to the next).
+        if let Some((place, tx)) = handed {
+            let _ = tx.send(place);
         }
-        drop(c);
-        self.pool.freed.notify_one();
     }
 }
 
 impl Admission {
     /// Unauthenticated connections now, both pools.
     pub fn count(&self) -> usize {
-        let n = |p: &Pool| p.total();
+        let n = |p: &Pool| p.lock().total;
         n(&self.main) + n(&self.queue) + n(&self.reserve)
     }
 
@@ -134,47 +148,24 @@ impl Admission {
     }
 
     /// A place for a new unauthenticated connection from `ip`: in the main pool if both
-    /// its caps allow it and nobody is queued before it; else (unless this address is
-    /// over its own cap) in the queue, and past the queue in the operators' reserve.
+    /// its caps allow it; else in the queue, within this address's share of it; past the
+    /// queue (only when the main pool is full in total, not when this address is over its
+    /// own cap) in the operators' reserve.
     pub fn admit(&self, ip: IpAddr) -> Option<Admitted> {
-        if self.queue.total() == 0 {
-            match self.main.take(ip) {
-                Ok(place) => return Some(Admitted::Full(place)),
-                Err(Full::Source) => return None,
-                Err(Full::Total) => {}
-            }
-        } else if self.main.over_source(ip) {
-            return None;
-        }
-        match self.queue.take(ip) {
-            Ok(place) => Some(Admitted::Queued(place)),
-            Err(_) => self.reserve.take(ip).ok().map(Admitted::OpsOnly),
-        }
-    }
-
-    /// Wait until `deadline` for a place in the main pool for `ip`; `None` when the
-    /// deadline passes or the address is over its own cap. Waiters are woken one per
-    /// place given back, in the order they began waiting.
-    async fn main_place(&self, ip: IpAddr, deadline: tokio::time::Instant) -> Option<PreAuth> {
-        loop {
-            let freed = self.main.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            match self.main.take(ip) {
-                Ok(place) => return Some(place),
-                Err(Full::Total) => {}
-                Err(Full::Source) => {
-                    // The place this waiter may have been woken for is someone else's.
-                    self.main.freed.notify_one();
-                    return None;
-                }
-            }
-            tokio::time::timeout_at(deadline, freed).await.ok()?;
+        let main_full = match self.main.take(ip) {
+            Ok(place) => return Some(Admitted::Full(place)),
+            Err(full) => full,
+        };
+        match (self.queue.take(ip), main_full) {
+            (Ok(place), _) => Some(Admitted::Queued(place)),
+            (Err(Full::Total), Full::Total) => self.reserve.take(ip).ok().map(Admitted::OpsOnly),
+            (Err(_), _) => None,
         }
     }
 }
 
 /// Which cap refused.
+#[derive(Debug, Clone, Copy)]
 enum Full {
     Total,
     Source,
@@ -185,48 +176,77 @@ impl Pool {
         Arc::new(Self {
             max_total,
             max_per_source: max_per_source.max(1),
-            counts: Mutex::new((0, HashMap::new())),
-            freed: Notify::new(),
+            counts: Mutex::default(),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<IpAddr, usize>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn total(&self) -> usize {
-        self.lock().0
-    }
-
-    /// Whether `ip` (already a source) holds its share. A share as large as the whole
+    /// Whether a place is free for `ip` (already a source). A share as large as the whole
     /// pool is no cap of its own: the total decides.
-    fn source_full(&self, counts: &HashMap<IpAddr, usize>, ip: IpAddr) -> bool {
-        self.max_per_source < self.max_total
-            && counts.get(&ip).is_some_and(|n| *n >= self.max_per_source)
+    fn check(&self, c: &Counts, ip: IpAddr) -> Result<(), Full> {
+        let own_cap = self.max_per_source < self.max_total;
+        if own_cap
+            && c.by_source
+                .get(&ip)
+                .is_some_and(|n| *n >= self.max_per_source)
+        {
+            return Err(Full::Source);
+        }
+        if c.total >= self.max_total {
+            return Err(Full::Total);
+        }
+        Ok(())
     }
 
-    fn over_source(&self, ip: IpAddr) -> bool {
-        let ip = crate::ratelimit::source_of(ip);
-        self.source_full(&self.lock().1, ip)
+    fn count_in(self: &Arc<Self>, c: &mut Counts, ip: IpAddr) -> PreAuth {
+        c.total += 1;
+        *c.by_source.entry(ip).or_insert(0) += 1;
+        PreAuth {
+            pool: self.clone(),
+            ip,
+        }
     }
 
     fn take(self: &Arc<Self>, ip: IpAddr) -> Result<PreAuth, Full> {
         let ip = crate::ratelimit::source_of(ip);
         let mut c = self.lock();
-        if self.source_full(&c.1, ip) {
-            return Err(Full::Source);
+        self.check(&c, ip)?;
+        Ok(self.count_in(&mut c, ip))
+    }
+
+    /// A place for `ip` now, or a turn in the line for one.
+    fn take_or_wait(self: &Arc<Self>, ip: IpAddr) -> Result<PreAuth, oneshot::Receiver<PreAuth>> {
+        let mut c = self.lock();
+        if self.check(&c, ip).is_ok() {
+            return Ok(self.count_in(&mut c, ip));
         }
-        if c.0 >= self.max_total {
-            return Err(Full::Total);
+        let (tx, rx) = oneshot::channel();
+        // Who stopped waiting leaves the line when it reaches its front; the whole line is
+        // swept only when it has grown past any real one (amortized, not O(n) per call).
+        if c.waiters.len() >= WAITERS_SWEEP {
+            c.waiters.retain(|(_, tx)| !tx.is_closed());
         }
-        c.0 += 1;
-        *c.1.entry(ip).or_insert(0) += 1;
-        Ok(PreAuth {
-            pool: self.clone(),
-            ip,
-        })
+        c.waiters.push_back((ip, tx));
+        Err(rx)
+    }
+
+    /// After a place was given back: the first waiter still waiting that may use it,
+    /// with the place counted in for it.
+    fn hand_over(self: &Arc<Self>, c: &mut Counts) -> Option<(PreAuth, oneshot::Sender<PreAuth>)> {
+        while c.waiters.front().is_some_and(|(_, tx)| tx.is_closed()) {
+            c.waiters.pop_front();
+        }
+        let i = c
+            .waiters
+            .iter()
+            .position(|(ip, tx)| !tx.is_closed() && self.check(c, *ip).is_ok())?;
+        let (ip, tx) = c.waiters.remove(i)?;
+        Some((self.count_in(c, ip), tx))
     }
 }
 
@@ -249,17 +269,37 @@ impl PreAuthSlot {
         self.lock().take()
     }
 
-    /// For a queued connection: wait up to [`QUEUE_WAIT`] for a place in the main pool
-    /// and take it instead of the queue's. True when the slot holds a main place.
-    pub async fn wait_for_place(&self) -> bool {
-        let ip = match &*self.lock() {
-            Some(p) if Arc::ptr_eq(&p.pool, &self.admission.main) => return true,
-            Some(p) if Arc::ptr_eq(&p.pool, &self.admission.queue) => p.ip,
-            _ => return false,
+    /// Where the slot's place is: the queue's source, or `None` when it holds a main
+    /// place (or none at all: then there is nothing to wait for either).
+    fn queued_source(&self) -> Option<IpAddr> {
+        match &*self.lock() {
+            Some(p) if Arc::ptr_eq(&p.pool, &self.admission.queue) => Some(p.ip),
+            _ => None,
+        }
+    }
+
+    fn holds_main_place(&self) -> bool {
+        self.lock()
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(&p.pool, &self.admission.main))
+    }
+
+    /// For a queued connection: a place in the main pool instead of the queue's, if one
+    /// is free now (`wait` zero) or comes within `wait`, in the order connections began
+    /// waiting. True when the slot holds a main place.
+    pub async fn place(&self, wait: Duration) -> bool {
+        let Some(ip) = self.queued_source() else {
+            return self.holds_main_place();
         };
-        let deadline = tokio::time::Instant::now() + QUEUE_WAIT;
-        let Some(place) = self.admission.main_place(ip, deadline).await else {
-            return false;
+        let place = match self.admission.main.take_or_wait(ip) {
+            Ok(place) => place,
+            Err(_) if wait.is_zero() => return false,
+            Err(turn) => match tokio::time::timeout(wait, turn).await {
+                Ok(Ok(place)) => place,
+                // Dropping `turn` leaves the line; a place handed to it meanwhile is
+                // given back, to the next one.
+                Ok(Err(_)) | Err(_) => return false,
+            },
         };
         *self.lock() = Some(place);
         true
@@ -271,7 +311,7 @@ impl PreAuthSlot {
 pub struct Routers {
     /// Everything (a place in the main pool).
     pub app: Router,
-    /// `/health`, `/metrics`, and a WebSocket upgrade that waits for a place (queued).
+    /// `app` behind the queue's gate (`lobby_router`): for a queued connection.
     pub lobby: Router,
     /// `/health` and `/metrics` only (the operators' reserve).
     pub ops: Router,
@@ -391,49 +431,119 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn past_the_cap_connections_queue_and_get_places_in_order() {
-        let a = Admission::new(2, 8, 3);
-        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
-        let Some(Admitted::Full(p1)) = a.admit(ip(1)) else {
-            panic!("a place")
-        };
-        let Some(Admitted::Full(_p2)) = a.admit(ip(2)) else {
-            panic!("a place")
-        };
-        let mut queued = Vec::new();
-        for n in 3..6 {
-            match a.admit(ip(n)) {
-                Some(Admitted::Queued(p)) => queued.push(slot(&a, p)),
-                other => panic!("expected a queued place, got {other:?}"),
-            }
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    fn placed(a: &Arc<Admission>, from: IpAddr) -> PreAuth {
+        match a.admit(from) {
+            Some(Admitted::Full(p)) => p,
+            other => panic!("expected a place, got {other:?}"),
         }
+    }
+
+    fn queued(a: &Arc<Admission>, from: IpAddr) -> PreAuthSlot {
+        match a.admit(from) {
+            Some(Admitted::Queued(p)) => slot(a, p),
+            other => panic!("expected a queued place, got {other:?}"),
+        }
+    }
+
+    /// Wait for a place in a task of its own, started now (so the line's order is the
+    /// order of the calls).
+    async fn waiting(s: &PreAuthSlot) -> tokio::task::JoinHandle<bool> {
+        let s = s.clone();
+        let task = tokio::spawn(async move { s.place(QUEUE_WAIT).await });
+        tokio::task::yield_now().await;
+        task
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_place_given_back_goes_to_the_first_waiter_and_nobody_barges() {
+        let a = Admission::new(2, 8, 3);
+        let p1 = placed(&a, ip(1));
+        let _p2 = placed(&a, ip(2));
+        let q: Vec<_> = (3..6).map(|n| queued(&a, ip(n))).collect();
         assert!(
             matches!(a.admit(ip(9)), Some(Admitted::OpsOnly(_))),
             "queue full: the reserve"
         );
-        let waiters: Vec<_> = queued
-            .iter()
-            .cloned()
-            .map(|s| tokio::spawn(async move { (s.wait_for_place().await, s) }))
-            .collect();
-        tokio::task::yield_now().await;
-        // One place given back: the first waiter gets it, the others wait on.
-        drop(p1);
-        let mut waiters = waiters.into_iter();
-        let (placed, first) = waiters.next().unwrap().await.unwrap();
-        assert!(placed);
-        assert!(first.wait_for_place().await, "a main place is a place");
-        // Nobody gives a place back: the others are answered when QUEUE_WAIT is over.
-        for w in waiters {
-            let (placed, s) = w.await.unwrap();
-            assert!(!placed, "no place within QUEUE_WAIT");
-            drop(s);
+        let mut w = Vec::new();
+        for s in &q {
+            w.push(waiting(s).await);
         }
-        drop(queued);
-        // While nobody is queued, a new connection takes a free place directly.
-        drop(first);
-        assert!(matches!(a.admit(ip(7)), Some(Admitted::Full(_))));
+        drop(p1);
+        // The place went to the first waiter at once: a newcomer finds none free.
+        assert!(
+            a.main.take(ip(7)).is_err(),
+            "nobody takes a place a waiter is owed"
+        );
+        let mut w = w.into_iter();
+        assert!(
+            w.next().unwrap().await.unwrap(),
+            "the first waiter got the place"
+        );
+        assert!(q[0].holds_main_place());
+        for task in w {
+            assert!(!task.await.unwrap(), "no place within QUEUE_WAIT");
+        }
+        drop(q);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_left_passes_its_turn_on() {
+        let a = Admission::new(1, 1, 2);
+        let p1 = placed(&a, ip(1));
+        let (first, second) = (queued(&a, ip(2)), queued(&a, ip(3)));
+        let gone = waiting(&first).await;
+        let stays = waiting(&second).await;
+        gone.abort();
+        let _ = gone.await;
+        drop(p1);
+        assert!(stays.await.unwrap(), "the second waiter got the place");
+        assert!(!first.holds_main_place());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_over_its_address_cap_waits_for_its_own_address_place() {
+        // Two places in all, one per address; ip(1) holds its one, ip(2) the other.
+        let a = Admission::new(2, 1, 4);
+        let mine = placed(&a, ip(1));
+        let other = placed(&a, ip(2));
+        let same = queued(&a, ip(1));
+        let third = queued(&a, ip(3));
+        let (same_w, third_w) = (waiting(&same).await, waiting(&third).await);
+        // ip(2)'s place is given back: ip(1) may not use it, the next waiter may.
+        drop(other);
+        assert!(third_w.await.unwrap());
+        assert!(!same_w.is_finished());
+        drop(mine);
+        assert!(
+            same_w.await.unwrap(),
+            "its address's own place, once given back"
+        );
+    }
+
+    #[test]
+    fn the_queue_holds_an_address_share_and_a_request_that_cannot_wait_gets_no_place() {
+        // 4 places, 2 per address; a queue of 8, so 4 per address.
+        let a = Admission::new(4, 2, 8);
+        let _held: Vec<_> = (0..2)
+            .flat_map(|_| [a.admit(ip(1)), a.admit(ip(2))])
+            .collect();
+        let q: Vec<_> = (0..4).map(|_| queued(&a, ip(1))).collect();
+        assert!(
+            a.admit(ip(1)).is_none(),
+            "past its share of the queue: closed"
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(
+            !rt.block_on(q[0].place(Duration::ZERO)),
+            "no place free, no wait"
+        );
+        drop(q);
     }
 
     #[test]

@@ -10,7 +10,6 @@ use claudemesh_proto::codes::Code;
 use claudemesh_proto::limits;
 
 use super::error::HttpError;
-use crate::metrics::Metrics;
 use crate::refusal::Refusal;
 use crate::state::Shared;
 
@@ -18,32 +17,6 @@ use crate::state::Shared;
 const WS_READ_BUFFER: usize = 2 * 1024;
 /// Bytes buffered before a WebSocket write goes to the socket (a flush always writes).
 const WS_WRITE_BUFFER: usize = 8 * 1024;
-
-/// `GET /ws` on a queued connection (see `serve.rs`): wait for a place among the
-/// unauthenticated, then upgrade as [`upgrade`] does; 503 `unavailable` if none comes in
-/// time or the broker stops meanwhile.
-pub async fn queued(
-    State(shared): State<Arc<Shared>>,
-    slot: Option<axum::Extension<super::serve::PreAuthSlot>>,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let placed = match &slot {
-        Some(s) => tokio::select! {
-            placed = s.0.wait_for_place() => placed,
-            () = shared.shutdown.cancelled() => false,
-        },
-        None => false,
-    };
-    if !placed {
-        Metrics::inc(&shared.metrics.preauth_queue_timeouts_total);
-        let r = Refusal::new(
-            Code::Unavailable,
-            "the broker is at its limit of unauthenticated connections; retry in a few seconds",
-        );
-        return HttpError::api(r).into_response();
-    }
-    upgrade(State(shared), slot, ws).await
-}
 
 pub async fn upgrade(
     State(shared): State<Arc<Shared>>,
