@@ -223,29 +223,30 @@ impl BrokerConfig {
     }
 
     /// Shrink the connection caps to what `nofile` file descriptors can hold, keeping 64
-    /// for the database, the listener and logs, a quarter of the rest (at most) for
+    /// for the database, the listener and logs, and room for the operators' reserve and
+    /// (when serving TLS) the handshakes; of the rest a quarter (at most) for
     /// unauthenticated connections, and for the queue only what is left after the
-    /// authenticated ones, the operators' reserve and TLS handshakes (in progress and
-    /// done, not yet accepted). Returns the (authenticated, unauthenticated, queued) caps.
+    /// authenticated ones. Returns the (authenticated, unauthenticated, queued) caps.
     pub fn fit_to_fd_limit(&mut self, nofile: u64) -> (usize, usize, usize) {
+        use crate::http::serve::OPS_RESERVE;
+        // Handshakes in progress, done and not yet accepted, and their own reserve.
+        let tls = match self.tls {
+            Some(_) => 2 * crate::tls::MAX_HANDSHAKES + OPS_RESERVE,
+            None => 0,
+        };
         let budget = usize::try_from(nofile.saturating_sub(64))
             .unwrap_or(usize::MAX)
+            .saturating_sub(OPS_RESERVE + tls)
             .max(16);
         self.max_unauthenticated = self.max_unauthenticated.min(budget / 4).max(4);
         self.max_unauthenticated_per_source = self
             .max_unauthenticated_per_source
             .min(self.max_unauthenticated);
-        self.max_connections = self
-            .max_connections
-            .min(budget.saturating_sub(self.max_unauthenticated))
-            .max(1);
-        let beside = crate::http::serve::OPS_RESERVE + 2 * crate::tls::MAX_HANDSHAKES;
-        self.max_queued = self.max_queued.min(
-            budget
-                .saturating_sub(self.max_unauthenticated)
-                .saturating_sub(self.max_connections)
-                .saturating_sub(beside),
-        );
+        let rest = budget.saturating_sub(self.max_unauthenticated);
+        self.max_connections = self.max_connections.min(rest).max(1);
+        self.max_queued = self
+            .max_queued
+            .min(rest.saturating_sub(self.max_connections));
         (
             self.max_connections,
             self.max_unauthenticated,

@@ -72,13 +72,18 @@ async fn lobby_gate(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    let upgrade = req.method() == axum::http::Method::GET && req.uri().path() == "/ws";
     let wait = match req.uri().path() {
         "/health" | "/metrics" => return next.run(req).await,
-        "/ws" => serve::QUEUE_WAIT,
+        // Waiting is for a connection that can be served: none while the cap is full.
+        _ if upgrade && shared.connections.available_permits() > 0 => serve::QUEUE_WAIT,
         _ => std::time::Duration::ZERO,
     };
     let placed = match &slot {
-        Some(slot) => slot.0.place(wait).await,
+        Some(slot) => tokio::select! {
+            placed = slot.0.place(wait) => placed,
+            () = shared.shutdown.cancelled() => false,
+        },
         None => false,
     };
     if placed {

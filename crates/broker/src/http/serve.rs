@@ -53,7 +53,7 @@ pub const OPS_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 pub const OPS_CONNECTION_MAX: Duration = Duration::from_secs(5);
 /// Longest a queued WebSocket upgrade waits for a place before it is answered 503.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(5);
-/// A line of waiters this long is swept of those that stopped waiting.
+/// A line of waiters this long (at least) is swept of those that stopped waiting.
 const WAITERS_SWEEP: usize = 16_384;
 /// How long in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -75,7 +75,7 @@ struct Pool {
     counts: Mutex<Counts>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counts {
     total: usize,
     by_source: HashMap<IpAddr, usize>,
@@ -83,6 +83,9 @@ struct Counts {
     /// to the first one that may use it, so a place is never free while somebody who may
     /// take it waits, and nobody can take it in between.
     waiters: VecDeque<(IpAddr, oneshot::Sender<PreAuth>)>,
+    /// The line's length at which it is next swept of those that stopped waiting: twice
+    /// what was left by the last sweep (so sweeping stays amortized O(1) per waiter).
+    sweep_at: usize,
 }
 
 /// One unauthenticated connection's place in the count; given back when dropped (the
@@ -91,6 +94,8 @@ struct Counts {
 pub struct PreAuth {
     pool: Arc<Pool>,
     ip: IpAddr,
+    /// Still in the count (false once `Drop` has given it back by other means).
+    counted: bool,
 }
 
 /// Where a new connection was admitted.
@@ -107,20 +112,18 @@ pub enum Admitted {
 
 impl Drop for PreAuth {
     fn drop(&mut self) {
-        let handed = {
-            let mut c = self.pool.lock();
-            c.total = c.total.saturating_sub(1);
-            if let Some(n) = c.by_source.get_mut(&self.ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    c.by_source.remove(&self.ip);
-                }
-            }
-            self.pool.hand_over(&mut c)
-        };
-        // Outside the lock: a waiter that left meanwhile gives the place back (to the next).
-        if let Some((place, tx)) = handed {
-            let _ = tx.send(place);
+        if !self.counted {
+            return;
+        }
+        let mut handed = self.pool.release(self.ip);
+        // Outside the lock. A waiter that left meanwhile gives the place back, to the
+        // next one (in a loop, not by dropping it: no recursion however many left).
+        while let Some((place, tx)) = handed {
+            let Err(mut place) = tx.send(place) else {
+                break;
+            };
+            place.counted = false;
+            handed = place.pool.release(place.ip);
         }
     }
 }
@@ -149,8 +152,8 @@ impl Admission {
 
     /// A place for a new unauthenticated connection from `ip`: in the main pool if both
     /// its caps allow it; else in the queue, within this address's share of it; past the
-    /// queue (only when the main pool is full in total, not when this address is over its
-    /// own cap) in the operators' reserve.
+    /// queue (only when both are full in total, not when this address is over its own cap
+    /// or share) in the operators' reserve.
     pub fn admit(&self, ip: IpAddr) -> Option<Admitted> {
         let main_full = match self.main.take(ip) {
             Ok(place) => return Some(Admitted::Full(place)),
@@ -176,7 +179,12 @@ impl Pool {
         Arc::new(Self {
             max_total,
             max_per_source: max_per_source.max(1),
-            counts: Mutex::default(),
+            counts: Mutex::new(Counts {
+                total: 0,
+                by_source: HashMap::new(),
+                waiters: VecDeque::new(),
+                sweep_at: WAITERS_SWEEP,
+            }),
         })
     }
 
@@ -209,7 +217,21 @@ impl Pool {
         PreAuth {
             pool: self.clone(),
             ip,
+            counted: true,
         }
+    }
+
+    /// Give back a place of `ip`'s, and hand it to the first waiter that may use it.
+    fn release(self: &Arc<Self>, ip: IpAddr) -> Option<(PreAuth, oneshot::Sender<PreAuth>)> {
+        let mut c = self.lock();
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.by_source.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.by_source.remove(&ip);
+            }
+        }
+        self.hand_over(&mut c)
     }
 
     fn take(self: &Arc<Self>, ip: IpAddr) -> Result<PreAuth, Full> {
@@ -228,8 +250,9 @@ impl Pool {
         let (tx, rx) = oneshot::channel();
         // Who stopped waiting leaves the line when it reaches its front; the whole line is
         // swept only when it has grown past any real one (amortized, not O(n) per call).
-        if c.waiters.len() >= WAITERS_SWEEP {
+        if c.waiters.len() >= c.sweep_at {
             c.waiters.retain(|(_, tx)| !tx.is_closed());
+            c.sweep_at = (2 * c.waiters.len()).max(WAITERS_SWEEP);
         }
         c.waiters.push_back((ip, tx));
         Err(rx)
@@ -291,9 +314,15 @@ impl PreAuthSlot {
         let Some(ip) = self.queued_source() else {
             return self.holds_main_place();
         };
+        if wait.is_zero() {
+            let Ok(place) = self.admission.main.take(ip) else {
+                return false;
+            };
+            *self.lock() = Some(place);
+            return true;
+        }
         let place = match self.admission.main.take_or_wait(ip) {
             Ok(place) => place,
-            Err(_) if wait.is_zero() => return false,
             Err(turn) => match tokio::time::timeout(wait, turn).await {
                 Ok(Ok(place)) => place,
                 // Dropping `turn` leaves the line; a place handed to it meanwhile is
@@ -528,8 +557,8 @@ mod tests {
     fn the_queue_holds_an_address_share_and_a_request_that_cannot_wait_gets_no_place() {
         // 4 places, 2 per address; a queue of 8, so 4 per address.
         let a = Admission::new(4, 2, 8);
-        let _held: Vec<_> = (0..2)
-            .flat_map(|_| [a.admit(ip(1)), a.admit(ip(2))])
+        let mut held: Vec<_> = (0..2)
+            .flat_map(|_| [placed(&a, ip(1)), placed(&a, ip(2))])
             .collect();
         let q: Vec<_> = (0..4).map(|_| queued(&a, ip(1))).collect();
         assert!(
@@ -543,6 +572,14 @@ mod tests {
             !rt.block_on(q[0].place(Duration::ZERO)),
             "no place free, no wait"
         );
+        assert!(
+            a.main.lock().waiters.is_empty(),
+            "and not in the line either"
+        );
+        // One of ip(1)'s places is given back: a request that cannot wait takes it.
+        drop(held.remove(0));
+        assert!(rt.block_on(q[0].place(Duration::ZERO)));
+        assert!(q[0].holds_main_place());
         drop(q);
     }
 
